@@ -1,0 +1,12 @@
+"""drpo-dspy: DRPO (Dynamic Rewarding with Prompt Optimization) as a DSPy optimizer."""
+
+from drpo_dspy import _offline
+
+_offline.apply_offline_defaults()
+
+from drpo_dspy.aspects import Aspect, AspectCatalogue  # noqa: E402
+from drpo_dspy.responder import DEFAULT_INSTRUCTIONS, AlignedResponder  # noqa: E402
+from drpo_dspy.teleprompter import DRPO, DRPOResult  # noqa: E402
+
+__all__ = ["DEFAULT_INSTRUCTIONS", "DRPO", "AlignedResponder", "Aspect", "AspectCatalogue", "DRPOResult"]
+__version__ = "0.1.0"

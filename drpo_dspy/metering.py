@@ -1,0 +1,132 @@
+"""Per-role accounting of LM calls, tokens, cache hits and failures, safe across threads.
+
+DSPy's usage tracker does not roll up across ``dspy.Parallel`` workers, so DRPO counts every call it
+makes itself: a callback on each role's LM counts requests as they start, and a usage tracker scoped to
+each call attributes its tokens.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from contextlib import contextmanager
+from typing import Any
+
+import dspy
+from dspy.utils.callback import BaseCallback
+
+ROLES = ("base", "metrics", "judge", "optimizer")
+
+
+class _CallCounter(BaseCallback):
+    def __init__(self, meter: Meter, role: str):
+        self.meter, self.role = meter, role
+
+    def on_lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+        self.meter.count_request(self.role)
+
+
+class Meter:
+    """Counts requests, tokens and failures per role."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests: Counter[str] = Counter()
+        self.prompt_tokens: Counter[str] = Counter()
+        self.completion_tokens: Counter[str] = Counter()
+        self.cost_usd: defaultdict[str, float] = defaultdict(float)
+        self.failures: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        self._observers: list[Callable[[str], None]] = []
+
+    def watch(self, lm: dspy.LM, role: str) -> dspy.LM:
+        """A copy of ``lm`` whose requests are counted under ``role`` (the original is untouched)."""
+        copied = lm.copy()
+        copied.callbacks = [*(getattr(lm, "callbacks", None) or []), _CallCounter(self, role)]
+        return copied
+
+    def count_request(self, role: str) -> None:
+        with self._lock:
+            self.requests[role] += 1
+        for observer in list(self._observers):
+            observer(role)
+
+    def add_observer(self, observer: Callable[[str], None]) -> None:
+        self._observers.append(observer)
+
+    def record_failure(self, role: str, kind: str) -> None:
+        with self._lock:
+            self.failures[role][kind] += 1
+
+    @contextmanager
+    def usage(self, role: str):
+        """Attribute the tokens of the calls made inside this block to ``role``."""
+        with dspy.track_usage() as tracker:
+            yield
+        totals = tracker.get_total_tokens()
+        with self._lock:
+            for model, usage in totals.items():
+                prompt = int(usage.get("prompt_tokens") or 0)
+                completion = int(usage.get("completion_tokens") or 0)
+                self.prompt_tokens[role] += prompt
+                self.completion_tokens[role] += completion
+                self.cost_usd[role] += _price(model, prompt, completion)
+
+    def total_tokens(self) -> int:
+        with self._lock:
+            return sum(self.prompt_tokens.values()) + sum(self.completion_tokens.values())
+
+    def total_requests(self) -> int:
+        with self._lock:
+            return sum(self.requests.values())
+
+    def total_cost(self) -> float:
+        with self._lock:
+            return sum(self.cost_usd.values())
+
+    def summary(self) -> dict[str, Any]:
+        """Plain-JSON summary per role."""
+        with self._lock:
+            roles = sorted(set(self.requests) | set(self.prompt_tokens) | set(self.failures), key=_role_order)
+            return {
+                role: {
+                    "lm_calls": self.requests[role],
+                    "prompt_tokens": self.prompt_tokens[role],
+                    "completion_tokens": self.completion_tokens[role],
+                    "cost_usd": round(self.cost_usd[role], 6),
+                    "failures": dict(self.failures[role]),
+                }
+                for role in roles
+            }
+
+    def to_state(self) -> dict[str, Any]:
+        return self.summary()
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Continue counting from a saved summary (used when resuming a run)."""
+        with self._lock:
+            for role, row in state.items():
+                self.requests[role] = int(row.get("lm_calls", 0))
+                self.prompt_tokens[role] = int(row.get("prompt_tokens", 0))
+                self.completion_tokens[role] = int(row.get("completion_tokens", 0))
+                self.cost_usd[role] = float(row.get("cost_usd", 0.0))
+                self.failures[role] = Counter(row.get("failures", {}))
+
+
+def _role_order(role: str) -> tuple[int, str]:
+    return (ROLES.index(role) if role in ROLES else len(ROLES), role)
+
+
+def _price(model: str, prompt_tokens: int, completion_tokens: int) -> float:
+    """Dollar cost from litellm's offline price table; 0 for models it does not price (local ones)."""
+    if not prompt_tokens and not completion_tokens:
+        return 0.0
+    try:
+        import litellm
+
+        prompt_cost, completion_cost = litellm.cost_per_token(
+            model=model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
+        )
+        return float(prompt_cost + completion_cost)
+    except Exception:
+        return 0.0

@@ -1,0 +1,273 @@
+"""DRPO's beam search over alignment system prompts.
+
+Training queries are consumed in order, one per level, and every candidate at a level is judged on the
+same query. Each beam node gets ``n_actions`` rewrites from the optimizer LM; all children are pooled and
+the ``beam_size`` best by mean reward along their path survive. A node whose last answer scored 5 on every
+aspect, or whose mean score is above ``skip_threshold``, is not rewritten: its prompt carries to the next
+level and the depth limit grows by one (at most once per level, ``max_depth_increase`` in total).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import dspy
+
+from drpo_dspy.metering import Meter
+from drpo_dspy.reward import DynamicRewarder, Judgment
+from drpo_dspy.signatures import ProposeInstructions
+from drpo_dspy.typed_calls import call_typed, sampling_config
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SearchSettings:
+    """Hyper-parameters of the search (published defaults)."""
+
+    beam_size: int = 2
+    n_actions: int = 3
+    depth: int = 20
+    max_depth_increase: int = 10
+    skip_threshold: float = 4.5
+    temperature: float = 0.2
+    history_window: int = 5
+    num_threads: int = 8
+    seed: int = 0
+    paper_faithful_failures: bool = False  # True: an unreadable judgment scores 0 and triggers a skip
+
+
+@dataclass
+class Node:
+    """One candidate prompt, evaluated on its level's query."""
+
+    id: int
+    level: int
+    prompt: str
+    query: str
+    response: str
+    judgment: Judgment
+    rewards: list[float | None]
+    parent_id: int | None = None
+    carried: bool = False
+    versions: list[str] = field(default_factory=list)  # distinct prompts along the path, oldest first
+
+    @property
+    def reward(self) -> float | None:
+        return self.rewards[-1] if self.rewards else None
+
+    @property
+    def path_mean(self) -> float | None:
+        known = [r for r in self.rewards if r is not None]
+        return sum(known) / len(known) if known else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "level": self.level, "prompt": self.prompt, "query": self.query,
+                "response": self.response, "judgment": self.judgment.to_dict(), "rewards": self.rewards,
+                "path_mean": self.path_mean, "parent_id": self.parent_id, "carried": self.carried,
+                "versions": self.versions}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Node:
+        return cls(d["id"], d["level"], d["prompt"], d["query"], d["response"], Judgment.from_dict(d["judgment"]),
+                   list(d["rewards"]), d.get("parent_id"), bool(d.get("carried")), list(d.get("versions", [])))
+
+
+@dataclass
+class SearchState:
+    """Everything needed to continue a search after a level (checkpoint content)."""
+
+    level: int = 0
+    max_depth: int = 0
+    depth_increases: int = 0
+    next_id: int = 0
+    beam: list[Node] = field(default_factory=list)
+    ancestry: list[Node] = field(default_factory=list)  # every node on the path of a beam node
+    stopped: str | None = None
+
+    @property
+    def best(self) -> Node | None:
+        return self.beam[0] if self.beam else None
+
+    def path_to(self, node: Node) -> list[Node]:
+        """The nodes from the root to ``node`` (which must be in the beam's ancestry)."""
+        by_id = {n.id: n for n in self.ancestry}
+        path = [node]
+        while path[-1].parent_id is not None:
+            path.append(by_id[path[-1].parent_id])
+        return path[::-1]
+
+    @property
+    def best_path(self) -> list[Node]:
+        return self.path_to(self.beam[0]) if self.beam else []
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"level": self.level, "max_depth": self.max_depth, "depth_increases": self.depth_increases,
+                "next_id": self.next_id, "beam": [n.to_dict() for n in self.beam],
+                "ancestry": [n.to_dict() for n in self.ancestry], "stopped": self.stopped}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SearchState:
+        return cls(d["level"], d["max_depth"], d["depth_increases"], d["next_id"],
+                   [Node.from_dict(n) for n in d["beam"]], [Node.from_dict(n) for n in d["ancestry"]],
+                   d.get("stopped"))
+
+
+def rank_key(node: Node) -> float:
+    """Sort key: path mean, with nodes that have no reward at all ranked last."""
+    mean = node.path_mean
+    return float("-inf") if mean is None else mean
+
+
+class BeamSearch:
+    """Runs the search; LM calls within a level run concurrently, results are assembled in a fixed order."""
+
+    def __init__(
+        self,
+        *,
+        settings: SearchSettings,
+        answer: Callable[[str, str], str],
+        rewarder: DynamicRewarder,
+        optimizer_lm: dspy.LM,
+        meter: Meter,
+        on_node: Callable[[Node], None] = lambda node: None,
+        on_level: Callable[[SearchState], None] = lambda state: None,
+        should_stop: Callable[[], str | None] = lambda: None,
+    ):
+        self.settings = settings
+        self.answer = answer  # (instructions, query) -> response text
+        self.rewarder = rewarder
+        self.optimizer_lm = optimizer_lm
+        self.meter = meter
+        self.on_node, self.on_level, self.should_stop = on_node, on_level, should_stop
+        self._propose = dspy.Predict(ProposeInstructions)
+
+    # -- one evaluation: base answer, then judgment ---------------------------------------------------
+    def _evaluate(self, prompt: str, query: str) -> tuple[str, Judgment]:
+        selection = self.rewarder.select(query)
+        try:
+            with self.meter.usage("base"):
+                response = self.answer(prompt, query)
+        except Exception as exc:  # the base model failed: no answer, hence no reward for this candidate
+            self.meter.record_failure("base", f"lm_error:{type(exc).__name__}")
+            return "", Judgment(selection.aspects, failure=f"base_{type(exc).__name__}")
+        return response, self.rewarder.judge(query, response, selection)
+
+    def _reward_of(self, judgment: Judgment) -> float | None:
+        if judgment.reward is None and self.settings.paper_faithful_failures:
+            return 0.0
+        return judgment.reward
+
+    def _wants_skip(self, node: Node) -> bool:
+        j = node.judgment
+        if j.reward is None:
+            return self.settings.paper_faithful_failures
+        return j.all_max or j.reward > self.settings.skip_threshold
+
+    # -- proposals -------------------------------------------------------------------------------------
+    def _history(self, node: Node) -> str:
+        versions = node.versions[-self.settings.history_window:]
+        lines = []
+        for i, text in enumerate(versions, start=1):
+            label = "Current Version" if i == len(versions) else f"Version {i}"
+            lines.append(f"## {label}\n{text}")
+        return "\n\n".join(lines)
+
+    def _propose_one(self, node: Node, action: int) -> str | None:
+        config = sampling_config(self.optimizer_lm, temperature=self.settings.temperature, sample=action,
+                                 seed=self.settings.seed)
+        try:
+            with self.meter.usage("optimizer"):
+                pred = call_typed(
+                    self._propose, self.optimizer_lm, config,
+                    current_system_prompt=node.prompt, query=node.query, response=node.response or "(empty answer)",
+                    evaluation=node.judgment.render(), prompt_history=self._history(node),
+                )
+        except Exception as exc:
+            kind = "parse_failure" if type(exc).__name__ == "AdapterParseError" else f"lm_error:{type(exc).__name__}"
+            self.meter.record_failure("optimizer", kind)
+            return None
+        text = (pred.new_system_prompt or "").strip()
+        if not text:
+            self.meter.record_failure("optimizer", "empty_prompt")
+            return None
+        return text
+
+    # -- the search ------------------------------------------------------------------------------------
+    def _map(self, pool: ThreadPoolExecutor, fn: Callable, items: Sequence) -> list:
+        futures = [pool.submit(contextvars.copy_context().run, fn, *item) for item in items]
+        return [f.result() for f in futures]
+
+    def start(self, queries: Sequence[str], initial_prompt: str) -> SearchState:
+        """Level 1: the initial prompt answers the first query."""
+        response, judgment = self._evaluate(initial_prompt, queries[0])
+        root = Node(0, 1, initial_prompt, queries[0], response, judgment, [self._reward_of(judgment)],
+                    versions=[initial_prompt])
+        self.on_node(root)
+        state = SearchState(level=1, max_depth=self.settings.depth, next_id=1, beam=[root], ancestry=[root])
+        self.on_level(state)
+        return state
+
+    def run(self, queries: Sequence[str], initial_prompt: str, state: SearchState | None = None) -> SearchState:
+        """Run (or continue) the search until the depth limit, the end of the queries, or a stop request."""
+        if state is None:
+            stop = self.should_stop()
+            if stop:
+                return SearchState(stopped=stop)
+            state = self.start(queries, initial_prompt)
+        with ThreadPoolExecutor(max_workers=max(1, self.settings.num_threads)) as pool:
+            while state.level < state.max_depth and state.level < len(queries):
+                stop = self.should_stop()
+                if stop:
+                    state.stopped = stop
+                    break
+                self._step(state, queries[state.level], pool)
+                self.on_level(state)
+        return state
+
+    def _step(self, state: SearchState, query: str, pool: ThreadPoolExecutor) -> None:
+        level = state.level + 1
+        selection_future = pool.submit(contextvars.copy_context().run, self.rewarder.select, query)
+        skipping = [self._wants_skip(node) for node in state.beam]
+        jobs = [(node, a) for node, skip in zip(state.beam, skipping) if not skip
+                for a in range(self.settings.n_actions)]
+        proposals = self._map(pool, self._propose_one, jobs)
+        selection_future.result()
+        candidates: list[tuple[Node, str, bool]] = []  # (parent, prompt, carried)
+        for node, skip in zip(state.beam, skipping):
+            if skip:
+                candidates.append((node, node.prompt, True))
+                continue
+            mine = [p for (parent, _), p in zip(jobs, proposals) if parent is node and p is not None]
+            if not mine:  # every rewrite failed: keep the prompt rather than lose the beam
+                logger.warning("level %d: no usable rewrite for node %d; its prompt carries over", level, node.id)
+                candidates.append((node, node.prompt, True))
+            candidates.extend((node, p, False) for p in mine)
+        results = self._map(pool, self._evaluate, [(prompt, query) for _, prompt, _ in candidates])
+        children = []
+        for (parent, prompt, carried), (response, judgment) in zip(candidates, results):
+            versions = parent.versions if carried or prompt == parent.prompt else [*parent.versions, prompt]
+            child = Node(state.next_id, level, prompt, query, response, judgment,
+                         [*parent.rewards, self._reward_of(judgment)], parent.id, carried, list(versions))
+            state.next_id += 1
+            self.on_node(child)
+            children.append(child)
+        if any(skipping) and state.depth_increases < self.settings.max_depth_increase:
+            state.max_depth += 1
+            state.depth_increases += 1
+        state.beam = sorted(children, key=rank_key, reverse=True)[: self.settings.beam_size]
+        state.level = level
+        known = {n.id: n for n in [*state.ancestry, *children]}
+        keep: dict[int, Node] = {}
+        for node in state.beam:
+            while node.id not in keep:
+                keep[node.id] = node
+                if node.parent_id is None:
+                    break
+                node = known[node.parent_id]
+        state.ancestry = sorted(keep.values(), key=lambda n: n.id)

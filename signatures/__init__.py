@@ -1,0 +1,16 @@
+"""The typed DSPy signatures: every prompt DRPO sends to a helper LM lives here, in plain view."""
+
+from drpo_dspy.signatures.judge import AspectScore, JudgeResponse, JudgeResponseStrict
+from drpo_dspy.signatures.propose import ProposeInstructions
+from drpo_dspy.signatures.rewrite import RewriteResponse
+from drpo_dspy.signatures.select_aspects import SelectAspects, SelectAspectsStrict
+
+__all__ = [
+    "AspectScore",
+    "JudgeResponse",
+    "JudgeResponseStrict",
+    "ProposeInstructions",
+    "RewriteResponse",
+    "SelectAspects",
+    "SelectAspectsStrict",
+]

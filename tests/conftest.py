@@ -1,0 +1,21 @@
+"""Shared fixtures: isolate DSPy settings and caches per test, never touch the network."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import dspy  # noqa: E402
+import pytest  # noqa: E402
+
+import drpo_dspy  # noqa: E402, F401
+
+
+@pytest.fixture(autouse=True)
+def isolated_dspy(tmp_path_factory):
+    """Memory-only LM cache and default settings for every test."""
+    dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=True)
+    with dspy.context(lm=None, adapter=None):
+        yield

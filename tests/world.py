@@ -1,0 +1,76 @@
+"""A scripted world for pinning DRPO's search: four role LMs whose behaviour tests control exactly."""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+from drpo_dspy.testing import last_user_text, scripted_lm, system_text
+
+
+def field(messages: list[dict[str, Any]], name: str) -> str:
+    """A field's value from a DSPy chat-adapter user message."""
+    text = last_user_text(messages)
+    match = re.search(rf"\[\[ ## {name} ## \]\]\n(.*?)(?=\n\n\[\[ ## |\Z)", text, re.S)
+    if match is None:
+        raise AssertionError(f"field {name!r} not in message: {text[:300]!r}")
+    return match.group(1).strip()
+
+
+def parse_answer(response: str) -> tuple[str, str]:
+    match = re.match(r"ANSWER prompt=<(.*)> query=<(.*)>", response, re.S)
+    assert match, response
+    return match.group(1), match.group(2)
+
+
+class World:
+    """Base answers name their prompt and query; the judge scores them from ``scores(prompt, query)``."""
+
+    def __init__(self, scores: Callable[[str, str], list[int]], aspects: tuple[str, ...] = ("Helpfulness", "Clarity"),
+                 judge_garbage: Callable[[str, str], bool] = lambda p, q: False,
+                 optimizer_garbage: Callable[[str, int], bool] = lambda p, a: False):
+        self.scores, self.aspects = scores, list(aspects)
+        self.judge_garbage, self.optimizer_garbage = judge_garbage, optimizer_garbage
+        self.lock = threading.Lock()
+        self.calls: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.base_lm = scripted_lm(self._base)
+        self.metrics_lm = scripted_lm(self._metrics)
+        self.judge_lm = scripted_lm(self._judge)
+        self.optimizer_lm = scripted_lm(self._optimizer)
+
+    def roles(self) -> dict[str, Any]:
+        return {"base_lm": self.base_lm, "metrics_lm": self.metrics_lm, "judge_lm": self.judge_lm,
+                "optimizer_lm": self.optimizer_lm}
+
+    def _record(self, role: str, **data: Any) -> None:
+        with self.lock:
+            self.calls[role].append(data)
+
+    def _base(self, messages, params):
+        prompt = system_text(messages).split("\n\n# Query:")[0].strip()
+        query = last_user_text(messages).split("# Query:\n", 1)[1].split("\n\n# Answer:")[0]
+        self._record("base", prompt=prompt, query=query)
+        return f"ANSWER prompt=<{prompt}> query=<{query}>\n<END>"
+
+    def _metrics(self, messages, params):
+        self._record("metrics", query=field(messages, "query"))
+        return {"query_analysis": "scripted", "reasoning": "scripted choice", "selected_aspects": self.aspects}
+
+    def _judge(self, messages, params):
+        prompt, query = parse_answer(field(messages, "response"))
+        self._record("judge", prompt=prompt, query=query)
+        if self.judge_garbage(prompt, query):
+            return "I refuse to follow any format."
+        scores = self.scores(prompt, query)
+        return {"evaluations": [{"aspect": a, "rationale": f"r-{a}", "score": s} for a, s in zip(self.aspects, scores)]}
+
+    def _optimizer(self, messages, params):
+        current = field(messages, "current_system_prompt")
+        action = int(params.get("seed", 0))
+        self._record("optimizer", prompt=current, history=field(messages, "prompt_history"), action=action)
+        if self.optimizer_garbage(current, action):
+            return "no fields here"
+        return {"analysis": "a", "thought": "t", "new_system_prompt": f"{current}/{action}"}
