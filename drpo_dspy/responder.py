@@ -160,7 +160,7 @@ class AlignedResponder(dspy.Module):
             raise ValueError("No LM configured: pass lm=..., set responder.set_lm(...) or dspy.configure(lm=...)")
         if getattr(lm, "model_type", "chat") != "text":
             return lm
-        from drpo_dspy.local_model import raw_completion_lm
+        from drpo_dspy.raw_text_route import raw_completion_lm
 
         with self._raw_lock:  # one raw-prompt route per text model, so its cache and history are shared
             raw = self._raw_lms.get(id(lm))

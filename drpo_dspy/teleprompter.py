@@ -13,7 +13,7 @@ from dspy.teleprompt import Teleprompter
 
 from drpo_dspy.aspects import AspectCatalogue
 from drpo_dspy.metering import Meter
-from drpo_dspy.responder import DEFAULT_INSTRUCTIONS, AlignedResponder
+from drpo_dspy.responder import AlignedResponder
 from drpo_dspy.reward import DynamicRewarder
 from drpo_dspy.run_dir import RunDirectory, published_levels
 from drpo_dspy.search import BeamSearch, Node, SearchSettings, SearchState
@@ -51,7 +51,8 @@ class DRPO(Teleprompter):
         temperature: Optimizer sampling temperature (0.2).
         skip_threshold: A mean score above this (or all 5s) carries the prompt over without a rewrite (4.5).
         k: In-context examples retrieved per query, during the search and in the compiled program (2).
-        initial_instructions: The starting system prompt.
+        initial_instructions: The starting system prompt; default: the student's instructions (which are
+            "You are a helpful assistant." unless set otherwise).
         num_threads: Concurrent LM calls within a level.
         seed: Seed for sampled calls on local models.
         log_dir: Run directory (configuration, log, trace, per-level results, caches, program, summary).
@@ -74,7 +75,7 @@ class DRPO(Teleprompter):
         temperature: float = 0.2,
         skip_threshold: float = 4.5,
         k: int = 2,
-        initial_instructions: str = DEFAULT_INSTRUCTIONS,
+        initial_instructions: str | None = None,
         num_threads: int = 8,
         seed: int = 0,
         log_dir: str | Path | None = None,
@@ -92,7 +93,8 @@ class DRPO(Teleprompter):
         check_positive_int("seed", seed, minimum=0)
         check_number("temperature", temperature, 0.0, 2.0)
         check_number("skip_threshold", skip_threshold, 1.0, 5.0)
-        if not isinstance(initial_instructions, str) or not initial_instructions.strip():
+        if initial_instructions is not None and (
+                not isinstance(initial_instructions, str) or not initial_instructions.strip()):
             raise ValueError("initial_instructions must be a non-empty string")
         if catalogue is not None and not isinstance(catalogue, AspectCatalogue):
             raise ValueError("catalogue must be an AspectCatalogue")
@@ -134,6 +136,7 @@ class _Compilation:
     def __init__(self, drpo: DRPO, program: AlignedResponder, queries: list[str], roles: dict[str, Any],
                  run_dir: RunDirectory | None):
         self.drpo, self.program, self.queries, self.run_dir = drpo, program, queries, run_dir
+        self.initial = drpo.initial_instructions or program.instructions
         self.meter = Meter()
         self.lms = {role: self.meter.watch(lm, role) if isinstance(lm, dspy.LM) else lm for role, lm in roles.items()}
         self.rewarder = DynamicRewarder(metrics_lm=self.lms["metrics"], judge_lm=self.lms["judge"],
@@ -182,7 +185,7 @@ class _Compilation:
 
             self._bar = tqdm(total=min(drpo.settings.depth, len(self.queries)), desc="DRPO levels", unit="level")
         try:
-            state = search.run(self.queries, drpo.initial_instructions)
+            state = search.run(self.queries, self.initial)
         finally:
             if self._bar is not None:
                 self._bar.close()
@@ -200,7 +203,7 @@ class _Compilation:
         drpo = self.drpo
         return {
             "format": "drpo-dspy/config", "version": 1,
-            "search": asdict(drpo.settings), "k": drpo.k, "initial_instructions": drpo.initial_instructions,
+            "search": asdict(drpo.settings), "k": drpo.k, "initial_instructions": self.initial,
             "roles": {role: describe_lm(lm) for role, lm in self.lms.items()},
             "aspects": drpo.catalogue.names, "num_queries": len(self.queries), "queries": self.queries,
             "embedder": getattr(self.program.bank, "embedder_name", None), "bank_size": len(self.program.bank),
@@ -219,7 +222,7 @@ class _Compilation:
     def _result(self, state: SearchState) -> DRPOResult:
         best = state.best
         return DRPOResult(
-            best_prompt=best.prompt if best else self.drpo.initial_instructions,
+            best_prompt=best.prompt if best else self.initial,
             best_path_mean=best.path_mean if best else None, levels=state.level,
             best_path=[n.to_dict() for n in state.best_path], final_beam=[n.to_dict() for n in state.beam],
             usage=self.meter.summary(), wall_time_s=round(time.monotonic() - self.started, 3),

@@ -11,7 +11,7 @@ QUERIES = [f"query {i}" for i in range(12)]
 
 
 def compile_with(world: World, *, queries=QUERIES, **options):
-    options = {"beam_size": 2, "n_actions": 2, "depth": 3, "max_depth_increase": 0, "progress": False,
+    options = {"beam_size": 2, "n_actions": 2, "depth": 3, "max_depth_increase": 0, "progress": False, "k": 0,
                "num_threads": 4, **options}
     drpo = DRPO(**world.roles(), initial_instructions="P", **options)
     return drpo.compile(AlignedResponder(examples=[], k=0), trainset=queries)

@@ -1,0 +1,127 @@
+"""A single self-contained HTML page for an evaluation: tables, charts embedded as base64 PNG, sample answers.
+
+The page loads nothing from anywhere (no scripts, fonts, stylesheets or images outside the file), so it can be
+opened offline, attached to an email or archived as is.
+"""
+
+from __future__ import annotations
+
+import base64
+from html import escape
+from typing import Any
+
+from drpo_dspy.evaluation.report import aspect_table, behaviour_table, pairwise_table
+from drpo_dspy.secrets import Redactor
+from drpo_dspy.signatures.evaluation import EVAL_ASPECTS
+
+MAX_SAMPLE_PROMPTS = 40
+CHART_TITLES = {"aspects": "Aspect scores", "length": "Answer length", "refusal": "Refusals",
+                "pairwise": "Pairwise comparison"}
+
+_CSS = """
+body { font-family: -apple-system, "Segoe UI", Roboto, "DejaVu Sans", Arial, sans-serif; margin: 2rem auto;
+       max-width: 1180px; padding: 0 1.2rem; color: #1f2328; line-height: 1.45; }
+h1 { font-size: 1.6rem; margin-bottom: .2rem; } h2 { font-size: 1.2rem; margin-top: 2rem;
+       border-bottom: 1px solid #d0d7de; padding-bottom: .3rem; }
+.meta { color: #57606a; font-size: .9rem; }
+table { border-collapse: collapse; margin: .6rem 0; font-size: .88rem; }
+th, td { border: 1px solid #d0d7de; padding: .3rem .55rem; text-align: right; vertical-align: top; }
+caption { caption-side: top; text-align: left; padding-bottom: .3rem; } th { background: #f6f8fa; } td:first-child, th:first-child { text-align: left; font-weight: 600; }
+.charts { display: flex; flex-wrap: wrap; gap: 1rem; }
+figure { margin: 0; border: 1px solid #d0d7de; border-radius: 6px; padding: .5rem; background: #fff;
+         flex: 1 1 460px; box-sizing: border-box; } figure.wide { flex-basis: 100%; }
+figure img { max-width: 100%; height: auto; display: block; }
+figcaption { font-size: .85rem; color: #57606a; margin-top: .3rem; }
+details { border: 1px solid #d0d7de; border-radius: 6px; margin: .4rem 0; padding: .3rem .7rem; }
+summary { cursor: pointer; } .set { color: #57606a; font-size: .8rem; }
+.answer { white-space: pre-wrap; background: #f6f8fa; border-radius: 4px; padding: .5rem; font-size: .85rem;
+          margin: .3rem 0 .8rem; max-height: 22rem; overflow: auto; }
+.scores { font-size: .82rem; color: #57606a; } .fail { color: #b42318; } .note { font-size: .85rem; color: #57606a; }
+"""
+
+
+def _table(header: list[str], rows: list[list[str]], caption: str = "") -> str:
+    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    cap = f"<caption class='note'>{escape(caption)}</caption>" if caption else ""
+    return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _img(name: str, png: bytes) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    title = CHART_TITLES.get(name, name)
+    wide = " class='wide'" if name == "aspects" else ""
+    return (f"<figure{wide}><img alt='{escape(title)} chart' src='data:image/png;base64,{data}'>"
+            f"<figcaption>{escape(title)}</figcaption></figure>")
+
+
+def _sample(rows: list[dict[str, Any]], systems: list[str], redactor: Redactor) -> str:
+    by_prompt: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        by_prompt.setdefault((r["set"], r["instruction"]), {})[r["system"]] = r
+    parts = []
+    for (set_name, instruction), answers in list(by_prompt.items())[:MAX_SAMPLE_PROMPTS]:
+        inner = []
+        for name in systems:
+            r = answers.get(name)
+            if r is None:
+                continue
+            scores = r.get("scores") or {}
+            if r.get("error"):
+                verdict = f"<span class='fail'>no answer: {escape(redactor.text(str(r['error'])))}</span>"
+            elif r.get("failure"):
+                verdict = f"<span class='fail'>judge failure: {escape(str(r['failure']))}</span>"
+            else:
+                verdict = " · ".join(f"{a} {scores.get(a, '?')}" for a in EVAL_ASPECTS)
+                verdict += " · refusal" if r.get("refusal") else ""
+            answer = redactor.text(str(r.get("answer") or "")) or "(empty answer)"
+            inner.append(f"<div><strong>{escape(name)}</strong> <span class='scores'>{verdict} · "
+                         f"{r.get('answer_length') or 0} tokens</span><div class='answer'>{escape(answer)}</div></div>")
+        parts.append(f"<details><summary>{escape(redactor.text(instruction))} <span class='set'>[{escape(set_name)}]"
+                     f"</span></summary>{''.join(inner)}</details>")
+    more = len(by_prompt) - MAX_SAMPLE_PROMPTS
+    if more > 0:
+        parts.append(f"<p class='note'>… and {more} more prompts (all answers are in judgments.csv and "
+                     "records.jsonl).</p>")
+    return "".join(parts)
+
+
+def render_html(summary: dict[str, Any], settings: dict[str, Any], rows: list[dict[str, Any]],
+                charts: dict[str, bytes], redactor: Redactor | None = None) -> str:
+    """The report page as one string; every text is escaped and redacted, every chart is embedded."""
+    redactor = redactor or Redactor()
+    systems = summary["systems"]
+    judge = settings.get("judge", {})
+    described = []
+    for s in settings.get("systems", []):
+        model = (s.get("lm") or {}).get("model", "its own LM")
+        extra = f", program {s['path']}" if s.get("path") else ""
+        described.append(f"{s['name']} ({s.get('kind', 'module')}, {model}{extra})")
+    meta = (f"Evaluation set <b>{escape(str(settings.get('eval_set', '?')))}</b>, {summary['n_prompts']} prompts "
+            f"· judge <b>{escape(str(judge.get('model', '?')))}</b> (prompt version "
+            f"{escape(str(judge.get('prompt_version', '?')))}) · {escape(str(settings.get('created', '')))}")
+    pair_rows = pairwise_table(summary)
+    body = [
+        f"<h1>DRPO evaluation: {escape(', '.join(systems))}</h1>",
+        f"<p class='meta'>{redactor.text(meta)}</p>",
+        f"<p class='meta'>Systems: {escape(redactor.text('; '.join(described)))}</p>",
+        "<h2>Aspect scores</h2>",
+        _table(*aspect_table(summary), caption="Scores 1-5 from the judge, mean ± half-width of the 95% "
+                                               "Student-t confidence interval over answers."),
+        "<h2>Length, refusals and failures</h2>",
+        _table(*behaviour_table(summary), caption=f"Lengths: {summary['length_unit']}. Refusals are "
+               "judged, not string-matched: refusal on harmful prompts (higher is safer), over-refusal on benign "
+               "prompts that sound risky (lower is better)."),
+    ]
+    if summary["pairwise"]:
+        body += ["<h2>Pairwise comparison</h2>",
+                 _table(*pair_rows, caption="Per prompt, on the mean of the six aspects; only prompts judged for "
+                                            "both systems count. Mean difference is the first minus the second.")]
+    body += ["<h2>Charts</h2>", "<div class='charts'>" + "".join(_img(n, png) for n, png in charts.items()) + "</div>",
+             "<h2>Answers</h2>", _sample(rows, systems, redactor),
+             f"<p class='note'>Intervals: {escape(summary['ci_method'])}. The judge saw only each query and answer, "
+             "never a system's prompt.</p>"]
+    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+            f"<title>DRPO evaluation report</title><style>{_CSS}</style></head><body>"
+            + "\n".join(body) + "</body></html>\n")

@@ -1,0 +1,194 @@
+"""Writing an evaluation's results: JSON summary, CSV tables, a Markdown report, PNG charts and an HTML page."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from drpo_dspy.secrets import Redactor
+from drpo_dspy.signatures.evaluation import EVAL_ASPECTS
+
+if TYPE_CHECKING:
+    from drpo_dspy.evaluation.runner import EvaluationResult
+
+SUMMARY_FILE = "summary.json"
+ASPECTS_CSV = "aspects.csv"
+SYSTEMS_CSV = "systems.csv"
+PAIRWISE_CSV = "pairwise.csv"
+JUDGMENTS_CSV = "judgments.csv"
+MARKDOWN_FILE = "report.md"
+HTML_FILE = "report.html"
+
+
+# -- formatting ---------------------------------------------------------------------------------------------------
+def fmt_mean(stat: dict[str, Any], digits: int = 2) -> str:
+    """``4.20 ± 0.31`` (mean ± CI half-width), ``4.00`` for a single value, ``n/a`` for none."""
+    if not stat or stat.get("mean") is None:
+        return "n/a"
+    if stat.get("half_width") is None:
+        return f"{stat['mean']:.{digits}f}"
+    return f"{stat['mean']:.{digits}f} ± {stat['half_width']:.{digits}f}"
+
+
+def fmt_rate(stat: dict[str, Any]) -> str:
+    """``40% (2/5)``, or ``n/a`` when nothing was measured."""
+    if not stat or stat.get("rate") is None:
+        return "n/a"
+    return f"{100 * stat['rate']:.0f}% ({stat['count']}/{stat['n']})"
+
+
+def aspect_title(aspect: str) -> str:
+    return aspect.replace("_", " ").capitalize()
+
+
+# -- tables (shared by Markdown and HTML) ---------------------------------------------------------------------------
+def aspect_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    header = ["System", *(aspect_title(a) for a in EVAL_ASPECTS), "Mean of aspects", "Judged"]
+    rows = []
+    for name in summary["systems"]:
+        s = summary["per_system"][name]
+        rows.append([name, *(fmt_mean(s["aspects"][a]) for a in EVAL_ASPECTS), fmt_mean(s["overall"]),
+                     f"{s['n_judged']}/{s['n_prompts']}"])
+    return header, rows
+
+
+def behaviour_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    header = ["System", "Answer length (tokens)", "Median length", "Refusal on harmful",
+              "Over-refusal on benign-risky", "Parse failures", "Other failures"]
+    rows = []
+    for name in summary["systems"]:
+        s = summary["per_system"][name]
+        other = s["answer_errors"] + sum(v for k, v in s["judge_failures"].items() if k != "parse_failure")
+        median = s["length"].get("median")
+        rows.append([name, fmt_mean(s["length"], 0), "n/a" if median is None else f"{median:.0f}",
+                     fmt_rate(s["refusal_harmful"]), fmt_rate(s["over_refusal_benign"]),
+                     str(s["parse_failures"]), str(other)])
+    return header, rows
+
+
+def pairwise_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    header = ["Comparison", "Wins", "Ties", "Losses", "Prompts", "Win rate", "Mean difference"]
+    rows = []
+    for p in summary["pairwise"]:
+        rate = "n/a" if p["win_rate"] is None else f"{100 * p['win_rate']:.0f}%"
+        rows.append([f"{p['a']} vs {p['b']}", str(p["wins"]), str(p["ties"]), str(p["losses"]), str(p["n"]), rate,
+                     fmt_mean(p["mean_difference"])])
+    return header, rows
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def to_markdown(summary: dict[str, Any], settings: dict[str, Any]) -> str:
+    systems = ", ".join(s["name"] for s in settings.get("systems", []))
+    judge = settings.get("judge", {}).get("model", "?")
+    parts = [
+        f"# Evaluation: {settings.get('eval_set', '?')} ({summary['n_prompts']} prompts)",
+        f"Systems: {systems}. Judge: {judge}. Scores 1-5, mean ± half-width of the 95% Student-t confidence "
+        f"interval over answers. Lengths: {summary['length_unit']}.",
+        "## Aspect scores", markdown_table(*aspect_table(summary)),
+        "## Length, refusals and failures",
+        "Refusal rate on harmful prompts (higher is safer) and over-refusal rate on benign prompts that sound "
+        "risky (lower is better), as judged by the judge.",
+        markdown_table(*behaviour_table(summary)),
+    ]
+    if summary["pairwise"]:
+        parts += ["## Pairwise (per prompt, on the mean of the six aspects)", markdown_table(*pairwise_table(summary))]
+    return "\n\n".join(parts) + "\n"
+
+
+# -- CSV ------------------------------------------------------------------------------------------------------------
+def _csv(rows: list[list[Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def aspects_csv(summary: dict[str, Any]) -> str:
+    rows: list[list[Any]] = [["system", "aspect", "mean", "ci_low", "ci_high", "sd", "n"]]
+    for name in summary["systems"]:
+        s = summary["per_system"][name]
+        for aspect, stat in [*s["aspects"].items(), ("mean_of_aspects", s["overall"])]:
+            rows.append([name, aspect, stat["mean"], stat["ci_low"], stat["ci_high"], stat["sd"], stat["n"]])
+    return _csv(rows)
+
+
+def systems_csv(summary: dict[str, Any]) -> str:
+    rows: list[list[Any]] = [["system", "n_prompts", "n_judged", "parse_failures", "answer_errors",
+                              "length_mean", "length_ci_low", "length_ci_high", "length_median",
+                              "refusal_harmful", "refusal_harmful_n", "over_refusal_benign", "over_refusal_benign_n",
+                              "refusal_all", "refusal_all_n"]]
+    for name in summary["systems"]:
+        s = summary["per_system"][name]
+        length = s["length"]
+        rows.append([name, s["n_prompts"], s["n_judged"], s["parse_failures"], s["answer_errors"], length["mean"],
+                     length["ci_low"], length["ci_high"], length["median"], s["refusal_harmful"]["rate"],
+                     s["refusal_harmful"]["n"], s["over_refusal_benign"]["rate"], s["over_refusal_benign"]["n"],
+                     s["refusal_all"]["rate"], s["refusal_all"]["n"]])
+    return _csv(rows)
+
+
+def pairwise_csv(summary: dict[str, Any]) -> str:
+    rows: list[list[Any]] = [["system_a", "system_b", "wins", "ties", "losses", "n", "win_rate", "tie_rate",
+                              "loss_rate", "mean_difference"]]
+    for p in summary["pairwise"]:
+        rows.append([p["a"], p["b"], p["wins"], p["ties"], p["losses"], p["n"], p["win_rate"], p["tie_rate"],
+                     p["loss_rate"], p["mean_difference"]["mean"]])
+    return _csv(rows)
+
+
+def judgments_csv(rows: list[dict[str, Any]]) -> str:
+    out: list[list[Any]] = [["system", "set", "category", "instruction", *EVAL_ASPECTS, "refusal", "answer_length",
+                             "failure", "error", "answer"]]
+    for r in rows:
+        scores = r.get("scores") or {}
+        out.append([r["system"], r["set"], r["category"], r["instruction"], *(scores.get(a) for a in EVAL_ASPECTS),
+                    r.get("refusal"), r.get("answer_length"), r.get("failure"), r.get("error"), r.get("answer")])
+    return _csv(out)
+
+
+# -- everything -----------------------------------------------------------------------------------------------------
+def write_reports(result: EvaluationResult, out: Path, redactor: Redactor | None = None) -> dict[str, str]:
+    """Write every report file into ``out``; returns ``{kind: path}`` and fills ``result.files``/``markdown``."""
+    from drpo_dspy.evaluation.charts import render_charts
+    from drpo_dspy.evaluation.html_report import render_html
+
+    redactor = redactor or Redactor()
+    summary, settings = result.summary, result.settings
+    files: dict[str, str] = {}
+
+    def write(name: str, text: str, *, redact: bool = True) -> None:
+        path = out / name
+        path.write_text(redactor.text(text) if redact else text, encoding="utf-8")
+        files[name] = str(path)
+
+    # Settings may name secret-looking keys (dropped); the summary and usage hold numbers and names only, and the
+    # whole text is value-redacted on writing.
+    write(SUMMARY_FILE, json.dumps({"settings": redactor.data(settings), "summary": summary, "usage": result.usage,
+                                    "reused": result.reused, "computed": result.computed},
+                                   indent=2, ensure_ascii=False))
+    write(ASPECTS_CSV, aspects_csv(summary))
+    write(SYSTEMS_CSV, systems_csv(summary))
+    write(PAIRWISE_CSV, pairwise_csv(summary))
+    write(JUDGMENTS_CSV, judgments_csv(result.rows))
+    markdown = to_markdown(summary, settings)
+    write(MARKDOWN_FILE, markdown)
+    charts = render_charts(summary)
+    for name, png in charts.items():
+        path = out / f"{name}.png"
+        path.write_bytes(png)
+        files[path.name] = str(path)
+    # The page's texts are redacted as it is built; the embedded images must stay byte-exact.
+    write(HTML_FILE, render_html(summary, settings, result.rows, charts, redactor), redact=False)
+    result.files, result.markdown = files, markdown
+    return files

@@ -1,0 +1,314 @@
+"""Running an evaluation: every system answers every prompt, the judge scores every answer, in parallel.
+
+Every finished (system, prompt) pair is appended to ``records.jsonl`` in the output directory as soon as it is
+judged, keyed by a stable hash of (system identity, instruction, judge model and judge prompt version). A later
+run with the same output directory reloads that file and skips the finished pairs, so an interrupted evaluation
+resumes without paying again for answers or judgments. Judge parse failures are finished (they are reported);
+LM errors (network, rate limits) and system crashes are not saved, so they are retried next time.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from drpo_dspy.evaluation.judging import AnswerJudge, EvalJudgment, judge_version
+from drpo_dspy.evaluation.stats import count_tokens, summarize
+from drpo_dspy.evaluation.systems import System, as_systems
+from drpo_dspy.metering import Meter
+from drpo_dspy.secrets import Redactor, describe_lm
+
+logger = logging.getLogger(__name__)
+
+RECORDS_FILE = "records.jsonl"
+_PERSISTED_FAILURES = (None, "parse_failure")
+
+
+class EvaluationInputError(ValueError):
+    """Bad evaluation input, detected before any LM call."""
+
+
+def record_key(system_identity: str, instruction: str, judge_id: str) -> str:
+    """Stable key of one (system, prompt, judge) judgment."""
+    payload = json.dumps([system_identity, instruction, judge_id], ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def prepare_eval_set(records: Any, *, limit: int | None = None, source: str = "evaluation set") -> list[dict]:
+    """Validate prompts (each a dict with a non-empty ``instruction``, or a plain string) and apply ``limit``.
+
+    Exact duplicates (same instruction in the same set) are dropped. Items keep ``set`` and ``category``;
+    prompts without a ``set`` are labelled ``custom``.
+    """
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise EvaluationInputError(f"limit must be a positive integer, got {limit!r}")
+    if not isinstance(records, list | tuple) or not records:
+        raise EvaluationInputError(f"the {source} is empty: nothing to evaluate")
+    items: list[dict] = []
+    seen: set[tuple[str, str]] = set()
+    for i, record in enumerate(records, start=1):
+        if isinstance(record, str):
+            record = {"instruction": record}
+        if not isinstance(record, dict):
+            raise EvaluationInputError(f"{source}: item {i} is {type(record).__name__}, expected an object")
+        instruction = record.get("instruction")
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise EvaluationInputError(f"{source}: item {i} has no non-empty string 'instruction' field")
+        item = {**record, "set": str(record.get("set") or "custom"), "category": str(record.get("category") or "")}
+        if (item["set"], instruction) in seen:
+            continue
+        seen.add((item["set"], instruction))
+        items.append(item)
+    return items[:limit] if limit else items
+
+
+def resolve_eval_set(spec: str | os.PathLike[str], *, limit: int | None = None) -> tuple[list[dict], str]:
+    """Load prompts by name (``regular``, ``harmful``, ``benign_risky``, ``all``) or from a JSONL file.
+
+    ``all`` concatenates the three packaged sets; ``limit`` then applies to each of them, so that harmful and
+    benign-risky prompts are still measured. A JSONL file (just-eval-instruct shape) needs an ``instruction`` on
+    every line. Returns ``(prompts, label)``.
+    """
+    from drpo_dspy.datasets import EVAL_SETS, load_eval_set, load_instruction_jsonl
+
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise EvaluationInputError(f"limit must be a positive integer, got {limit!r}")
+    text = os.fspath(spec)
+    if text in EVAL_SETS:
+        return load_eval_set(text)[:limit], text
+    if text == "all":
+        return [r for name in EVAL_SETS for r in load_eval_set(name)[:limit]], "all"
+    path = Path(text).expanduser()
+    if path.suffix.lower() in (".jsonl", ".json") or path.exists():
+        if not path.is_file():
+            raise FileNotFoundError(f"evaluation file not found: {path}")
+        return load_instruction_jsonl(path)[:limit], path.name
+    raise EvaluationInputError(f"unknown evaluation set {text!r}: use one of {', '.join(EVAL_SETS)}, all, "
+                               "or a path to a .jsonl file with an 'instruction' field per line")
+
+
+def ensure_writable_dir(path: str | os.PathLike[str]) -> Path:
+    """Create ``path`` if needed and check that files can be written in it."""
+    out = Path(path).expanduser()
+    if out.exists() and not out.is_dir():
+        raise EvaluationInputError(f"output path {out} exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}-{threading.get_ident()}"
+        probe.write_text("ok", encoding="utf-8")
+        probe.unlink()
+    except OSError as exc:
+        raise EvaluationInputError(f"output directory {out} is not writable: {exc.strerror or exc}") from exc
+    return out
+
+
+class RecordStore:
+    """The append-only ``records.jsonl`` of finished judgments, loaded on start (thread-safe appends)."""
+
+    def __init__(self, path: Path, redactor: Redactor | None = None):
+        self.path = path
+        self.redactor = redactor or Redactor()
+        self.records: dict[str, dict[str, Any]] = {}
+        self.skipped_lines = 0
+        self._lock = threading.Lock()
+        self._load()
+
+    def _load(self) -> None:
+        if not self.path.exists():
+            return
+        raw = self.path.read_bytes()
+        if raw and not raw.endswith(b"\n"):  # an interrupted write: drop the partial last line
+            cut = raw.rfind(b"\n") + 1
+            logger.warning("%s: dropping a partial last line left by an interrupted run", self.path)
+            with open(self.path, "r+b") as fh:
+                fh.truncate(cut)
+            raw = raw[:cut]
+        for line in raw.decode("utf-8", errors="replace").split("\n"):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                self.records[record["key"]] = record
+            except (json.JSONDecodeError, KeyError, TypeError):
+                self.skipped_lines += 1
+        if self.skipped_lines:
+            logger.warning("%s: skipped %d unreadable line(s)", self.path, self.skipped_lines)
+
+    def _redact(self, value: Any) -> Any:
+        # Values only: the field names are fixed and known to hold no credential.
+        if isinstance(value, str):
+            return self.redactor.text(value)
+        if isinstance(value, dict):
+            return {k: self._redact(v) for k, v in value.items()}
+        return value
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.records
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self.records.get(key)
+
+    def add(self, record: dict[str, Any]) -> dict[str, Any]:
+        record = {k: self._redact(v) for k, v in record.items()}
+        line = json.dumps(record, ensure_ascii=False) + "\n"
+        with self._lock:
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(line)
+                fh.flush()
+                os.fsync(fh.fileno())
+            self.records[record["key"]] = record
+        return record
+
+
+@dataclass
+class EvaluationResult:
+    """Rows (one per system and prompt), their summary, and what this run did."""
+
+    rows: list[dict[str, Any]]
+    summary: dict[str, Any]
+    settings: dict[str, Any]
+    out_dir: Path | None
+    usage: dict[str, Any] = field(default_factory=dict)
+    reused: int = 0
+    computed: int = 0
+    files: dict[str, str] = field(default_factory=dict)
+    markdown: str = ""
+
+
+def _row(system: System, item: dict, record: dict[str, Any]) -> dict[str, Any]:
+    return {"system": system.name, "instruction": item["instruction"], "set": item["set"],
+            "category": item["category"], **{k: record.get(k) for k in (
+                "key", "answer", "answer_length", "scores", "rationales", "refusal", "failure", "error")}}
+
+
+def evaluate(
+    systems: Any,
+    eval_set: Any,
+    *,
+    judge_lm: Any,
+    base_lm: Any = None,
+    out_dir: str | os.PathLike[str] | None = None,
+    num_threads: int = 4,
+    limit: int | None = None,
+    meter: Meter | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    write_report: bool = True,
+    eval_set_name: str = "custom",
+) -> EvaluationResult:
+    """Answer every prompt with every system, judge every answer, summarise, and (with ``out_dir``) write reports.
+
+    Args:
+        systems: ``System`` objects, spec strings (``"base"``, ``"urial"``, ``"program:PATH"``), ``(name, module)``
+            pairs, or a ``{name: module}`` dict; modules take ``query=`` and return ``.response``.
+        eval_set: Prompts: dicts with an ``instruction`` (and optional ``set``, ``category``) or strings.
+        judge_lm: The judge's ``dspy.LM`` (any litellm model).
+        base_lm: The LM the systems answer with, unless a ``System`` brings its own.
+        out_dir: Where ``records.jsonl`` (resume state) and the reports go; ``None`` keeps everything in memory.
+        num_threads: Concurrent (system, prompt) pairs.
+        limit: Evaluate only the first ``limit`` prompts.
+        meter: Counts calls and tokens per role (``base``, ``judge``).
+        progress: Called as ``progress(done, total)`` after each finished pair.
+        write_report: Write JSON, CSV, Markdown, PNG charts and the HTML report into ``out_dir``.
+        eval_set_name: Label of the evaluation set in the report.
+    """
+    # Everything that can be wrong with the input is checked here, before the first LM call.
+    items = prepare_eval_set(eval_set, limit=limit)
+    systems = as_systems(systems, base_lm=base_lm)
+    if judge_lm is None:
+        raise EvaluationInputError("judge_lm is required")
+    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+        raise EvaluationInputError(f"num_threads must be a positive integer, got {num_threads!r}")
+    out = ensure_writable_dir(out_dir) if out_dir is not None else None
+    meter = meter or Meter()
+    lms = [judge_lm, *(s.lm for s in systems if s.lm is not None)]
+    redactor = Redactor(lms)
+    store = RecordStore(out / RECORDS_FILE, redactor) if out is not None else None
+    judge_id = f"{getattr(judge_lm, 'model', judge_lm)}|judge-{judge_version()}"
+    judge = AnswerJudge(meter.watch(judge_lm, "judge") if hasattr(judge_lm, "copy") else judge_lm, meter=meter)
+    watched = {id(s.lm): meter.watch(s.lm, "base") for s in systems if hasattr(s.lm, "copy")}
+    answer_systems = {s.name: (System(s.name, s.module, watched.get(id(s.lm), s.lm), s.fingerprint,
+                                      s.instructions, s.details)) for s in systems}
+
+    records: dict[str, dict[str, Any]] = {}
+    todo: list[tuple[System, dict, str]] = []
+    scheduled: set[str] = set()
+    reused = 0
+    for system in systems:
+        for item in items:
+            key = record_key(system.identity, item["instruction"], judge_id)
+            saved = store.get(key) if store is not None else None
+            if saved is not None:
+                records[key] = saved
+                reused += 1
+            elif key not in scheduled:
+                scheduled.add(key)
+                todo.append((answer_systems[system.name], item, key))
+    total, done = len(todo), 0
+    lock = threading.Lock()
+
+    def work(system: System, item: dict, key: str) -> dict[str, Any]:
+        record: dict[str, Any] = {"key": key, "system": system.name, "system_identity": system.identity,
+                                  "instruction": item["instruction"], "judge": judge_id}
+        started = time.perf_counter()
+        try:
+            with meter.usage("base"):
+                answer = system.answer(item["instruction"])
+        except Exception as exc:
+            logger.warning("system %s failed on %.60r: %s: %s", system.name, item["instruction"],
+                           type(exc).__name__, exc)
+            meter.record_failure("base", f"error:{type(exc).__name__}")
+            return {**record, "error": f"{type(exc).__name__}: {exc}", "answer": None, "answer_length": None,
+                    **EvalJudgment(failure="no_answer").to_dict()}
+        answered = time.perf_counter()
+        judgment = judge(item["instruction"], answer)
+        record.update({"answer": answer, "answer_length": count_tokens(answer), **judgment.to_dict(),
+                       "error": None, "answer_seconds": round(answered - started, 3),
+                       "judge_seconds": round(time.perf_counter() - answered, 3), "created": time.time()})
+        if store is not None and judgment.failure in _PERSISTED_FAILURES:
+            record = store.add(record)
+        return record
+
+    if todo:
+        pool = ThreadPoolExecutor(max_workers=min(num_threads, len(todo)), thread_name_prefix="drpo-eval")
+        try:
+            futures = [pool.submit(contextvars.copy_context().run, work, *task) for task in todo]
+            for future in as_completed(futures):
+                record = future.result()
+                with lock:
+                    records[record["key"]] = record
+                    done += 1
+                if progress is not None:
+                    progress(done, total)
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+
+    rows = [_row(s, item, records[record_key(s.identity, item["instruction"], judge_id)])
+            for s in systems for item in items]
+    summary = summarize(rows, [s.name for s in systems])
+    settings = redactor.data({
+        "eval_set": eval_set_name,
+        "n_prompts": len(items),
+        "judge": {**describe_lm(judge_lm), "prompt_version": judge_version()},
+        "systems": [{"name": s.name, "identity": s.identity, "lm": describe_lm(s.lm), **s.details}
+                    for s in systems],
+        "num_threads": num_threads,
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+    })
+    result = EvaluationResult(rows, summary, settings, out, meter.summary(), reused, len(todo))
+    if out is not None and write_report:
+        from drpo_dspy.evaluation.report import write_reports
+
+        write_reports(result, out, redactor)
+    return result

@@ -1,0 +1,75 @@
+"""Bad input fails fast with a clear message, before any LM call."""
+
+from __future__ import annotations
+
+import dspy
+import pytest
+
+from drpo_dspy import DRPO, AlignedResponder
+from drpo_dspy.testing import scripted_lm
+
+
+@pytest.fixture
+def counting_lm():
+    calls = []
+    lm = scripted_lm(lambda m, p: calls.append(1) or "x")
+    return lm, calls
+
+
+@pytest.mark.parametrize("trainset", [[], None, "a string", [""], [1, 2], [{"text": "no query field"}]])
+def test_bad_trainsets(counting_lm, trainset):
+    lm, calls = counting_lm
+    drpo = DRPO(base_lm=lm, metrics_lm=lm, judge_lm=lm, optimizer_lm=lm, k=0, progress=False)
+    with pytest.raises(ValueError, match="trainset"):
+        drpo.compile(AlignedResponder(examples=[], k=0), trainset=trainset)
+    assert calls == []
+
+
+@pytest.mark.parametrize("option", ["beam_size", "n_actions", "depth"])
+@pytest.mark.parametrize("value", [0, -1, 1.5, True])
+def test_search_shape_must_be_positive_integers(option, value):
+    with pytest.raises(ValueError, match=option):
+        DRPO(**{option: value})
+
+
+def test_k_larger_than_bank(counting_lm):
+    lm, calls = counting_lm
+    drpo = DRPO(base_lm=lm, metrics_lm=lm, judge_lm=lm, optimizer_lm=lm, k=3, progress=False)
+    student = AlignedResponder(examples=[("q1", "a1"), ("q2", "a2")], k=1, embedder="hashing")
+    with pytest.raises(ValueError, match="k=3 is larger than the example bank"):
+        drpo.compile(student, trainset=["q"])
+    assert calls == []
+
+
+def test_unknown_model_string():
+    lm = dspy.LM("nosuchprovider/some-model")
+    with pytest.raises(ValueError, match="unknown model string"):
+        DRPO(base_lm=lm, progress=False).compile(AlignedResponder(examples=[], k=0), trainset=["q"])
+
+
+def test_missing_api_key(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    ok = scripted_lm(lambda m, p: "x")
+    drpo = DRPO(base_lm=ok, metrics_lm=ok, optimizer_lm=ok, judge_lm=dspy.LM("openai/gpt-4o-mini"), progress=False)
+    with pytest.raises(ValueError, match="judge_lm .*OPENAI_API_KEY"):
+        drpo.compile(AlignedResponder(examples=[], k=0), trainset=["q"])
+
+
+def test_no_lm_configured():
+    with pytest.raises(ValueError, match="no LM for the base role"):
+        DRPO(progress=False).compile(AlignedResponder(examples=[], k=0), trainset=["q"])
+
+
+def test_student_must_be_an_aligned_responder(counting_lm):
+    lm, _ = counting_lm
+    with pytest.raises(ValueError, match="AlignedResponder"):
+        DRPO(base_lm=lm, progress=False).compile(dspy.Predict("query -> response"), trainset=["q"])
+
+
+def test_non_empty_log_dir_is_refused(tmp_path, counting_lm):
+    lm, calls = counting_lm
+    (tmp_path / "something.txt").write_text("x")
+    drpo = DRPO(base_lm=lm, metrics_lm=lm, judge_lm=lm, optimizer_lm=lm, k=0, log_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="already holds files"):
+        drpo.compile(AlignedResponder(examples=[], k=0), trainset=["q"])
+    assert calls == []
