@@ -147,7 +147,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
           f"(mean reward along its path: {_fmt(result.best_path_mean)}, {result.levels} levels):\n"
           f"{aligned.instructions}\n{rule}\nDemo query: {demo}\n{rule}\nAnswer before:\n{before}\n{rule}\n"
           f"Answer after:\n{after}\n{rule}")
-    print(f"LM calls per role: " + ", ".join(f"{r}={u['lm_calls']}" for r, u in result.usage.items()))
+    print("LM calls per role: " + ", ".join(f"{r}={u['lm_calls']}" for r, u in result.usage.items()))
     print(f"Run directory: {log_dir}  (program: {Path(log_dir) / 'program.json'}, wall time {result.wall_time_s:.0f}s)")
     if result.stopped:
         print(f"Stopped early: {result.stopped}")

@@ -117,16 +117,17 @@ def _role_order(role: str) -> tuple[int, str]:
     return (ROLES.index(role) if role in ROLES else len(ROLES), role)
 
 
+def price_per_token(model: str) -> tuple[float, float]:
+    """(input, output) dollars per token from litellm's offline price table; zeros for unpriced (local) models."""
+    import litellm
+
+    info = litellm.model_cost.get(model) or litellm.model_cost.get(model.split("/", 1)[-1]) or {}
+    return float(info.get("input_cost_per_token") or 0.0), float(info.get("output_cost_per_token") or 0.0)
+
+
 def _price(model: str, prompt_tokens: int, completion_tokens: int) -> float:
-    """Dollar cost from litellm's offline price table; 0 for models it does not price (local ones)."""
+    """Dollar cost of a call's tokens."""
     if not prompt_tokens and not completion_tokens:
         return 0.0
-    try:
-        import litellm
-
-        prompt_cost, completion_cost = litellm.cost_per_token(
-            model=model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
-        )
-        return float(prompt_cost + completion_cost)
-    except Exception:
-        return 0.0
+    prompt_price, completion_price = price_per_token(model)
+    return prompt_tokens * prompt_price + completion_tokens * completion_price

@@ -14,6 +14,7 @@ from typing import Any
 import dspy
 
 from drpo_dspy.aspects import AspectCatalogue, normalize_aspect_name
+from drpo_dspy.budget import Budget, BudgetExhausted, guarded
 from drpo_dspy.metering import Meter
 from drpo_dspy.signatures import JudgeResponse, JudgeResponseStrict, SelectAspects, SelectAspectsStrict
 from drpo_dspy.typed_calls import call_typed
@@ -98,6 +99,7 @@ class DynamicRewarder:
         max_aspects: int = 5,
         strict: bool = False,
         cache: dict[str, dict[str, Any]] | None = None,
+        budget: Budget | None = None,
     ):
         if not 1 <= min_aspects <= max_aspects:
             raise ValueError(f"need 1 <= min_aspects <= max_aspects, got {min_aspects}, {max_aspects}")
@@ -108,6 +110,7 @@ class DynamicRewarder:
         self._select = dspy.Predict(SelectAspectsStrict if strict else SelectAspects)
         self._judge = dspy.Predict(JudgeResponseStrict if strict else JudgeResponse)
         self._cache: dict[str, dict[str, Any]] = dict(cache or {})
+        self.budget = budget
         self._lock = threading.Lock()
         self._inflight: dict[str, threading.Event] = {}
 
@@ -120,6 +123,15 @@ class DynamicRewarder:
         """The metrics cache: ``{model + U+001F + query: selection}`` (JSON-able)."""
         with self._lock:
             return dict(self._cache)
+
+    def preload(self, cache: dict[str, dict[str, Any]]) -> None:
+        """Reuse aspect selections saved by an earlier run (``metrics_cache.json``)."""
+        if not isinstance(cache, dict):
+            raise ValueError("a metrics cache must be a JSON object")
+        with self._lock:
+            for key, value in cache.items():
+                AspectSelection.from_dict(value)  # validates the shape
+                self._cache[key] = value
 
     def select(self, query: str) -> AspectSelection:
         """The aspects to judge ``query`` on; one metrics call per distinct (query, model)."""
@@ -143,11 +155,14 @@ class DynamicRewarder:
                 self._inflight.pop(key).set()
 
     def _select_uncached(self, query: str) -> AspectSelection:
+        menu = self.catalogue.render_menu()
         try:
-            with self.meter.usage("metrics"):
+            with guarded(self.budget, self.metrics_lm, len(query) + len(menu)), self.meter.usage("metrics"):
                 pred = call_typed(self._select, self.metrics_lm, {"temperature": 0.0},
-                                  query=query, aspect_catalogue=self.catalogue.render_menu())
+                                  query=query, aspect_catalogue=menu)
             names = [n for n in (pred.selected_aspects or []) if isinstance(n, str) and n.strip()]
+        except BudgetExhausted:
+            raise
         except Exception as exc:  # parse failures and LM errors are data, not crashes
             self.meter.record_failure("metrics", _failure_kind(exc))
             logger.warning("aspect selection failed (%s); using default aspects", _failure_kind(exc))
@@ -176,16 +191,20 @@ class DynamicRewarder:
     def judge(self, query: str, response: str, selection: AspectSelection) -> Judgment:
         """Score ``response`` on the selected aspects."""
         aspects = [self.catalogue.get(name) for name in selection.aspects]
+        rubrics = "\n\n".join(a.render() for a in aspects)
         try:
-            with self.meter.usage("judge"):
+            with guarded(self.budget, self.judge_lm, len(query) + len(response) + len(rubrics)), \
+                    self.meter.usage("judge"):
                 pred = call_typed(
                     self._judge, self.judge_lm, {"temperature": 0.0},
                     query=query,
                     response=response if response.strip() else "(empty answer)",
-                    aspects="\n\n".join(a.render() for a in aspects),
+                    aspects=rubrics,
                     selection_reasoning=selection.reasoning or "(none given)",
                 )
             evaluations = list(pred.evaluations or [])
+        except BudgetExhausted:
+            raise
         except Exception as exc:
             kind = _failure_kind(exc)
             self.meter.record_failure("judge", kind)

@@ -13,11 +13,13 @@ import contextvars
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 import dspy
 
+from drpo_dspy.budget import Budget, BudgetExhausted, guarded
 from drpo_dspy.metering import Meter
 from drpo_dspy.reward import DynamicRewarder, Judgment
 from drpo_dspy.signatures import ProposeInstructions
@@ -138,6 +140,8 @@ class BeamSearch:
         on_node: Callable[[Node], None] = lambda node: None,
         on_level: Callable[[SearchState], None] = lambda state: None,
         should_stop: Callable[[], str | None] = lambda: None,
+        budget: Budget | None = None,
+        base_lm: Any = None,
     ):
         self.settings = settings
         self.answer = answer  # (instructions, query) -> response text
@@ -145,14 +149,19 @@ class BeamSearch:
         self.optimizer_lm = optimizer_lm
         self.meter = meter
         self.on_node, self.on_level, self.should_stop = on_node, on_level, should_stop
+        self.budget, self.base_lm = budget, base_lm
         self._propose = dspy.Predict(ProposeInstructions)
 
     # -- one evaluation: base answer, then judgment ---------------------------------------------------
     def _evaluate(self, prompt: str, query: str) -> tuple[str, Judgment]:
         selection = self.rewarder.select(query)
         try:
-            with self.meter.usage("base"):
+            spend = self.budget.spend(self.base_lm, prompt_chars=len(prompt) + len(query) + 4000) \
+                if self.budget is not None else nullcontext()
+            with spend, self.meter.usage("base"):
                 response = self.answer(prompt, query)
+        except BudgetExhausted:
+            raise
         except Exception as exc:  # the base model failed: no answer, hence no reward for this candidate
             self.meter.record_failure("base", f"lm_error:{type(exc).__name__}")
             return "", Judgment(selection.aspects, failure=f"base_{type(exc).__name__}")
@@ -181,13 +190,16 @@ class BeamSearch:
     def _propose_one(self, node: Node, action: int) -> str | None:
         config = sampling_config(self.optimizer_lm, temperature=self.settings.temperature, sample=action,
                                  seed=self.settings.seed)
+        chars = len(node.prompt) * 6 + len(node.query) + len(node.response) + 2000
         try:
-            with self.meter.usage("optimizer"):
+            with guarded(self.budget, self.optimizer_lm, chars), self.meter.usage("optimizer"):
                 pred = call_typed(
                     self._propose, self.optimizer_lm, config,
                     current_system_prompt=node.prompt, query=node.query, response=node.response or "(empty answer)",
                     evaluation=node.judgment.render(), prompt_history=self._history(node),
                 )
+        except BudgetExhausted:
+            raise
         except Exception as exc:
             kind = "parse_failure" if type(exc).__name__ == "AdapterParseError" else f"lm_error:{type(exc).__name__}"
             self.meter.record_failure("optimizer", kind)
@@ -219,15 +231,28 @@ class BeamSearch:
             stop = self.should_stop()
             if stop:
                 return SearchState(stopped=stop)
-            state = self.start(queries, initial_prompt)
-        with ThreadPoolExecutor(max_workers=max(1, self.settings.num_threads)) as pool:
+            try:
+                state = self.start(queries, initial_prompt)
+            except BudgetExhausted as exc:
+                return SearchState(stopped=str(exc))
+        pool = ThreadPoolExecutor(max_workers=max(1, self.settings.num_threads))
+        try:
             while state.level < state.max_depth and state.level < len(queries):
                 stop = self.should_stop()
                 if stop:
                     state.stopped = stop
                     break
-                self._step(state, queries[state.level], pool)
+                try:
+                    self._step(state, queries[state.level], pool)
+                except BudgetExhausted as exc:  # the unfinished level is dropped; the last finished one stands
+                    state.stopped = str(exc)
+                    break
                 self.on_level(state)
+        except KeyboardInterrupt:
+            state.stopped = "interrupted (Ctrl-C)"
+            pool.shutdown(wait=False, cancel_futures=True)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
         return state
 
     def _step(self, state: SearchState, query: str, pool: ThreadPoolExecutor) -> None:

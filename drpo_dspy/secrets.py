@@ -7,7 +7,9 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-_SECRET_NAME = re.compile(r"(api[_-]?key|token|secret|password|passwd|authorization|auth|credential)", re.I)
+_SECRET_NAME = re.compile(
+    r"(api[_-]?key|(^|[_\-])token($|[_\-])|secret|password|passwd|authorization|credential|bearer)", re.I
+)
 _KEY_SHAPES = re.compile(r"\b(sk-[A-Za-z0-9_\-]{8,}|hf_[A-Za-z0-9]{8,}|AKIA[0-9A-Z]{12,}|xox[abp]-[A-Za-z0-9\-]{8,})")
 MASK = "***"
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,15 +14,20 @@ import dspy
 from dspy.teleprompt import Teleprompter
 
 from drpo_dspy.aspects import AspectCatalogue
+from drpo_dspy.budget import Budget, StopSignal
 from drpo_dspy.metering import Meter
 from drpo_dspy.responder import AlignedResponder
 from drpo_dspy.reward import DynamicRewarder
+from drpo_dspy.run_cache import run_lm_cache
 from drpo_dspy.run_dir import RunDirectory, published_levels
 from drpo_dspy.search import BeamSearch, Node, SearchSettings, SearchState
 from drpo_dspy.secrets import Redactor, describe_lm
 from drpo_dspy.validation import check_number, check_positive_int, coerce_queries, resolve_lm
 
 logger = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "drpo-dspy/checkpoint"
+RESUME_KEYS = ("search", "k", "initial_instructions", "roles", "aspects", "queries", "embedder", "bank_size")
 
 
 @dataclass
@@ -58,7 +65,13 @@ class DRPO(Teleprompter):
         log_dir: Run directory (configuration, log, trace, per-level results, caches, program, summary).
         catalogue: Reward aspects (default: the 14 built-in ones).
         paper_faithful_failures: Treat an unreadable judgment as reward 0 plus a skip, as the original code did.
+        max_calls, max_tokens, max_cost_usd: Hard budgets across all roles, checked before every call; when one
+            would be exceeded the search stops and the best program of the last finished level is returned.
         progress: Show a progress bar while compiling.
+
+    A ``STOP`` file in ``log_dir`` or Ctrl-C also stops the search gracefully. With ``log_dir`` set, a checkpoint
+    is written after every level and LM responses are cached in ``log_dir/lm_cache``;
+    ``compile(..., resume=True)`` continues an interrupted run without paying again for finished calls.
     """
 
     def __init__(
@@ -81,6 +94,9 @@ class DRPO(Teleprompter):
         log_dir: str | Path | None = None,
         catalogue: AspectCatalogue | None = None,
         paper_faithful_failures: bool = False,
+        max_calls: int | None = None,
+        max_tokens: int | None = None,
+        max_cost_usd: float | None = None,
         progress: bool = True,
     ):
         super().__init__()
@@ -108,10 +124,15 @@ class DRPO(Teleprompter):
         self.log_dir = log_dir
         self.catalogue = catalogue or AspectCatalogue()
         self.progress = progress
+        self.budgets = {"max_calls": max_calls, "max_tokens": max_tokens, "max_cost_usd": max_cost_usd}
+        Budget(Meter(), **self.budgets)  # validates the limits now, before any compile
 
     def compile(self, student: AlignedResponder, *, trainset: Any, valset: Any = None, teacher: Any = None,
-                **kwargs: Any) -> AlignedResponder:
-        """Search for the alignment prompt; return a new AlignedResponder (the student is not modified)."""
+                resume: bool = False, **kwargs: Any) -> AlignedResponder:
+        """Search for the alignment prompt; return a new AlignedResponder (the student is not modified).
+
+        ``resume=True`` continues the run recorded in ``log_dir`` (same settings and queries required).
+        """
         if teacher is not None:
             raise ValueError("DRPO does not use a teacher program")
         if kwargs:
@@ -126,8 +147,12 @@ class DRPO(Teleprompter):
             ("optimizer", self.optimizer_lm))}
         program = student.deepcopy()
         program.k = self.k  # raises a clear error when the bank is smaller than k
-        run_dir = RunDirectory(self.log_dir, redactor=Redactor(roles.values())) if self.log_dir else None
-        return _Compilation(self, program, queries, roles, run_dir).run()
+        if resume and not self.log_dir:
+            raise ValueError("resume=True needs the log_dir of the run to continue")
+        run_dir = RunDirectory(self.log_dir, redactor=Redactor(roles.values()), resume=resume) if self.log_dir else None
+        compilation = _Compilation(self, program, queries, roles, run_dir)
+        state = compilation.load_checkpoint() if resume else None
+        return compilation.run(state)
 
 
 class _Compilation:
@@ -141,6 +166,9 @@ class _Compilation:
         self.lms = {role: self.meter.watch(lm, role) if isinstance(lm, dspy.LM) else lm for role, lm in roles.items()}
         self.rewarder = DynamicRewarder(metrics_lm=self.lms["metrics"], judge_lm=self.lms["judge"],
                                         catalogue=drpo.catalogue, meter=self.meter)
+        self.budget = Budget(self.meter, **drpo.budgets)
+        self.rewarder.budget = self.budget
+        self.stop = StopSignal(run_dir.file("STOP") if run_dir else None)
         self.started = time.monotonic()
         self._bar: Any = None
 
@@ -158,19 +186,59 @@ class _Compilation:
 
     def _on_level(self, state: SearchState) -> None:
         best = state.best
+        logger.info("level %d/%d: best path mean %s", state.level, state.max_depth,
+                    _fmt(best.path_mean if best else None))
         if self._bar is not None:
             self._bar.update(state.level - self._bar.n)
             self._bar.total = max(state.max_depth, state.level)
             self._bar.set_postfix(best=_fmt(best.path_mean if best else None))
         if self.run_dir is not None:
-            self.run_dir.write_json("checkpoint.json", {"format": "drpo-dspy/checkpoint", "version": 1,
+            self.run_dir.write_json("checkpoint.json", {"format": CHECKPOINT_FORMAT, "version": 1,
                                                          "state": state.to_dict()})
             self.run_dir.write_json("levels.json", published_levels(state.best_path))
             self.run_dir.write_json("metrics_cache.json", self.rewarder.cache)
             self.run_dir.write_json("summary.json", self._summary(state))
 
+    # -- resume ---------------------------------------------------------------------------------------
+    def load_checkpoint(self) -> SearchState | None:
+        """The search state saved in the run directory, after checking it belongs to this very run."""
+        run_dir = self.run_dir
+        if run_dir is None or not run_dir.file("checkpoint.json").exists():
+            return None
+        checkpoint = run_dir.read_json("checkpoint.json")
+        if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT \
+                or "state" not in checkpoint:
+            raise ValueError(f"{run_dir.file('checkpoint.json')} is not a drpo-dspy checkpoint")
+        saved = run_dir.read_json("config.json") if run_dir.file("config.json").exists() else {}
+        mine = json.loads(json.dumps(run_dir.redactor.data(self._config())))
+        differing = sorted(k for k in RESUME_KEYS if _comparable(saved.get(k)) != _comparable(mine.get(k)))
+        if differing:
+            raise ValueError(
+                f"the checkpoint in {run_dir.path} belongs to a different run (differs in: {', '.join(differing)}); "
+                "resume with the same settings, queries and models, or start a new log_dir"
+            )
+        try:
+            state = SearchState.from_dict(checkpoint["state"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{run_dir.file('checkpoint.json')} is corrupt: {exc}") from exc
+        if run_dir.file("metrics_cache.json").exists():
+            self.rewarder.preload(run_dir.read_json("metrics_cache.json"))
+        if run_dir.file("summary.json").exists():
+            self.meter.load_state(run_dir.read_json("summary.json").get("usage", {}))
+        self._trim_trace(state.level)
+        logger.info("resuming %s after level %d", run_dir.path, state.level)
+        return state
+
+    def _trim_trace(self, level: int) -> None:
+        """Drop trace lines of the level that was interrupted (it is evaluated again, from the LM cache)."""
+        path = self.run_dir.file("trace.jsonl")
+        if path.exists():
+            kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+                    if line.strip() and json.loads(line).get("level", 0) <= level]
+            path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
     # -- the compile ----------------------------------------------------------------------------------
-    def run(self) -> AlignedResponder:
+    def run(self, state: SearchState | None = None) -> AlignedResponder:
         drpo = self.drpo
         if self.run_dir is not None:
             self.run_dir.write_json("config.json", self._config())
@@ -178,17 +246,23 @@ class _Compilation:
             settings=drpo.settings,
             answer=lambda prompt, query: self.program.respond_with(prompt, query, lm=self.lms["base"]),
             rewarder=self.rewarder, optimizer_lm=self.lms["optimizer"], meter=self.meter,
-            on_node=self._on_node, on_level=self._on_level,
+            on_node=self._on_node, on_level=self._on_level, should_stop=self.stop, budget=self.budget,
+            base_lm=self.lms["base"],
         )
         if drpo.progress:
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=min(drpo.settings.depth, len(self.queries)), desc="DRPO levels", unit="level")
+            self._bar = tqdm(total=min(drpo.settings.depth, len(self.queries)), desc="DRPO levels", unit="level",
+                             initial=state.level if state else 0)
+        cache = run_lm_cache(self.run_dir.file("lm_cache")) if self.run_dir is not None else nullcontext()
         try:
-            state = search.run(self.queries, self.initial)
+            with cache:
+                state = search.run(self.queries, self.initial, state)
         finally:
             if self._bar is not None:
                 self._bar.close()
+        if state.stopped:
+            logger.warning("DRPO stopped early: %s; returning the best prompt of level %d", state.stopped, state.level)
         best = state.best
         compiled = self.program.with_state(instructions=best.prompt) if best else self.program.deepcopy()
         compiled.drpo_result = self._result(state)
@@ -229,6 +303,13 @@ class _Compilation:
             stopped=state.stopped, log_dir=str(self.run_dir.path) if self.run_dir else None,
             reward_per_level=[n.reward for n in state.best_path],
         )
+
+
+def _comparable(value: Any) -> Any:
+    """Config values as compared on resume: the thread count may change between sessions."""
+    if isinstance(value, dict) and "num_threads" in value:
+        return {k: v for k, v in value.items() if k != "num_threads"}
+    return value
 
 
 def _fmt(value: float | None) -> str:

@@ -7,10 +7,10 @@ import os
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import dspy  # noqa: E402
-import pytest  # noqa: E402
+import dspy
+import pytest
 
-import drpo_dspy  # noqa: E402, F401
+import drpo_dspy  # noqa: F401
 
 
 @pytest.fixture(autouse=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import threading
 from collections import defaultdict
@@ -9,6 +10,8 @@ from collections.abc import Callable
 from typing import Any
 
 from drpo_dspy.testing import last_user_text, scripted_lm, system_text
+
+_WORLDS = itertools.count()
 
 
 def field(messages: list[dict[str, Any]], name: str) -> str:
@@ -31,15 +34,19 @@ class World:
 
     def __init__(self, scores: Callable[[str, str], list[int]], aspects: tuple[str, ...] = ("Helpfulness", "Clarity"),
                  judge_garbage: Callable[[str, str], bool] = lambda p, q: False,
-                 optimizer_garbage: Callable[[str, int], bool] = lambda p, a: False):
+                 optimizer_garbage: Callable[[str, int], bool] = lambda p, a: False, cache: bool = False,
+                 latency: float = 0.0, on_call: Callable[[str, dict], None] | None = None, name: str | None = None):
         self.scores, self.aspects = scores, list(aspects)
         self.judge_garbage, self.optimizer_garbage = judge_garbage, optimizer_garbage
         self.lock = threading.Lock()
+        self.on_call = on_call
         self.calls: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        self.base_lm = scripted_lm(self._base)
-        self.metrics_lm = scripted_lm(self._metrics)
-        self.judge_lm = scripted_lm(self._judge)
-        self.optimizer_lm = scripted_lm(self._optimizer)
+        options = {"cache": cache, "latency": latency}
+        prefix = name or f"world{next(_WORLDS)}"
+        self.base_lm = scripted_lm(self._base, name=f"{prefix}-base", **options)
+        self.metrics_lm = scripted_lm(self._metrics, name=f"{prefix}-metrics", **options)
+        self.judge_lm = scripted_lm(self._judge, name=f"{prefix}-judge", **options)
+        self.optimizer_lm = scripted_lm(self._optimizer, name=f"{prefix}-optimizer", **options)
 
     def roles(self) -> dict[str, Any]:
         return {"base_lm": self.base_lm, "metrics_lm": self.metrics_lm, "judge_lm": self.judge_lm,
@@ -48,6 +55,8 @@ class World:
     def _record(self, role: str, **data: Any) -> None:
         with self.lock:
             self.calls[role].append(data)
+        if self.on_call is not None:
+            self.on_call(role, data)
 
     def _base(self, messages, params):
         prompt = system_text(messages).split("\n\n# Query:")[0].strip()
