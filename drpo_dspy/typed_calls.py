@@ -33,3 +33,37 @@ def call_typed(predictor: dspy.Predict, lm: Any, config: dict[str, Any], **input
         return predictor(lm=lm, config=config, **inputs)
     with dspy.context(adapter=adapter):
         return predictor(lm=lm, config=config, **inputs)
+
+
+class _TolerantParsing:
+    """Mixin: an unreadable completion parses to empty fields instead of failing its siblings (``n > 1``)."""
+
+    def parse(self, signature: type[dspy.Signature], completion: str) -> dict[str, Any]:
+        from dspy.utils.exceptions import AdapterParseError
+
+        try:
+            return super().parse(signature, completion)  # type: ignore[misc]
+        except AdapterParseError:
+            return {name: None for name in signature.output_fields}
+
+
+class TolerantChatAdapter(_TolerantParsing, dspy.ChatAdapter):
+    """Chat adapter for multi-sample calls: each sample parses (or fails) on its own."""
+
+
+class TolerantJSONAdapter(_TolerantParsing, dspy.JSONAdapter):
+    """JSON adapter for multi-sample calls: each sample parses (or fails) on its own."""
+
+
+def call_typed_samples(predictor: dspy.Predict, lm: Any, config: dict[str, Any], n: int,
+                       **inputs: Any) -> list[dspy.Prediction | None]:
+    """One request for ``n`` samples; each unreadable sample becomes ``None`` (the others survive)."""
+    adapter = TolerantJSONAdapter() if adapter_for(lm) is not None else TolerantChatAdapter()
+    with dspy.context(adapter=adapter):
+        pred = predictor(lm=lm, config={**config, "n": n}, **inputs)
+    completions = pred.completions
+    samples: list[dspy.Prediction | None] = []
+    for i in range(len(completions)):
+        sample = completions[i]
+        samples.append(None if all(sample[name] is None for name in predictor.signature.output_fields) else sample)
+    return samples

@@ -5,9 +5,10 @@ Results are ordered by score, ties by id. ``search`` may run concurrently; ``add
 exclusive access (the caller's lock).
 
 ``kind="auto"`` uses exact search up to ``EXACT_MAX`` vectors and IVF-Flat above it. Approximate indexes calibrate
-their search width on the data itself (leave-one-out queries drawn from the indexed vectors, recall@10 against
-exact search) and then double it as a margin. If IVF cannot reach the target while scanning under a quarter of
-the lists (data without neighbourhood structure), "auto" falls back to exact search.
+their search width on the data itself (512 leave-one-out queries drawn from the indexed vectors, recall@10
+against exact search, judged on a lower confidence bound) and then double it as a margin. If IVF cannot reach
+the target while scanning under a quarter of the lists (data without neighbourhood structure), "auto" falls
+back to exact search (after paying for the IVF build).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ TARGET_RECALL = 0.99
 INDEX_KINDS = ("auto", "exact", "hnsw", "ivf")
 _FORMAT = "drpo-dspy/vector-index"
 _VERSION = 1
-_CALIB_QUERIES = 256
+_CALIB_QUERIES = 512
 _CALIB_K = 10
 _NORM_TOL = 1e-3
 _CHUNK_FLOATS = 1 << 25  # ~128 MB of scores per exact-search chunk
@@ -137,7 +138,10 @@ def _loo_truth(vectors: np.ndarray, sample: np.ndarray, k: int) -> np.ndarray:
 
 def _calibrate(vectors: np.ndarray, search: Callable[[np.ndarray, int, int], np.ndarray], widths: list[int],
                target: float, seed: int) -> tuple[int, float]:
-    """Smallest width in ``widths`` whose leave-one-out recall@k reaches ``target``; (width, recall)."""
+    """Smallest width in ``widths`` whose leave-one-out recall@k reaches ``target``; returns (width, recall).
+
+    Misses cluster on a few queries (a topic split across cells), so the test is on a lower confidence bound:
+    mean per-query recall minus two standard errors."""
     n = len(vectors)
     k = min(_CALIB_K, n - 1)
     rng = np.random.default_rng(seed)
@@ -146,10 +150,10 @@ def _calibrate(vectors: np.ndarray, search: Callable[[np.ndarray, int, int], np.
     recall = 0.0
     for width in widths:
         found = search(vectors[sample], k + 1, width)
-        hits = sum(len(set(t.tolist()) & set(f[(f != s) & (f >= 0)][:k].tolist()))
-                   for t, f, s in zip(truth, found, sample, strict=True))
-        recall = hits / truth.size
-        if recall >= target:
+        per_query = np.array([len(set(t.tolist()) & set(f[(f != s) & (f >= 0)][:k].tolist())) / k
+                              for t, f, s in zip(truth, found, sample, strict=True)])
+        recall = float(per_query.mean())
+        if recall - 2 * float(per_query.std()) / math.sqrt(len(per_query)) >= target:
             return width, recall
     return widths[-1], recall
 

@@ -74,7 +74,17 @@ def test_dspy_routes_embedded_to_litellm_with_response_schema() -> None:
     lm = _lm()
     assert lm.supports_response_schema
     assert {"response_format", "stop", "seed", "n"} <= lm.supported_params
-    assert embedded_lm().engine == "litellm"
+
+
+def test_embedded_lm_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lm_mod, "ensure_embedded_runtime", lambda: None)
+    lm = embedded_lm(max_tokens=16)
+    assert (lm.model, lm.engine, lm.kwargs["temperature"], lm.kwargs["max_tokens"]) == (
+        EMBEDDED_MODEL,
+        "litellm",
+        0.0,
+        16,
+    )
 
 
 def test_param_mapping_usage_and_n_with_fake_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -102,12 +112,20 @@ def test_missing_runtime_raises_import_error_with_pip_hint(monkeypatch: pytest.M
 
 
 def test_raw_route_copy_keeps_kwargs() -> None:
-    base = dspy.LM("openai/davinci-002", model_type="text", api_base="http://127.0.0.1:9/v1", api_key="sk-test",
-                   temperature=0.3, max_tokens=8, cache=False)
+    base = dspy.LM(
+        "openai/davinci-002",
+        model_type="text",
+        api_base="http://127.0.0.1:9/v1",
+        api_key="sk-test",
+        temperature=0.3,
+        max_tokens=8,
+        cache=False,
+    )
     raw = raw_completion_lm(base)
     assert raw.model == f"{RAW_TEXT_PROVIDER}/openai/davinci-002" and raw.model_type == "chat"
     assert raw.kwargs == base.kwargs and raw.engine == "litellm"
     assert raw_completion_lm(raw) is raw
+    assert lm_mod.raw_completion_lm is raw_completion_lm  # also importable from drpo_dspy.local_model
     assert base.model == "openai/davinci-002" and base.model_type == "text"
 
 
@@ -123,8 +141,17 @@ def test_raw_route_remote_calls_litellm_text_completion(monkeypatch: pytest.Monk
         )
 
     monkeypatch.setattr(rt_mod.litellm, "text_completion", fake_text_completion)
-    raw = raw_completion_lm(dspy.LM("openai/davinci-002", model_type="text", api_base="http://127.0.0.1:9/v1",
-                                    api_key="sk-test", temperature=0.3, max_tokens=8, cache=False))
+    raw = raw_completion_lm(
+        dspy.LM(
+            "openai/davinci-002",
+            model_type="text",
+            api_base="http://127.0.0.1:9/v1",
+            api_key="sk-test",
+            temperature=0.3,
+            max_tokens=8,
+            cache=False,
+        )
+    )
     messages = [{"role": "system", "content": "Q: 2+2?\n"}, {"role": "user", "content": "A:"}]
     assert _messages_call(raw, messages, stop=["\n"], seed=1) == [" four"]
     sent = calls[-1]
@@ -136,8 +163,11 @@ def test_raw_route_remote_calls_litellm_text_completion(monkeypatch: pytest.Monk
 
 
 def test_join_messages_is_exact() -> None:
-    messages = [{"role": "system", "content": "a\n"}, {"role": "user", "content": [{"type": "text", "text": "b"}]},
-                {"role": "assistant", "content": " c"}]
+    messages = [
+        {"role": "system", "content": "a\n"},
+        {"role": "user", "content": [{"type": "text", "text": "b"}]},
+        {"role": "assistant", "content": " c"},
+    ]
     assert join_messages(messages) == "a\nb c"
 
 
@@ -191,9 +221,16 @@ def test_stop_and_max_tokens(runtime: lm_mod.EmbeddedRuntime) -> None:
 @pytest.mark.embedded
 def test_temperature_zero_is_deterministic(runtime: lm_mod.EmbeddedRuntime) -> None:
     lm = _lm()
-    first = lm("Write one sentence about the sea.")
-    lm("Something else entirely, to change the cached state.")
-    assert lm("Write one sentence about the sea.") == first
+    system = "You are a concise assistant who answers in one plain sentence. " * 8  # > N_BATCH tokens
+
+    def ask(question: str) -> list[str]:
+        return _messages_call(lm, [{"role": "system", "content": system}, {"role": "user", "content": question}])
+
+    runtime.reset()
+    fresh = ask("Write one sentence about the sea.")
+    ask("Write one sentence about the mountains.")  # reuses the cached system-prompt chunks
+    assert ask("Write one sentence about the sea.") == fresh
+    assert lm("Write one sentence about the sea.") == lm("Write one sentence about the sea.")
 
 
 @pytest.mark.embedded
@@ -228,7 +265,7 @@ def _spy_formats(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
 @pytest.mark.embedded
 def test_json_adapter_schema_is_enforced(runtime: lm_mod.EmbeddedRuntime, monkeypatch: pytest.MonkeyPatch) -> None:
     formats = _spy_formats(monkeypatch)
-    with dspy.context(lm=_lm(max_tokens=96), adapter=dspy.JSONAdapter()):
+    with dspy.context(lm=_lm(max_tokens=64), adapter=dspy.JSONAdapter()):
         pred = dspy.Predict(Rating)(text="The cat sat on the mat.")
     assert isinstance(pred.score, int) and isinstance(pred.reasons, list)
     assert formats[-1]["type"] == "json_schema"
@@ -236,10 +273,11 @@ def test_json_adapter_schema_is_enforced(runtime: lm_mod.EmbeddedRuntime, monkey
 
 
 @pytest.mark.embedded
-def test_chat_adapter_json_fallback_reaches_schema(runtime: lm_mod.EmbeddedRuntime,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_chat_adapter_json_fallback_reaches_schema(
+    runtime: lm_mod.EmbeddedRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
     formats = _spy_formats(monkeypatch)
-    with dspy.context(lm=_lm(max_tokens=96), adapter=dspy.ChatAdapter()):
+    with dspy.context(lm=_lm(max_tokens=64), adapter=dspy.ChatAdapter()):
         pred = dspy.Predict(Rating)(text="The cat sat on the mat.")
     assert isinstance(pred.score, int) and isinstance(pred.reasons, list)
     assert formats[0] is None  # the ChatAdapter call is free text
@@ -249,7 +287,7 @@ def test_chat_adapter_json_fallback_reaches_schema(runtime: lm_mod.EmbeddedRunti
 
 @pytest.mark.embedded
 def test_concurrent_calls_match_sequential(runtime: lm_mod.EmbeddedRuntime) -> None:
-    lm = _lm(max_tokens=12)
+    lm = _lm(max_tokens=8)
     prompts = [f"Name fruit number {i}." for i in range(8)]
     sequential = [lm(p) for p in prompts]
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -258,8 +296,7 @@ def test_concurrent_calls_match_sequential(runtime: lm_mod.EmbeddedRuntime) -> N
 
 
 @pytest.mark.embedded
-def test_raw_route_embedded_uses_exact_prompt(runtime: lm_mod.EmbeddedRuntime,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_raw_route_embedded_uses_exact_prompt(runtime: lm_mod.EmbeddedRuntime, monkeypatch: pytest.MonkeyPatch) -> None:
     prompts: list[str] = []
     token_lists: list[list[int]] = []
     real_prompt, real_generate = lm_mod.EmbeddedRuntime.text_prompt, lm_mod.EmbeddedRuntime.generate

@@ -28,7 +28,7 @@ def make(world, **options):
 
 
 def total_calls(world):
-    return sum(len(v) for v in world.calls.values())
+    return world.requests
 
 
 @pytest.mark.parametrize("max_calls", [1, 3, 9, 20])
@@ -87,8 +87,8 @@ def test_resume_in_process_matches_an_uninterrupted_run(tmp_path):
     assert resumed.instructions == reference.instructions
     assert resumed.drpo_result.levels == reference.drpo_result.levels
     # Calls finished before the stop are answered from the run's LM cache, never made again.
-    before = {json.dumps(c, sort_keys=True) for role in first.calls for c in first.calls[role]}
-    again = [json.dumps(c, sort_keys=True) for role in second.calls for c in second.calls[role]]
+    before = {json.dumps([role, c], sort_keys=True) for role in first.calls for c in first.calls[role]}
+    again = [json.dumps([role, c], sort_keys=True) for role in second.calls for c in second.calls[role]]
     assert not before & set(again)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["levels"] == reference.drpo_result.levels
@@ -146,3 +146,32 @@ def test_sigkill_at_several_points_then_resume(tmp_path):
     reference_calls = (tmp_path / "ref.jsonl").read_text().splitlines()
     # Only calls in flight at a kill may be made twice.
     assert len(calls) - len(reference_calls) <= kills * 4
+
+
+@pytest.mark.parametrize(("depth", "beam", "actions", "increase"), [(3, 2, 2, 0), (5, 2, 3, 2), (4, 1, 1, 3)])
+def test_dry_run_bounds_a_scripted_run(depth, beam, actions, increase):
+    from drpo_dspy.estimate import render
+
+    world = World(lambda p, q: [5, 5] if q == "q2" else [3, 2])
+    drpo = make(world, depth=depth, beam_size=beam, n_actions=actions, max_depth_increase=increase)
+    report = drpo.estimate(QUERIES)
+    assert total_calls(world) == 0  # a dry run calls nothing
+    program = drpo.compile(AlignedResponder(examples=[], k=0), trainset=QUERIES)
+    usage = program.drpo_result.usage
+    for role, row in report["roles"].items():
+        assert usage[role]["lm_calls"] <= row["upper"]["lm_calls"], role
+    assert report["expected"]["lm_calls"] <= report["upper"]["lm_calls"]
+    assert "| total |" in render(report)
+
+
+@pytest.mark.parametrize(("sampling", "optimizer_calls"), [("independent", 3 + 6 + 6), ("batched", 1 + 2 + 2)])
+def test_dry_run_exact_when_nothing_skips(sampling, optimizer_calls):
+    from drpo_dspy.estimate import role_calls
+
+    world = World(lambda p, q: [2, 2])
+    program = make(world, depth=4, beam_size=2, n_actions=3, proposal_sampling=sampling).compile(
+        AlignedResponder(examples=[], k=0), trainset=QUERIES)
+    expected = role_calls(4, 4, 2, 3, batched=sampling == "batched")
+    assert {r: u["lm_calls"] for r, u in program.drpo_result.usage.items()} == expected
+    assert expected == {"base": 1 + 3 + 6 + 6, "metrics": 4, "judge": 16, "optimizer": optimizer_calls}
+    assert world.requests == sum(expected.values())

@@ -111,6 +111,18 @@ def test_unparseable_rewrite_drops_only_that_candidate():
     assert program.drpo_result.usage["optimizer"]["failures"] == {"parse_failure": 2}
 
 
+@pytest.mark.parametrize("sampling", ["batched", "independent"])
+def test_batched_and_independent_rewrites_build_the_same_tree(sampling):
+    world = World(lambda p, q: [1 + len(p) % 5, 1 + len(q) % 5], optimizer_garbage=lambda p, a: a == 2)
+    result = compile_with(world, depth=4, n_actions=3, proposal_sampling=sampling).drpo_result
+    assert [n["prompt"] for n in result.best_path][:2] == ["P", "P/0"] or result.best_path[1]["prompt"] == "P/1"
+    assert result.usage["optimizer"]["failures"] == {"parse_failure": 1 + 2 + 2}
+    expected = compile_with(World(lambda p, q: [1 + len(p) % 5, 1 + len(q) % 5],
+                                  optimizer_garbage=lambda p, a: a == 2), depth=4, n_actions=3,
+                            proposal_sampling="independent").drpo_result
+    assert result.best_path == expected.best_path and result.final_beam == expected.final_beam
+
+
 def test_parallel_and_sequential_search_agree():
     def scores(p, q):
         return [1 + (len(p) * 7 + len(q)) % 5, 1 + (len(p) * 3) % 5]

@@ -52,6 +52,12 @@ class World:
         return {"base_lm": self.base_lm, "metrics_lm": self.metrics_lm, "judge_lm": self.judge_lm,
                 "optimizer_lm": self.optimizer_lm}
 
+    @property
+    def requests(self) -> int:
+        """Provider requests made (a multi-sample request counts once)."""
+        with self.lock:
+            return sum(1 for calls in self.calls.values() for c in calls if c.get("n_index", 0) == 0)
+
     def _record(self, role: str, **data: Any) -> None:
         with self.lock:
             self.calls[role].append(data)
@@ -78,8 +84,9 @@ class World:
 
     def _optimizer(self, messages, params):
         current = field(messages, "current_system_prompt")
-        action = int(params.get("seed", 0))
-        self._record("optimizer", prompt=current, history=field(messages, "prompt_history"), action=action)
+        action = int(params.get("seed", 0)) + int(params.get("n_index", 0))
+        self._record("optimizer", prompt=current, history=field(messages, "prompt_history"), action=action,
+                     n_index=int(params.get("n_index", 0)))
         if self.optimizer_garbage(current, action):
             return "no fields here"
         return {"analysis": "a", "thought": "t", "new_system_prompt": f"{current}/{action}"}

@@ -26,7 +26,8 @@ h1 { font-size: 1.6rem; margin-bottom: .2rem; } h2 { font-size: 1.2rem; margin-t
 .meta { color: #57606a; font-size: .9rem; }
 table { border-collapse: collapse; margin: .6rem 0; font-size: .88rem; }
 th, td { border: 1px solid #d0d7de; padding: .3rem .55rem; text-align: right; vertical-align: top; }
-caption { caption-side: top; text-align: left; padding-bottom: .3rem; } th { background: #f6f8fa; } td:first-child, th:first-child { text-align: left; font-weight: 600; }
+caption { caption-side: top; text-align: left; padding-bottom: .3rem; } th { background: #f6f8fa; }
+td:first-child, th:first-child { text-align: left; font-weight: 600; }
 .charts { display: flex; flex-wrap: wrap; gap: 1rem; }
 figure { margin: 0; border: 1px solid #d0d7de; border-radius: 6px; padding: .5rem; background: #fff;
          flex: 1 1 460px; box-sizing: border-box; } figure.wide { flex-basis: 100%; }

@@ -135,8 +135,9 @@ def wilson(successes: int, n: int, level: float = LEVEL) -> dict[str, Any]:
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return {"rate": p, "count": successes, "n": n, "ci_low": max(0.0, centre - half),
-            "ci_high": min(1.0, centre + half)}
+    low = 0.0 if successes == 0 else max(0.0, centre - half)  # exact bounds at the edges, no rounding noise
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return {"rate": p, "count": successes, "n": n, "ci_low": low, "ci_high": high}
 
 
 # -- the summary ----------------------------------------------------------------------------------------------------
