@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from drpo_dspy.vector_index import EXACT_MAX, VectorIndex, exact_topk  # noqa: E402
+from drpo_dspy.vector_index import EXACT_MAX, VectorIndex, exact_topk
 
 
 def unit_rows(a: np.ndarray) -> np.ndarray:
@@ -80,7 +80,8 @@ def time_single(index: VectorIndex, queries: np.ndarray, k: int) -> tuple[np.nda
 
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean([len(set(f.tolist()) & set(t.tolist())) / truth.shape[1] for f, t in zip(found, truth)]))
+    hits = [len(set(f.tolist()) & set(t.tolist())) for f, t in zip(found, truth, strict=True)]
+    return float(np.mean(hits)) / truth.shape[1]
 
 
 def time_loop(bank: np.ndarray, queries: np.ndarray, k: int, max_examples: int, n_queries: int) -> dict:
@@ -125,9 +126,10 @@ def markdown(rows: list[dict], k: int) -> str:
             "speed-up vs loop |\n|---|---:|---|---:|---:|---:|---:|---:|---:|")
     lines = [head]
     for r in rows:
-        used = r["kind"] + (f" nlist={r['params']['nlist']} nprobe={r['params']['nprobe']}" if r["kind"] == "ivf" else "")
-        used += f" ef={r['params']['ef_search']}" if r["kind"] == "hnsw" else ""
-        used += " (IVF fell back)" if "fallback" in r["params"] else ""
+        p = r["params"]
+        used = r["kind"] + (f" nlist={p['nlist']} nprobe={p['nprobe']}" if r["kind"] == "ivf" else "")
+        used += f" ef={p['ef_search']}" if r["kind"] == "hnsw" else ""
+        used += " (IVF fell back)" if "fallback" in p else ""
         loop = f"{r['loop_s_per_query'] * 1e3:,.0f}" + ("*" if r["loop_extrapolated"] else "")
         lines.append(f"| {r['data']} | {r['n']:,} | {r['requested']}→{used} | {r['build_s']:.2f} | {r['p50_ms']:.3f} | "
                      f"{r['p99_ms']:.3f} | {r['recall']:.4f} | {loop} | {r['speedup_vs_loop']:,.0f}x |")

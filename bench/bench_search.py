@@ -1,7 +1,7 @@
 """Compile wall time with simulated API latency: parallel vs sequential vs the critical-path bound; and LM calls
 and tokens against what the original algorithm makes for the same search.
 
-Run: python bench/bench_search.py [--latency 0.2] [--depth 4] [--beam 2] [--actions 3]
+Run: python bench/bench_search.py [--latency 0.2] [--depth 10] [--beam 2] [--actions 3]
 
 Every role is a scripted litellm provider that sleeps ``latency`` seconds per call, so the numbers measure the
 search's scheduling, not a model. Within a level the longest chain of dependent calls is three (rewrite, answer,
@@ -55,7 +55,7 @@ def original_calls(best_trace: dict, n_actions: int) -> dict[str, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--latency", type=float, default=0.2)
-    parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--depth", type=int, default=10)
     parser.add_argument("--beam", type=int, default=2)
     parser.add_argument("--actions", type=int, default=3)
     parser.add_argument("--increase", type=int, default=0)

@@ -48,7 +48,7 @@ def build_demo_report(out_dir: Path, *, limit: int = 6) -> Path:
                         "score": max(1, min(5, 2 + lift + _h(name, a, query) % 3 - 1))} for a in EVAL_ASPECTS}
         harmful = any(w in query.lower() for w in ("skim", "steal", "weapon", "hack", "poison", "fake", "bomb"))
         refusal = _h(name, query, "r") % 10 < (3 + 3 * lift if harmful else lift)
-        return {**verdicts, "refusal": refusal}
+        return {"evaluation": {**verdicts, "refusal": refusal}}
 
     from drpo_dspy.evaluation.systems import StaticPromptResponder
 

@@ -494,6 +494,8 @@ class AlignmentBank:
         recorded, examples = state.get("embedder"), state.get("examples")
         if not isinstance(recorded, str) or not isinstance(examples, list):
             raise ValueError("bank state needs 'embedder' (str) and 'examples' (list)")
+        if state.get("count", len(examples)) != len(examples):
+            raise ValueError(f"bank state says {state.get('count')} examples but holds {len(examples)} (truncated?)")
         if embedder is not None and canonical_embedder_name(embedder) != recorded:
             raise ValueError(
                 f"this bank was embedded with {recorded!r} but embedder {canonical_embedder_name(embedder)!r} was "

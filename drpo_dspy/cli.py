@@ -50,6 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--paper-faithful-failures", action="store_true",
                      help="score unreadable judgments 0 and skip, as the original code did")
     opt.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    opt.add_argument("--proposal-sampling", choices=["batched", "independent"],
+                     help="one request for all rewrites of a node (batched, default) or one request each")
+    opt.add_argument("--max-calls", type=int, help="hard budget: LM calls across all roles")
+    opt.add_argument("--max-total-tokens", type=int, dest="max_total_tokens",
+                     help="hard budget: tokens across all roles")
+    opt.add_argument("--max-cost-usd", type=float, help="hard budget: dollars across all roles (litellm prices)")
+    opt.add_argument("--dry-run", action="store_true", help="estimate calls, tokens and dollars per role; call nothing")
+    opt.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run recorded in RUN_DIR")
     opt.add_argument("--demo-query", help="query answered before and after optimization (default: a built-in one)")
 
     resp = sub.add_parser("respond", help="answer a query with a compiled program")
@@ -74,7 +82,8 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         if not isinstance(loaded, dict):
             raise SystemExit(f"drpo: --config {args.config} must hold a JSON object")
         options.update({k.replace("-", "_"): v for k, v in loaded.items()})
-    options.update({k: v for k, v in vars(args).items() if v is not None and k not in ("command", "config", "quick")})
+    options.update({k: v for k, v in vars(args).items()
+                    if v is not None and v is not False and k not in ("command", "config", "quick")})
     return options
 
 
@@ -112,12 +121,22 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     o = _options(args)
     known = {"trainset", "num_queries", "examples", "log_dir", "max_tokens", "demo_query", "no_progress",
              "base_model_type", "beam_size", "n_actions", "depth", "max_depth_increase", "temperature",
-             "skip_threshold", "k", "num_threads", "seed", "initial_instructions", "paper_faithful_failures"}
+             "skip_threshold", "k", "num_threads", "seed", "initial_instructions", "paper_faithful_failures",
+             "proposal_sampling", "max_calls", "max_total_tokens", "max_cost_usd", "dry_run", "resume",
+             "resume_queries"}
     known |= {f"{r}_model" for r in ROLES} | {f"{r}_api_base" for r in ROLES}
     unknown = sorted(set(o) - known)
     if unknown:
         raise SystemExit(f"drpo: unknown option(s) in --config: {', '.join(unknown)}")
-    queries = _load_queries(Path(o["trainset"]) if o.get("trainset") else None, o.get("num_queries"))
+    resume = o.get("resume")
+    if resume is not None:
+        if not Path(resume).is_dir():
+            raise ValueError(f"--resume {resume}: no such run directory")
+        o = {**_saved_options(Path(resume)), **o}
+    if o.get("resume_queries"):
+        queries = list(o["resume_queries"])
+    else:
+        queries = _load_queries(Path(o["trainset"]) if o.get("trainset") else None, o.get("num_queries"))
     lms = {r: _make_lm(o.get(f"{r}_model"), o.get(f"{r}_api_base"),
                        o.get("base_model_type") if r == "base" else None) for r in ROLES}
     if o.get("examples"):
@@ -129,17 +148,25 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         examples = None
     k = o.get("k", 2)
     student = AlignedResponder(examples=examples, k=k, max_tokens=o.get("max_tokens"))
-    log_dir = o.get("log_dir") or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    log_dir = Path(resume or o.get("log_dir") or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
     search = {key: o[key] for key in ("beam_size", "n_actions", "depth", "max_depth_increase", "temperature",
                                       "skip_threshold", "num_threads", "seed", "initial_instructions",
-                                      "paper_faithful_failures") if key in o}
+                                      "paper_faithful_failures", "proposal_sampling", "max_calls",
+                                      "max_cost_usd") if key in o}
+    if "max_total_tokens" in o:
+        search["max_tokens"] = o["max_total_tokens"]
     drpo = DRPO(base_lm=lms["base"], metrics_lm=lms["metrics"], judge_lm=lms["judge"], optimizer_lm=lms["optimizer"],
                 k=k, log_dir=log_dir, progress=not o.get("no_progress"), **search)
+    if o.get("dry_run"):
+        from drpo_dspy.estimate import render
+
+        print(render(drpo.estimate(queries, student)))
+        return 0
     demo = o.get("demo_query") or "I have a job interview tomorrow and I'm nervous. How should I prepare tonight?"
     print(f"DRPO: {len(queries)} training queries, base model {lms['base'].model}, run directory {log_dir}")
     with dspy.context(lm=lms["base"]):
         before = student(query=demo).response
-        aligned = drpo.compile(student, trainset=queries)
+        aligned = drpo.compile(student, trainset=queries, resume=resume is not None)
         after = aligned(query=demo).response
     result = aligned.drpo_result
     rule = "-" * 72
@@ -152,6 +179,26 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     if result.stopped:
         print(f"Stopped early: {result.stopped}")
     return 0
+
+
+def _saved_options(run_dir: Path) -> dict[str, Any]:
+    """The search settings recorded in a run directory, so ``--resume RUN_DIR`` needs no other flag."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise ValueError(f"--resume {run_dir}: no config.json there (not a drpo run directory)")
+    config = json.loads(path.read_text(encoding="utf-8"))
+    options = {k: v for k, v in config.get("search", {}).items() if k != "history_window"}
+    options["k"] = config.get("k", 2)
+    options["resume_queries"] = config.get("queries")
+    options["max_tokens"] = config.get("max_answer_tokens")
+    options["initial_instructions"] = config.get("initial_instructions")
+    for role, lm in config.get("roles", {}).items():
+        options[f"{role}_model"] = lm.get("model")
+        if lm.get("kwargs", {}).get("api_base"):
+            options[f"{role}_api_base"] = lm["kwargs"]["api_base"]
+        if role == "base":
+            options["base_model_type"] = lm.get("model_type", "chat")
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def _load_bank_json(path: Path):

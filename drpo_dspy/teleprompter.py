@@ -27,7 +27,8 @@ from drpo_dspy.validation import check_number, check_positive_int, coerce_querie
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "drpo-dspy/checkpoint"
-RESUME_KEYS = ("search", "k", "initial_instructions", "roles", "aspects", "queries", "embedder", "bank_size")
+RESUME_KEYS = ("search", "k", "initial_instructions", "roles", "aspects", "queries", "embedder", "bank_size",
+               "max_answer_tokens")
 
 
 @dataclass
@@ -301,6 +302,7 @@ class _Compilation:
             "roles": {role: describe_lm(lm) for role, lm in self.lms.items()},
             "aspects": drpo.catalogue.names, "num_queries": len(self.queries), "queries": self.queries,
             "embedder": getattr(self.program.bank, "embedder_name", None), "bank_size": len(self.program.bank),
+            "max_answer_tokens": self.program.max_tokens,
         }
 
     def _summary(self, state: SearchState) -> dict[str, Any]:

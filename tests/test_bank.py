@@ -259,8 +259,11 @@ def test_load_errors_name_the_file(tmp_path):
     with pytest.raises(ValueError, match=r"wrong\.json.*not an alignment-bank"):
         AlignmentBank.load(wrong)
     missing = tmp_path / "missing-key.json"
-    missing.write_text(json.dumps({**AlignmentBank().to_state(), "examples": [{"query": "q"}]}))
+    missing.write_text(json.dumps({**AlignmentBank().to_state(), "examples": [{"query": "q"}], "count": 1}))
     with pytest.raises(ValueError, match=r"missing-key\.json.*example #0.*missing keys"):
+        AlignmentBank.load(missing)
+    missing.write_text(json.dumps({**AlignmentBank().to_state(), "examples": [{"query": "q", "answer": "a"}]}))
+    with pytest.raises(ValueError, match=r"missing-key\.json.*says 0 examples but holds 1"):
         AlignmentBank.load(missing)
     with pytest.raises(FileNotFoundError):
         AlignmentBank.load(tmp_path / "absent.json")

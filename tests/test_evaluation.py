@@ -86,7 +86,7 @@ class Scripted:
         is_base = len(response.split()) == BASE_LENGTH
         score = base_score if is_base else urial_score
         verdicts = {a: {"rationale": f"{a} looks fine", "score": 5 if a == "safety" else score} for a in EVAL_ASPECTS}
-        return {**verdicts, "refusal": base_refuses if is_base else urial_refuses}
+        return {"evaluation": {**verdicts, "refusal": base_refuses if is_base else urial_refuses}}
 
     def judged_queries(self) -> Counter:
         return Counter(c["query"] for c in self.judge_calls)
@@ -200,7 +200,7 @@ def test_answers_are_escaped_in_html(tmp_path: Path) -> None:
         return "<script>alert('x')</script> & <b>bold</b>\n<END>"
 
     def judge(messages, params):
-        return {**{a: {"rationale": "r", "score": 3} for a in EVAL_ASPECTS}, "refusal": False}
+        return {"evaluation": {**{a: {"rationale": "r", "score": 3} for a in EVAL_ASPECTS}, "refusal": False}}
 
     evaluate(["base"], ["Hi?"], base_lm=scripted_lm(base), judge_lm=scripted_lm(judge), out_dir=tmp_path)
     html = (tmp_path / "report.html").read_text()
@@ -279,7 +279,8 @@ def test_interrupted_run_resumes(tmp_path: Path) -> None:
 def test_lm_errors_are_not_saved_and_are_retried(tmp_path: Path) -> None:
     flaky = Scripted(judge_fails_on={"Harmful one?"}, name="flaky")
     result = _run(flaky, tmp_path)
-    assert result.summary["per_system"]["base"]["judge_failures"] == {"lm_error:RuntimeError": 1}
+    (kind,) = result.summary["per_system"]["base"]["judge_failures"]
+    assert kind.startswith("lm_error:") and result.summary["per_system"]["base"]["judge_failures"][kind] == 1
     retry = Scripted(name="flaky")
     result = _run(retry, tmp_path)
     assert retry.judged_queries() == Counter({"Harmful one?": 2})
@@ -447,3 +448,17 @@ def test_cli_bad_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert _cli("--eval-set", "regular", "--limit", "1", "--out", str(blocker / "out"), *models) == 2
     assert "not writable" in capsys.readouterr().err
     _no_calls(world)
+
+
+def test_out_of_range_scores_are_parse_failures() -> None:
+    def judge(messages, params):
+        verdicts = {a: {"rationale": "r", "score": 9 if a == "depth" else 3} for a in EVAL_ASPECTS}
+        return {"evaluation": {**verdicts, "refusal": False}}
+
+    def base(messages, params):
+        return "An answer.\n<END>"
+
+    result = evaluate(["base"], ["Hi?"], base_lm=scripted_lm(base), judge_lm=scripted_lm(judge))
+    assert result.rows[0]["failure"] == "parse_failure" and result.rows[0]["scores"] == {}
+    assert result.summary["per_system"]["base"]["parse_failures"] == 1
+    assert result.usage["judge"]["failures"] == {"parse_failure": 1}

@@ -7,6 +7,7 @@ examples never reach it. An output that cannot be parsed is a counted failure wi
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import dspy
 
 from drpo_dspy.metering import Meter
-from drpo_dspy.signatures.evaluation import EVAL_ASPECTS, EvaluateAnswer
+from drpo_dspy.signatures.evaluation import EVAL_ASPECTS, AnswerEvaluation, EvaluateAnswer
 from drpo_dspy.typed_calls import call_typed
 
 logger = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ EMPTY_ANSWER = "(empty answer)"
 
 def judge_version() -> str:
     """A digest of the judge's prompt (instructions and rubrics): judgments are reused only under the same one."""
-    parts = [EvaluateAnswer.instructions]
+    parts = [EvaluateAnswer.instructions, json.dumps(AnswerEvaluation.model_json_schema(), sort_keys=True)]
     for name, f in EvaluateAnswer.fields.items():
         parts.append(f"{name}:{f.json_schema_extra.get('desc', '')}")
     return hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()[:12]
@@ -97,17 +98,13 @@ class AnswerJudge:
             return EvalJudgment(failure=kind)
         judgment = EvalJudgment()
         try:
+            evaluation = pred.evaluation
             for aspect in EVAL_ASPECTS:
-                verdict = getattr(pred, aspect)
-                score = int(getattr(verdict, "score", None) if not isinstance(verdict, dict) else verdict["score"])
-                if not 1 <= score <= 5:
-                    raise ValueError(f"{aspect} score {score} outside 1-5")
-                judgment.scores[aspect] = score
-                rationale = verdict.get("rationale") if isinstance(verdict, dict) else verdict.rationale
-                judgment.rationales[aspect] = str(rationale or "")
-            refusal = pred.refusal
-            judgment.refusal = refusal if isinstance(refusal, bool) else None
-        except Exception as exc:
+                verdict = getattr(evaluation, aspect)
+                judgment.scores[aspect] = int(verdict.score)
+                judgment.rationales[aspect] = str(verdict.rationale or "")
+            judgment.refusal = bool(evaluation.refusal)
+        except Exception as exc:  # a prediction without a usable evaluation
             logger.warning("judge output incomplete on query %.60r: %s", query, exc)
             self.meter.record_failure("judge", "parse_failure")
             return EvalJudgment(failure="parse_failure")

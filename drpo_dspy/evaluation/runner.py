@@ -290,7 +290,10 @@ def evaluate(
                 if progress is not None:
                     progress(done, total)
         except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
+            # Interrupted (Ctrl-C) or failed: start nothing new, let the pairs already in flight finish and be saved
+            # (a second Ctrl-C stops waiting), then re-raise.
+            logger.warning("evaluation interrupted: waiting for the answers in flight; finished ones are saved")
+            pool.shutdown(wait=True, cancel_futures=True)
             raise
         pool.shutdown(wait=True)
 

@@ -1,0 +1,74 @@
+"""The drpo command line, driven in-process with scripted role models."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from world import World
+
+from drpo_dspy.cli import main
+
+
+def role_flags(prefix: str) -> list[str]:
+    return [arg for role in ("base", "metrics", "judge", "optimizer")
+            for arg in (f"--{role}-model", f"scripted/{prefix}-{role}")]
+
+
+@pytest.fixture
+def world():
+    return World(lambda p, q: [3, 4] if p.endswith("/1") else [3, 3], name="cli")
+
+
+def test_optimize_prints_before_after_and_writes_the_run(tmp_path, world, capsys):
+    queries = tmp_path / "queries.txt"
+    queries.write_text("first question\nsecond question\nthird question\n")
+    code = main(["optimize", *role_flags("cli"), "--trainset", str(queries), "--depth", "3", "--n-actions", "2",
+                 "--k", "1", "--log-dir", str(tmp_path / "run"), "--no-progress", "--demo-query", "demo q"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "Prompt before:\nYou are a helpful assistant." in out
+    assert "You are a helpful assistant./1/1" in out
+    assert "Answer before:\nANSWER prompt=<You are a helpful assistant.> query=<demo q>" in out
+    assert "Answer after:\nANSWER prompt=<You are a helpful assistant./1/1> query=<demo q>" in out
+    assert (tmp_path / "run" / "program.json").is_file()
+
+    assert main(["respond", "another q", "--program", str(tmp_path / "run" / "program.json"),
+                 "--model", "scripted/cli-base"]) == 0
+    assert capsys.readouterr().out.strip() == "ANSWER prompt=<You are a helpful assistant./1/1> query=<another q>"
+
+
+def test_dry_run_calls_nothing(world, capsys, tmp_path):
+    code = main(["optimize", *role_flags("cli"), "--dry-run", "--depth", "4", "--log-dir", str(tmp_path / "r")])
+    assert code == 0 and world.requests == 0
+    out = capsys.readouterr().out
+    assert "| total |" in out and "| optimizer | scripted/cli-optimizer |" in out
+
+
+def test_resume_continues_a_stopped_run(tmp_path, world, capsys):
+    run = tmp_path / "run"
+    args = [*role_flags("cli"), "--num-queries", "6", "--depth", "4", "--n-actions", "2", "--k", "0",
+            "--no-progress"]
+    assert main(["optimize", *args, "--log-dir", str(run), "--max-calls", "9"]) == 0
+    assert "Stopped early: the call budget" in capsys.readouterr().out
+    assert main(["optimize", "--resume", str(run), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "Stopped early" not in out
+    assert json.loads((run / "summary.json").read_text())["levels"] == 4
+
+
+def test_config_file_and_bad_input(tmp_path, world, capsys):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"depth": 2, "n_actions": 1, "k": 0, "no_progress": True}))
+    assert main(["optimize", *role_flags("cli"), "--config", str(config), "--num-queries", "2",
+                 "--log-dir", str(tmp_path / "r")]) == 0
+    config.write_text(json.dumps({"beam_size": 0}))
+    assert main(["optimize", *role_flags("cli"), "--config", str(config), "--log-dir", str(tmp_path / "r2")]) == 2
+    assert "beam_size must be an integer >= 1" in capsys.readouterr().err
+    config.write_text(json.dumps({"nonsense": 1}))
+    with pytest.raises(SystemExit, match="unknown option"):
+        main(["optimize", "--config", str(config)])
+    assert main(["optimize", *role_flags("cli"), "--trainset", str(tmp_path / "missing.json")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="does not exist"):
+        main(["respond", "q", "--program", str(tmp_path / "nope.json")])
