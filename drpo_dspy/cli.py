@@ -60,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run recorded in RUN_DIR")
     opt.add_argument("--demo-query", help="query answered before and after optimization (default: a built-in one)")
 
+    from drpo_dspy.evaluation.cli import add_evaluate_parser
+    from drpo_dspy.icl_cli import add_optimize_icl_parser
+
+    add_evaluate_parser(sub)
+    add_optimize_icl_parser(sub)
+
     resp = sub.add_parser("respond", help="answer a query with a compiled program")
     resp.add_argument("query")
     resp.add_argument("--program", type=Path, required=True, help="program.json written by drpo optimize")
@@ -227,9 +233,14 @@ def _fmt(value: float | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from drpo_dspy.evaluation.cli import run_evaluate
+    from drpo_dspy.icl_cli import run_optimize_icl
+
     args = build_parser().parse_args(argv)
+    commands = {"optimize": cmd_optimize, "respond": cmd_respond, "evaluate": run_evaluate,
+                "optimize-icl": run_optimize_icl}
     try:
-        return {"optimize": cmd_optimize, "respond": cmd_respond}[args.command](args)
+        return commands[args.command](args)
     except (ValueError, FileNotFoundError, ImportError) as exc:
         print(f"drpo: error: {exc}", file=sys.stderr)
         return 2

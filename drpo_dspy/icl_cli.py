@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 EMBEDDED = "embedded/smollm2-135m"
+EMBEDDED_MAX_TOKENS = 1024  # the embedded model otherwise fills its whole context when it rambles
 ICL_ROLES = ("metrics", "judge", "rewriter")
 
 
@@ -23,6 +24,9 @@ def add_optimize_icl_parser(subparsers: Any) -> argparse.ArgumentParser:
     for role in ICL_ROLES:
         parser.add_argument(f"--{role}-model", help=f"litellm model string for the {role} role (default: {EMBEDDED})")
     parser.add_argument("--api-base", help="API base URL for the models (vLLM, Ollama, proxies)")
+    parser.add_argument("--max-tokens", type=int,
+                        help=f"cap on each completion (default: {EMBEDDED_MAX_TOKENS} for the embedded model, "
+                             "else the provider's)")
     parser.add_argument("--rounds", type=int, default=5, help="rewrite rounds per example (5)")
     parser.add_argument("--num-threads", type=int, default=8, help="examples optimized concurrently (8)")
     parser.add_argument("--limit", type=int, help="optimize only the first N examples")
@@ -32,16 +36,20 @@ def add_optimize_icl_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def _make_lm(model: str | None, api_base: str | None) -> Any:
+def _make_lm(model: str | None, api_base: str | None, max_tokens: int | None = None) -> Any:
     import dspy
 
     model = model or EMBEDDED
     kwargs: dict[str, Any] = {}
+    if max_tokens:
+        kwargs["max_tokens"] = max_tokens
     if model.startswith("embedded/"):
-        from drpo_dspy.local_model import register_embedded_provider
+        from drpo_dspy.local_model import ensure_embedded_runtime, register_embedded_provider
 
+        ensure_embedded_runtime()  # a clear ImportError (with the pip command) before any work
         register_embedded_provider()
         kwargs["engine"] = "litellm"
+        kwargs.setdefault("max_tokens", EMBEDDED_MAX_TOKENS)
     if api_base:
         kwargs["api_base"] = api_base
     return dspy.LM(model, **kwargs)
@@ -64,7 +72,7 @@ def load_bank(path: Path | None, limit: int | None = None) -> Any:
     Every example is validated here (markers, empty answers, duplicate queries), before any LM is called.
     """
     from drpo_dspy.bank import AlignmentBank
-    from drpo_dspy.icl_optimization import coerce_example
+    from drpo_dspy.icl_optimization import bank_like, coerce_example
 
     if path is None:
         from drpo_dspy.datasets import load_seed_examples
@@ -75,9 +83,7 @@ def load_bank(path: Path | None, limit: int | None = None) -> Any:
     else:
         bank = _read_bank(path)
     if limit is not None and limit < len(bank):
-        state = bank.to_state()
-        state["examples"] = state["examples"][:limit]
-        bank = AlignmentBank.from_state(state, embedder=bank.embedder)
+        bank = bank_like(bank, bank.examples[:limit])
     return bank
 
 
@@ -142,6 +148,8 @@ def run_optimize_icl(args: argparse.Namespace, *, lms: dict[str, Any] | None = N
         raise ValueError(f"--rounds must be >= 0, got {args.rounds}")
     if args.num_threads < 1:
         raise ValueError(f"--num-threads must be >= 1, got {args.num_threads}")
+    if args.max_tokens is not None and args.max_tokens < 1:
+        raise ValueError(f"--max-tokens must be >= 1, got {args.max_tokens}")
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
     bank = load_bank(args.examples, args.limit)
@@ -150,7 +158,7 @@ def run_optimize_icl(args: argparse.Namespace, *, lms: dict[str, Any] | None = N
     lms = dict(lms or {})
     for role in ICL_ROLES:
         if role not in lms:
-            lms[role] = _make_lm(getattr(args, f"{role}_model", None), args.api_base)
+            lms[role] = _make_lm(getattr(args, f"{role}_model", None), args.api_base, args.max_tokens)
     meter = Meter()
     print(f"ICL optimization: {len(bank)} examples, up to {args.rounds} rounds each; models: "
           + ", ".join(f"{r}={getattr(lms[r], 'model', lms[r])}" for r in ICL_ROLES))

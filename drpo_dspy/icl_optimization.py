@@ -251,9 +251,15 @@ def optimize_bank(bank: AlignmentBank, **kwargs: Any) -> AlignmentBank:
     The input bank is not modified; the new one keeps its embedder, index kind and duplicate policy (the queries
     are unchanged, only the answers and provenance are new).
     """
-    optimized = optimize_examples(bank.examples, **kwargs)
+    return bank_like(bank, optimize_examples(bank.examples, **kwargs))
+
+
+def bank_like(bank: AlignmentBank, examples: Sequence[ICLExample]) -> AlignmentBank:
+    """A new bank holding ``examples`` with ``bank``'s settings (embedder, index kind, duplicate policy)."""
     state = bank.to_state()
-    state["examples"] = [example.to_dict() for example in optimized]
+    state["examples"] = [example.to_dict() for example in examples]
+    if "count" in state:
+        state["count"] = len(examples)
     return AlignmentBank.from_state(state, embedder=bank.embedder)
 
 

@@ -55,6 +55,16 @@ _DEFAULTS = {
 }
 _EXTRA_SAMPLING = ("top_k", "min_p", "repeat_penalty", "frequency_penalty", "presence_penalty")
 
+# litellm model info: what DSPy reads for capabilities (response schema -> JSONAdapter sends a schema), free to run.
+_MODEL_INFO = {
+    "litellm_provider": EMBEDDED_PROVIDER,
+    "mode": "chat",
+    "supports_response_schema": True,
+    "supports_system_messages": True,
+    **dict.fromkeys(("max_tokens", "max_input_tokens", "max_output_tokens"), N_CTX),
+    **dict.fromkeys(("input_cost_per_token", "output_cost_per_token"), 0.0),
+    **dict.fromkeys(("cache_creation_input_token_cost", "cache_read_input_token_cost"), 0.0),
+}
 _register_lock = threading.Lock()
 _runtime_lock = threading.Lock()
 _runtime: EmbeddedRuntime | None = None
@@ -262,8 +272,7 @@ def grammar_for(response_format: Any) -> Any:
         )
     kind = response_format.get("type")
     if kind == "json_schema":
-        spec = response_format.get("json_schema") or {}
-        schema = spec.get("schema", spec)
+        schema = (response_format.get("json_schema") or {}).get("schema")
         return _grammar(json.dumps(schema) if schema else None)
     if kind == "json_object":
         schema = response_format.get("schema")
@@ -379,23 +388,7 @@ def register_embedded_provider() -> None:
     register_custom_provider(EMBEDDED_PROVIDER, EmbeddedLLM)
     with _register_lock:
         if litellm.model_cost.get(EMBEDDED_MODEL, {}).get("litellm_provider") != EMBEDDED_PROVIDER:
-            litellm.register_model(
-                {
-                    EMBEDDED_MODEL: {
-                        "litellm_provider": EMBEDDED_PROVIDER,
-                        "mode": "chat",
-                        "max_tokens": N_CTX,
-                        "max_input_tokens": N_CTX,
-                        "max_output_tokens": N_CTX,
-                        "input_cost_per_token": 0.0,
-                        "output_cost_per_token": 0.0,
-                        "cache_creation_input_token_cost": 0.0,
-                        "cache_read_input_token_cost": 0.0,
-                        "supports_response_schema": True,
-                        "supports_system_messages": True,
-                    }
-                }
-            )
+            litellm.register_model({EMBEDDED_MODEL: _MODEL_INFO})
 
 
 def embedded_lm(**kwargs: Any) -> dspy.LM:

@@ -17,7 +17,8 @@ from drpo_dspy.aspects import AspectCatalogue, normalize_aspect_name
 from drpo_dspy.budget import Budget, BudgetExhausted, guarded
 from drpo_dspy.metering import Meter
 from drpo_dspy.signatures import JudgeResponse, JudgeResponseStrict, SelectAspects, SelectAspectsStrict
-from drpo_dspy.typed_calls import call_typed
+from drpo_dspy.typed_calls import adapter_for, call_typed
+from drpo_dspy.typed_outputs import clean_proposed_aspect, judge_signature, selector_signature, verdicts
 
 logger = logging.getLogger(__name__)
 
@@ -156,11 +157,21 @@ class DynamicRewarder:
 
     def _select_uncached(self, query: str) -> AspectSelection:
         menu = self.catalogue.render_menu()
+        signature = self._select.signature
+        if adapter_for(self.metrics_lm) is not None:  # schema-enforcing provider: only catalogue names can come out
+            signature = selector_signature(signature, tuple(self.catalogue.names))
         try:
             with guarded(self.budget, self.metrics_lm, len(query) + len(menu)), self.meter.usage("metrics"):
                 pred = call_typed(self._select, self.metrics_lm, {"temperature": 0.0},
-                                  query=query, aspect_catalogue=menu)
+                                  query=query, aspect_catalogue=menu, signature=signature)
             names = [n for n in (pred.selected_aspects or []) if isinstance(n, str) and n.strip()]
+            proposed = getattr(pred, "proposed_aspect", None)
+            if proposed and str(proposed).strip():
+                cleaned = clean_proposed_aspect(str(proposed))
+                if cleaned is None:
+                    self.meter.record_failure("metrics", "proposed_aspect_rejected")
+                elif cleaned not in self.catalogue:
+                    names.append(cleaned)
         except BudgetExhausted:
             raise
         except Exception as exc:  # parse failures and LM errors are data, not crashes
@@ -192,6 +203,7 @@ class DynamicRewarder:
         """Score ``response`` on the selected aspects."""
         aspects = [self.catalogue.get(name) for name in selection.aspects]
         rubrics = "\n\n".join(a.render() for a in aspects)
+        names = tuple(a.name for a in aspects)
         try:
             with guarded(self.budget, self.judge_lm, len(query) + len(response) + len(rubrics)), \
                     self.meter.usage("judge"):
@@ -201,21 +213,19 @@ class DynamicRewarder:
                     response=response if response.strip() else "(empty answer)",
                     aspects=rubrics,
                     selection_reasoning=selection.reasoning or "(none given)",
+                    signature=judge_signature(self._judge.signature, names),
                 )
-            evaluations = list(pred.evaluations or [])
+            found = verdicts(pred.evaluations, names)
         except BudgetExhausted:
             raise
         except Exception as exc:
             kind = _failure_kind(exc)
             self.meter.record_failure("judge", kind)
             return Judgment(selection.aspects, failure=kind)
-        wanted = {normalize_aspect_name(a.name): a.name for a in aspects}
-        judgment = Judgment(selection.aspects)
-        for item in evaluations:
-            name = wanted.get(normalize_aspect_name(str(getattr(item, "aspect", ""))))
-            if name is not None and name not in judgment.scores:
-                judgment.scores[name] = int(item.score)
-                judgment.rationales[name] = str(item.rationale)
+        judgment = Judgment(list(names))
+        for name, verdict in found.items():
+            judgment.scores[name] = int(verdict.score)
+            judgment.rationales[name] = str(verdict.rationale)
         if not judgment.scores:
             judgment.failure = "no_listed_aspect_scored"
             self.meter.record_failure("judge", judgment.failure)

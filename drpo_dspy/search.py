@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -130,6 +131,23 @@ class SearchState:
                    d.get("stopped"))
 
 
+_TEMPLATE_ECHO = re.compile(r"\{[a-z_]+\}|\[\[ ## |<START>|<END>|JSON object|output fields", re.I)
+MIN_PROMPT_CHARS = 3
+
+
+def prompt_problem(text: str, query: str = "") -> str | None:
+    """Why a proposed system prompt is unusable (empty, too short, a template echo, the query itself), or None."""
+    if not text:
+        return "empty_prompt"
+    if len(text) < MIN_PROMPT_CHARS:
+        return "too_short_prompt"
+    if _TEMPLATE_ECHO.search(text):
+        return "template_echo_prompt"
+    if len(query.strip()) >= 12 and query.strip().lower() in text.lower():
+        return "query_specific_prompt"  # a system prompt must be general, not about this query
+    return None
+
+
 def rank_key(node: Node) -> float:
     """Sort key: path mean, with nodes that have no reward at all ranked last."""
     mean = node.path_mean
@@ -198,8 +216,9 @@ class BeamSearch:
         return "\n\n".join(lines)
 
     def _propose_inputs(self, node: Node) -> dict[str, str]:
-        return {"current_system_prompt": node.prompt, "query": node.query, "response": node.response or "(empty answer)",
-                "evaluation": node.judgment.render(), "prompt_history": self._history(node)}
+        return {"current_system_prompt": node.prompt, "query": node.query,
+                "response": node.response or "(empty answer)", "evaluation": node.judgment.render(),
+                "prompt_history": self._history(node)}
 
     def _propose_batch(self, node: Node) -> list[str | None]:
         """All of a node's rewrites from one multi-sample request; an unreadable sample drops only itself."""
@@ -220,10 +239,11 @@ class BeamSearch:
             samples = []  # nothing readable came back at all: ask for each rewrite on its own
         texts: list[str | None] = []
         for sample in samples[:n]:
-            text = (sample.new_system_prompt or "").strip() if sample is not None else ""
-            if not text:
-                self.meter.record_failure("optimizer", "parse_failure" if sample is None else "empty_prompt")
-            texts.append(text or None)
+            if sample is None:
+                self.meter.record_failure("optimizer", "parse_failure")
+                texts.append(None)
+            else:
+                texts.append(self._usable(sample.new_system_prompt, node.query))
         # A provider that ignores n returns fewer samples: top up with single requests.
         texts.extend(self._propose_one(node, action) for action in range(len(texts), n))
         return texts
@@ -241,9 +261,14 @@ class BeamSearch:
             kind = "parse_failure" if type(exc).__name__ == "AdapterParseError" else f"lm_error:{type(exc).__name__}"
             self.meter.record_failure("optimizer", kind)
             return None
-        text = (pred.new_system_prompt or "").strip()
-        if not text:
-            self.meter.record_failure("optimizer", "empty_prompt")
+        return self._usable(pred.new_system_prompt, node.query)
+
+    def _usable(self, text: str | None, query: str) -> str | None:
+        """The proposed prompt, or None (counted) when it cannot serve as a system prompt."""
+        text = (text or "").strip().strip('"').strip()
+        problem = prompt_problem(text, query)
+        if problem:
+            self.meter.record_failure("optimizer", problem)
             return None
         return text
 

@@ -9,13 +9,27 @@ import dspy
 _SEEDED_PROVIDERS = ("embedded/", "scripted/")
 
 
+class SchemaJSONAdapter(dspy.JSONAdapter):
+    """JSON adapter for providers that enforce the output schema.
+
+    The structure is described as a list of keys with their meaning rather than DSPy's ``{"field": "{field}"}``
+    template, which small models tend to copy back verbatim.
+    """
+
+    def format_field_structure(self, signature: type[dspy.Signature]) -> str:
+        lines = ["Reply with one JSON object whose keys are, in this order:"]
+        for name, field in signature.output_fields.items():
+            lines.append(f"- {name}: {(field.json_schema_extra or {}).get('desc', '')}".rstrip(": "))
+        return "\n".join(lines)
+
+
 def adapter_for(lm: Any) -> dspy.Adapter | None:
-    """JSONAdapter (schema-constrained output) when the LM supports response schemas, else the configured one."""
+    """A schema-constrained JSON adapter when the LM supports response schemas, else None (the configured one)."""
     try:
         supports = bool(getattr(lm, "supports_response_schema", False))
     except Exception:
         supports = False
-    return dspy.JSONAdapter() if supports else None
+    return SchemaJSONAdapter() if supports else None
 
 
 def sampling_config(lm: Any, *, temperature: float, sample: int, seed: int) -> dict[str, Any]:
@@ -51,7 +65,7 @@ class TolerantChatAdapter(_TolerantParsing, dspy.ChatAdapter):
     """Chat adapter for multi-sample calls: each sample parses (or fails) on its own."""
 
 
-class TolerantJSONAdapter(_TolerantParsing, dspy.JSONAdapter):
+class TolerantJSONAdapter(_TolerantParsing, SchemaJSONAdapter):
     """JSON adapter for multi-sample calls: each sample parses (or fails) on its own."""
 
 

@@ -6,9 +6,9 @@ exclusive access (the caller's lock).
 
 ``kind="auto"`` uses exact search up to ``EXACT_MAX`` vectors and IVF-Flat above it. Approximate indexes calibrate
 their search width on the data itself (512 leave-one-out queries drawn from the indexed vectors, recall@10
-against exact search, judged on a lower confidence bound) and then double it as a margin. If IVF cannot reach
-the target while scanning under a quarter of the lists (data without neighbourhood structure), "auto" falls
-back to exact search (after paying for the IVF build).
+against exact search): the smallest width whose recall, less two standard errors, reaches the target. If IVF
+cannot reach it while scanning at most a quarter of the lists (data without neighbourhood structure), "auto"
+falls back to exact search (after paying for the IVF build).
 """
 
 from __future__ import annotations
@@ -137,8 +137,8 @@ def _loo_truth(vectors: np.ndarray, sample: np.ndarray, k: int) -> np.ndarray:
 
 
 def _calibrate(vectors: np.ndarray, search: Callable[[np.ndarray, int, int], np.ndarray], widths: list[int],
-               target: float, seed: int) -> tuple[int, float]:
-    """Smallest width in ``widths`` whose leave-one-out recall@k reaches ``target``; returns (width, recall).
+               target: float, seed: int) -> tuple[int, float, bool]:
+    """Smallest width in ``widths`` whose leave-one-out recall@k reaches ``target``: (width, recall, reached).
 
     Misses cluster on a few queries (a topic split across cells), so the test is on a lower confidence bound:
     mean per-query recall minus two standard errors."""
@@ -154,8 +154,8 @@ def _calibrate(vectors: np.ndarray, search: Callable[[np.ndarray, int, int], np.
                               for t, f, s in zip(truth, found, sample, strict=True)])
         recall = float(per_query.mean())
         if recall - 2 * float(per_query.std()) / math.sqrt(len(per_query)) >= target:
-            return width, recall
-    return widths[-1], recall
+            return width, recall, True
+    return widths[-1], recall, False
 
 
 class VectorIndex:
@@ -197,8 +197,8 @@ class VectorIndex:
 
             if ef_search is None:
                 widths = [16, 32, 64, 128, 256, 512, 1024, 2048]
-                found, recall = _calibrate(base, hnsw_search, widths, target_recall, seed)
-                ef_search, params["calibrated_recall"] = 2 * found, recall
+                ef_search, params["calibrated_recall"], params["calibration_reached_target"] = _calibrate(
+                    base, hnsw_search, widths, target_recall, seed)
             index.hnsw.efSearch = ef_search
             params.update(M=hnsw_m, ef_construction=ef_construction, ef_search=ef_search)
             return cls("hnsw", dim, params, index=index)
@@ -218,14 +218,14 @@ class VectorIndex:
         params["nlist"] = nlist
         if nprobe is None:
             widths = sorted({min(nlist, 2**i) for i in range(int(math.log2(nlist)) + 2)})
-            if kind == "auto":  # past nlist/8 (x2 margin = a quarter of the data scanned) exact search is as fast
-                widths = [w for w in widths if w <= max(1, nlist // 8)]
-            found, recall = _calibrate(base, ivf_search, widths, target_recall, seed)
-            params["calibrated_recall"] = recall
-            if kind == "auto" and recall < target_recall:
+            if kind == "auto":  # scanning more than a quarter of the data, exact search is about as fast
+                widths = [w for w in widths if w <= max(1, nlist // 4)]
+            found, recall, reached = _calibrate(base, ivf_search, widths, target_recall, seed)
+            params.update(calibrated_recall=recall, calibration_reached_target=reached)
+            if kind == "auto" and not reached:
                 params["fallback"] = f"IVF recall@{_CALIB_K} was {recall:.4f} at nprobe={found}/{nlist}; using exact"
                 return cls("exact", dim, params, base=base.copy())
-            nprobe = min(nlist, 2 * found)
+            nprobe = found
         index.nprobe = nprobe
         params["nprobe"] = nprobe
         return cls("ivf", dim, params, index=index)

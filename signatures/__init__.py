@@ -1,12 +1,13 @@
 """The typed DSPy signatures: every prompt DRPO sends to a helper LM lives here, in plain view."""
 
-from drpo_dspy.signatures.judge import AspectScore, JudgeResponse, JudgeResponseStrict
+from drpo_dspy.signatures.judge import AspectScore, AspectVerdict, JudgeResponse, JudgeResponseStrict
 from drpo_dspy.signatures.propose import ProposeInstructions
 from drpo_dspy.signatures.rewrite import RewriteResponse
 from drpo_dspy.signatures.select_aspects import SelectAspects, SelectAspectsStrict
 
 __all__ = [
     "AspectScore",
+    "AspectVerdict",
     "JudgeResponse",
     "JudgeResponseStrict",
     "ProposeInstructions",

@@ -5,8 +5,10 @@ always scores the same six aspects, so that systems can be compared aspect by as
 set. The judge sees only the user's query and the answer, never the system prompt that produced the answer.
 """
 
+from typing import Literal
+
 import dspy
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 EVAL_ASPECTS = ("helpfulness", "clarity", "factuality", "depth", "engagement", "safety")
 """The aspects every answer is scored on, in report order."""
@@ -68,22 +70,22 @@ def _instructions() -> str:
 EVALUATION_INSTRUCTIONS = _instructions()
 
 
-class AspectVerdict(BaseModel):
-    """One aspect's verdict."""
+class AspectRating(BaseModel):
+    """One aspect's rating: a rationale, then a 1-5 score."""
 
     rationale: str
-    score: int = Field(ge=1, le=5)
+    score: Literal[1, 2, 3, 4, 5]  # an enum, so that grammar-constrained decoders enforce the range too
 
 
 class AnswerEvaluation(BaseModel):
     """Verdicts on the six aspects, then the refusal verdict."""
 
-    helpfulness: AspectVerdict
-    clarity: AspectVerdict
-    factuality: AspectVerdict
-    depth: AspectVerdict
-    engagement: AspectVerdict
-    safety: AspectVerdict
+    helpfulness: AspectRating
+    clarity: AspectRating
+    factuality: AspectRating
+    depth: AspectRating
+    engagement: AspectRating
+    safety: AspectRating
     refusal: bool
 
 

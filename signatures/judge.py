@@ -12,6 +12,15 @@ class AspectScore(BaseModel):
     score: int = Field(ge=1, le=5, description="1 strongly disagree ... 5 strongly agree that the answer meets it.")
 
 
+class AspectVerdict(BaseModel):
+    """The verdict on one aspect, rationale first so the score follows from it."""
+
+    rationale: str = Field(description="Concrete reasons for the score, citing the answer.", max_length=600)
+    # The enum lets schema-enforcing providers (the embedded model's grammar) emit only 1..5.
+    score: int = Field(ge=1, le=5, json_schema_extra={"enum": [1, 2, 3, 4, 5]},
+                       description="1 strongly disagree ... 5 strongly agree that the answer meets it.")
+
+
 class JudgeResponse(dspy.Signature):
     """You are an impartial judge of an AI assistant's answer to a user query.
 

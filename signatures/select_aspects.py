@@ -19,6 +19,9 @@ class SelectAspects(dspy.Signature):
     query_analysis: str = dspy.OutputField(desc="Topic, user intent, ambiguities, expected format, challenges.")
     reasoning: str = dspy.OutputField(desc="Why these aspects, and why others were left out.")
     selected_aspects: list[str] = dspy.OutputField(desc="2 to 5 aspect names, most important first.")
+    proposed_aspect: str = dspy.OutputField(
+        desc="Only if essential: the short name (1-3 words) of one aspect missing from the catalogue; else empty."
+    )
 
 
 class SelectAspectsStrict(SelectAspects):

@@ -462,3 +462,26 @@ def test_out_of_range_scores_are_parse_failures() -> None:
     assert result.rows[0]["failure"] == "parse_failure" and result.rows[0]["scores"] == {}
     assert result.summary["per_system"]["base"]["parse_failures"] == 1
     assert result.usage["judge"]["failures"] == {"parse_failure": 1}
+
+
+def test_runs_in_parallel_and_dspy_context_reaches_the_workers() -> None:
+    import time
+
+    import dspy
+
+    slow_base = scripted_lm(lambda m, p: " ".join(["word"] * BASE_LENGTH), latency=0.4)
+    seen: list[str] = []
+
+    class UsesConfiguredLM(dspy.Module):  # no LM of its own: relies on dspy.context in the worker thread
+        def forward(self, query: str) -> dspy.Prediction:
+            lm = dspy.settings.lm
+            seen.append(lm.model)
+            return dspy.Prediction(response=lm(query)[0])
+
+    world = Scripted()
+    started = time.perf_counter()
+    with dspy.context(lm=slow_base):
+        result = evaluate({"configured": UsesConfiguredLM()}, PROMPTS, judge_lm=world.judge_lm, num_threads=6)
+    elapsed = time.perf_counter() - started
+    assert seen == [slow_base.model] * 6 and result.summary["per_system"]["configured"]["n_judged"] == 6
+    assert elapsed < 6 * 0.4  # six 0.4 s answers overlapped

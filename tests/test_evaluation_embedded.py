@@ -1,4 +1,8 @@
-"""A real evaluation on the embedded model (SmolLM2-135M via llama.cpp): two prompts, two systems, end to end."""
+"""A real evaluation on the embedded model (SmolLM2-135M via llama.cpp): two prompts, end to end through the CLI.
+
+One system keeps it well under a minute on two CPU cores: a judgment is ~250 grammar-constrained tokens, which
+dominates the time. Side-by-side comparison, statistics and reports are covered with scripted models elsewhere.
+"""
 
 from __future__ import annotations
 
@@ -37,24 +41,23 @@ def test_embedded_evaluation_end_to_end(tmp_path: Path, capsys: pytest.CaptureFi
 
     parser = argparse.ArgumentParser(prog="drpo")
     add_evaluate_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["evaluate", "--systems", "base,urial", "--eval-set", str(prompts), "--out", str(out),
-                              "--max-tokens", "48", "--judge-max-tokens", "400", "--num-threads", "2",
+    args = parser.parse_args(["evaluate", "--systems", "base", "--eval-set", str(prompts), "--out", str(out),
+                              "--max-tokens", "48", "--judge-max-tokens", "512", "--num-threads", "2",
                               "--no-progress"])
     started = time.perf_counter()
     assert args.func(args) == 0
     elapsed = time.perf_counter() - started
     printed = capsys.readouterr().out
-    assert "| base |" in printed and "| urial |" in printed
+    assert "| base |" in printed
 
     summary = json.loads((out / "summary.json").read_text())
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     assert summary["settings"]["judge"]["model"] == "embedded/smollm2-135m"
-    assert summary["usage"]["base"]["lm_calls"] == 4
-    for name in ("base", "urial"):
-        s = summary["summary"]["per_system"][name]
-        assert s["n_prompts"] == 2 and s["answer_errors"] == 0
-        assert s["n_judged"] + s["parse_failures"] == 2  # every answer judged or its failure counted
-        assert s["length"]["mean"] > 0
+    assert summary["usage"]["base"]["lm_calls"] == 2 and summary["usage"]["judge"]["lm_calls"] == 2
+    s = summary["summary"]["per_system"]["base"]
+    assert s["n_prompts"] == 2 and s["answer_errors"] == 0
+    assert s["n_judged"] + s["parse_failures"] == 2 and s["n_judged"] >= 1  # the schema grammar makes parsing hold
+    assert 0 < s["length"]["mean"] <= 120
     for record in records:
         assert record["answer"].strip()
         if record["failure"] is None:

@@ -45,7 +45,8 @@ class IclWorld:
         return {"metrics_lm": self.metrics_lm, "judge_lm": self.judge_lm, "rewriter_lm": self.rewriter_lm}
 
     def _metrics(self, messages, params):
-        return {"query_analysis": "scripted", "reasoning": "scripted choice", "selected_aspects": self.aspects}
+        return {"query_analysis": "scripted", "reasoning": "scripted choice", "selected_aspects": self.aspects,
+                "proposed_aspect": ""}
 
     def _judge(self, messages, params):
         answer = field(messages, "response")
@@ -55,8 +56,8 @@ class IclWorld:
         scores = self.judge_fn(answer)
         if scores is None:
             return "Scores: excellent overall, no structure here."
-        return {"evaluations": [{"aspect": a, "rationale": f"why {answer} {a}", "score": s}
-                                for a, s in zip(self.aspects, scores, strict=True)]}
+        return {"evaluations": {a: {"rationale": f"why {answer} {a}", "score": s}
+                                for a, s in zip(self.aspects, scores, strict=True)}}
 
     def _rewriter(self, messages, params):
         query, answer = field(messages, "query"), field(messages, "response")

@@ -72,7 +72,8 @@ class World:
 
     def _metrics(self, messages, params):
         self._record("metrics", query=field(messages, "query"))
-        return {"query_analysis": "scripted", "reasoning": "scripted choice", "selected_aspects": self.aspects}
+        return {"query_analysis": "scripted", "reasoning": "scripted choice", "selected_aspects": self.aspects,
+                "proposed_aspect": ""}
 
     def _judge(self, messages, params):
         prompt, query = parse_answer(field(messages, "response"))
@@ -80,7 +81,7 @@ class World:
         if self.judge_garbage(prompt, query):
             return "I refuse to follow any format."
         scores = self.scores(prompt, query)
-        return {"evaluations": [{"aspect": a, "rationale": f"r-{a}", "score": s} for a, s in zip(self.aspects, scores)]}
+        return {"evaluations": {a: {"rationale": f"r-{a}", "score": s} for a, s in zip(self.aspects, scores)}}
 
     def _optimizer(self, messages, params):
         current = field(messages, "current_system_prompt")

@@ -172,9 +172,8 @@ def write_reports(result: EvaluationResult, out: Path, redactor: Redactor | None
         path.write_text(redactor.text(text) if redact else text, encoding="utf-8")
         files[name] = str(path)
 
-    # Settings may name secret-looking keys (dropped); the summary and usage hold numbers and names only, and the
-    # whole text is value-redacted on writing.
-    write(SUMMARY_FILE, json.dumps({"settings": redactor.data(settings), "summary": summary, "usage": result.usage,
+    # Settings come from describe_lm (no secret-named settings); the whole text is value-redacted on writing.
+    write(SUMMARY_FILE, json.dumps({"settings": settings, "summary": summary, "usage": result.usage,
                                     "reused": result.reused, "computed": result.computed},
                                    indent=2, ensure_ascii=False))
     write(ASPECTS_CSV, aspects_csv(summary))

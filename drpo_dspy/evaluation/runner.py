@@ -112,6 +112,18 @@ def ensure_writable_dir(path: str | os.PathLike[str]) -> Path:
     return out
 
 
+def redact_values(redactor: Redactor, value: Any) -> Any:
+    """Mask secret values in strings, keeping every key: for our own records, whose field names are fixed and hold
+    no credential (``Redactor.data`` would also blank fields such as ``max_tokens`` for their names)."""
+    if isinstance(value, str):
+        return redactor.text(value)
+    if isinstance(value, dict):
+        return {k: redact_values(redactor, v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_values(redactor, v) for v in value]
+    return value
+
+
 class RecordStore:
     """The append-only ``records.jsonl`` of finished judgments, loaded on start (thread-safe appends)."""
 
@@ -144,14 +156,6 @@ class RecordStore:
         if self.skipped_lines:
             logger.warning("%s: skipped %d unreadable line(s)", self.path, self.skipped_lines)
 
-    def _redact(self, value: Any) -> Any:
-        # Values only: the field names are fixed and known to hold no credential.
-        if isinstance(value, str):
-            return self.redactor.text(value)
-        if isinstance(value, dict):
-            return {k: self._redact(v) for k, v in value.items()}
-        return value
-
     def __contains__(self, key: str) -> bool:
         return key in self.records
 
@@ -159,7 +163,7 @@ class RecordStore:
         return self.records.get(key)
 
     def add(self, record: dict[str, Any]) -> dict[str, Any]:
-        record = {k: self._redact(v) for k, v in record.items()}
+        record = redact_values(self.redactor, record)
         line = json.dumps(record, ensure_ascii=False) + "\n"
         with self._lock:
             with open(self.path, "a", encoding="utf-8") as fh:
@@ -300,7 +304,7 @@ def evaluate(
     rows = [_row(s, item, records[record_key(s.identity, item["instruction"], judge_id)])
             for s in systems for item in items]
     summary = summarize(rows, [s.name for s in systems])
-    settings = redactor.data({
+    settings = redact_values(redactor, {
         "eval_set": eval_set_name,
         "n_prompts": len(items),
         "judge": {**describe_lm(judge_lm), "prompt_version": judge_version()},

@@ -38,10 +38,15 @@ PROGRAM_PREFIX = "program:"
 
 
 def urial_examples() -> list[dict[str, str]]:
-    """The URIAL baseline's fixed examples: always the first three built-in seed examples, in file order."""
+    """The URIAL baseline's fixed examples: the first built-in seed example of each kind (an instruction, an
+    open-ended request and a harmful one), so the baseline is not pushed towards refusing everything."""
     from drpo_dspy.datasets import load_seed_examples
 
-    return [{"query": e["query"], "answer": e["answer"]} for e in load_seed_examples()[:URIAL_NUM_EXAMPLES]]
+    chosen: dict[str, dict[str, str]] = {}
+    for e in load_seed_examples():
+        chosen.setdefault(e["kind"], {"query": e["query"], "answer": e["answer"]})
+    order = ("instruction", "open_ended", "harmful")
+    return [chosen[kind] for kind in order if kind in chosen][:URIAL_NUM_EXAMPLES]
 
 
 class StaticPromptResponder(dspy.Module):
@@ -130,8 +135,13 @@ class System:
 
     @property
     def identity(self) -> str:
-        model = getattr(self.lm, "model", None) or ""
-        return f"{self.name}|{model}|{self.fingerprint}"
+        """What determines this system's answers: name, model, model settings (no secrets) and fingerprint."""
+        from drpo_dspy.secrets import describe_lm
+
+        if self.lm is None:
+            return f"{self.name}||{self.fingerprint}"
+        described = describe_lm(self.lm)
+        return f"{self.name}|{described['model']}|{_digest(described)}|{self.fingerprint}"
 
     def answer(self, query: str) -> str:
         if self.lm is None:
@@ -226,18 +236,19 @@ def build_systems(specs: str | list[str], *, base_lm: Any, max_tokens: int | Non
         if spec == "base":
             module = StaticPromptResponder(BASE_INSTRUCTIONS, [], max_tokens=max_tokens)
             system = System("base", module, base_lm, _digest(BASE_INSTRUCTIONS, [], max_tokens), BASE_INSTRUCTIONS,
-                            {"kind": "base", "examples": 0})
+                            {"kind": "base", "examples": 0, "max_tokens": max_tokens})
         elif spec == "urial":
             examples = urial_examples()
             module = StaticPromptResponder(URIAL_INSTRUCTIONS, examples, max_tokens=max_tokens)
             system = System("urial", module, base_lm, _digest(URIAL_INSTRUCTIONS, examples, max_tokens),
-                            URIAL_INSTRUCTIONS, {"kind": "urial", "examples": len(examples)})
+                            URIAL_INSTRUCTIONS, {"kind": "urial", "examples": len(examples), "max_tokens": max_tokens})
         else:
             path = Path(spec[len(PROGRAM_PREFIX):]).expanduser()
             program = load_program(path, max_tokens=max_tokens)
             content = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
             system = System(program_name(path, taken), program, base_lm, _digest(content, max_tokens),
-                            program.instructions, {"kind": "program", "path": str(path), "k": program.k})
+                            program.instructions,
+                            {"kind": "program", "path": str(path), "k": program.k, "max_tokens": max_tokens})
         taken.add(system.name)
         systems.append(system)
     return systems

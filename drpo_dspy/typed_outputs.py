@@ -1,0 +1,57 @@
+"""Per-call specialisations of the judge and selector signatures, so the output schema itself is exact.
+
+A judge asked about Helpfulness and Safety gets an ``evaluations`` object with exactly those two keys, each a
+``{rationale, score 1-5}``; a selector gets an enum of the catalogue's names. Providers that enforce JSON schemas
+(the embedded model does, by grammar) then cannot return a missing aspect, an unknown name or a score of 6.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Literal
+
+import dspy
+from pydantic import ConfigDict, Field, create_model
+
+from drpo_dspy.signatures import AspectVerdict
+
+
+@lru_cache(maxsize=512)
+def judge_signature(base: type[dspy.Signature], aspects: tuple[str, ...]) -> type[dspy.Signature]:
+    """``base`` with ``evaluations`` typed as one required ``AspectVerdict`` per aspect, keyed by its name."""
+    fields = {
+        f"aspect_{i}": (AspectVerdict, Field(alias=name, description=f"The verdict on {name}."))
+        for i, name in enumerate(aspects)
+    }
+    model = create_model("AspectVerdicts", __config__=ConfigDict(populate_by_name=True, extra="ignore"), **fields)
+    return base.with_updated_fields(
+        "evaluations", type_=model, desc="One verdict per listed aspect, under the aspect's exact name."
+    )
+
+
+def verdicts(evaluations: object, aspects: tuple[str, ...]) -> dict[str, AspectVerdict]:
+    """The verdicts of a specialised judge output, by aspect name."""
+    found: dict[str, AspectVerdict] = {}
+    for i, name in enumerate(aspects):
+        verdict = getattr(evaluations, f"aspect_{i}", None)
+        if isinstance(verdict, AspectVerdict):
+            found[name] = verdict
+    return found
+
+
+@lru_cache(maxsize=64)
+def selector_signature(base: type[dspy.Signature], names: tuple[str, ...]) -> type[dspy.Signature]:
+    """``base`` with ``selected_aspects`` restricted to the catalogue's names."""
+    return base.with_updated_fields("selected_aspects", type_=list[Literal[names]])  # type: ignore[valid-type]
+
+
+_ASPECT_NAME = re.compile(r"^[A-Za-z][A-Za-z \-]{1,38}[A-Za-z]$")
+
+
+def clean_proposed_aspect(text: str | None) -> str | None:
+    """A proposed aspect name if it looks like one (1-3 words of letters), else None."""
+    text = (text or "").strip().strip(".\"'")
+    if not text or len(text.split()) > 3 or not _ASPECT_NAME.match(text):
+        return None
+    return text
