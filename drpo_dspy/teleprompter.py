@@ -68,6 +68,8 @@ class DRPO(Teleprompter):
         paper_faithful_failures: Treat an unreadable judgment as reward 0 plus a skip, as the original code did.
         proposal_sampling: "batched" asks for the ``n_actions`` rewrites of a node in one request (as the paper's
             code does; an unreadable sample drops only itself); "independent" makes one request per rewrite.
+        optimize_icl: First improve the answers of the student's example bank with a strict critic and a
+            rewriter (the optimizer model), up to ``icl_rounds`` rounds each, as the paper's offline ICL stage does.
         max_calls, max_tokens, max_cost_usd: Hard budgets across all roles, checked before every call; when one
             would be exceeded the search stops and the best program of the last finished level is returned.
         progress: Show a progress bar while compiling.
@@ -98,6 +100,8 @@ class DRPO(Teleprompter):
         catalogue: AspectCatalogue | None = None,
         paper_faithful_failures: bool = False,
         proposal_sampling: str = "batched",
+        optimize_icl: bool = False,
+        icl_rounds: int = 5,
         max_calls: int | None = None,
         max_tokens: int | None = None,
         max_cost_usd: float | None = None,
@@ -111,6 +115,7 @@ class DRPO(Teleprompter):
         check_positive_int("k", k, minimum=0)
         check_positive_int("num_threads", num_threads)
         check_positive_int("seed", seed, minimum=0)
+        check_positive_int("icl_rounds", icl_rounds)
         check_number("temperature", temperature, 0.0, 2.0)
         check_number("skip_threshold", skip_threshold, 1.0, 5.0)
         if initial_instructions is not None and (
@@ -125,6 +130,7 @@ class DRPO(Teleprompter):
                                        paper_faithful_failures=paper_faithful_failures,
                                        proposal_sampling=proposal_sampling)
         self.k = k
+        self.optimize_icl, self.icl_rounds = bool(optimize_icl), icl_rounds
         self.initial_instructions = initial_instructions
         self.log_dir = log_dir
         self.catalogue = catalogue or AspectCatalogue()
@@ -184,6 +190,7 @@ class _Compilation:
         self.drpo, self.program, self.queries, self.run_dir = drpo, program, queries, run_dir
         self.initial = drpo.initial_instructions or program.instructions
         self.meter = Meter()
+        self.roles = roles
         self.lms = {role: self.meter.watch(lm, role) if isinstance(lm, dspy.LM) else lm for role, lm in roles.items()}
         self.rewarder = DynamicRewarder(metrics_lm=self.lms["metrics"], judge_lm=self.lms["judge"],
                                         catalogue=drpo.catalogue, meter=self.meter)
@@ -259,10 +266,27 @@ class _Compilation:
             path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
     # -- the compile ----------------------------------------------------------------------------------
+    def _optimize_examples(self) -> None:
+        """The paper's offline stage: sharpen the example answers before the prompt search uses them."""
+        from drpo_dspy.icl_optimization import optimize_bank
+
+        logger.info("optimizing the answers of %d in-context examples", len(self.program.bank))
+        bank = optimize_bank(self.program.bank, metrics_lm=self.lms["metrics"], judge_lm=self.lms["judge"],
+                             rewriter_lm=self.roles["optimizer"], rounds=self.drpo.icl_rounds,
+                             num_threads=self.drpo.settings.num_threads, meter=self.meter,
+                             catalogue=self.drpo.catalogue)
+        self.program = self.program.with_state(bank=bank)
+        if self.run_dir is not None:
+            bank.save(self.run_dir.file("icl_bank.json"))
+
     def run(self, state: SearchState | None = None) -> AlignedResponder:
         drpo = self.drpo
         if self.run_dir is not None:
             self.run_dir.write_json("config.json", self._config())
+        if drpo.optimize_icl and len(self.program.bank):
+            cache = run_lm_cache(self.run_dir.file("lm_cache")) if self.run_dir is not None else nullcontext()
+            with cache:
+                self._optimize_examples()
         search = BeamSearch(
             settings=drpo.settings,
             answer=lambda prompt, query: self.program.respond_with(prompt, query, lm=self.lms["base"]),
@@ -298,7 +322,8 @@ class _Compilation:
         drpo = self.drpo
         return {
             "format": "drpo-dspy/config", "version": 1,
-            "search": asdict(drpo.settings), "k": drpo.k, "initial_instructions": self.initial,
+            "search": asdict(drpo.settings), "k": drpo.k, "optimize_icl": drpo.optimize_icl,
+            "icl_rounds": drpo.icl_rounds, "initial_instructions": self.initial,
             "roles": {role: describe_lm(lm) for role, lm in self.lms.items()},
             "aspects": drpo.catalogue.names, "num_queries": len(self.queries), "queries": self.queries,
             "embedder": getattr(self.program.bank, "embedder_name", None), "bank_size": len(self.program.bank),

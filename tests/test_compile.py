@@ -85,3 +85,18 @@ def test_teacher_is_rejected():
     lm = scripted_lm(lambda m, p: "x")
     with pytest.raises(ValueError, match="teacher"):
         DRPO(base_lm=lm).compile(AlignedResponder(examples=[], k=0), trainset=["q"], teacher=object())
+
+
+def test_optimize_icl_stage_runs_before_the_search(tmp_path):
+    world = World(lambda p, q: [3, 3], aspects=("Helpfulness", "Clarity", "Depth"))
+    drpo = DRPO(**world.roles(), depth=2, n_actions=1, k=1, optimize_icl=True, icl_rounds=3,
+                log_dir=tmp_path / "run", progress=False)
+    student = AlignedResponder("Start.", EXAMPLES, k=1, embedder="hashing")
+    program = drpo.compile(student, trainset=["q one", "q two"])
+    answers = [e.answer for e in program.bank.examples]
+    assert answers == [f"{a} (improved) (improved)" for _, a in EXAMPLES]  # 3 -> 4 -> 5: stops at all 5s
+    assert [e.answer for e in student.bank.examples] == [a for _, a in EXAMPLES]
+    rounds = [p for p in program.bank.examples[0].provenance if p.get("stage") == "icl_optimization"]
+    assert [r["total"] for r in rounds] == [9, 12, 15]
+    assert len(world.calls["rewriter"]) == 4
+    assert (tmp_path / "run" / "icl_bank.json").is_file()

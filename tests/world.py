@@ -76,7 +76,12 @@ class World:
                 "proposed_aspect": ""}
 
     def _judge(self, messages, params):
-        prompt, query = parse_answer(field(messages, "response"))
+        response = field(messages, "response")
+        if not response.startswith("ANSWER prompt="):  # an in-context example's answer (ICL stage)
+            self._record("icl_judge", response=response)
+            score = min(5, 3 + response.count("(improved)"))
+            return {"evaluations": {a: {"rationale": "icl", "score": score} for a in self.aspects}}
+        prompt, query = parse_answer(response)
         self._record("judge", prompt=prompt, query=query)
         if self.judge_garbage(prompt, query):
             return "I refuse to follow any format."
@@ -84,6 +89,10 @@ class World:
         return {"evaluations": {a: {"rationale": f"r-{a}", "score": s} for a, s in zip(self.aspects, scores)}}
 
     def _optimizer(self, messages, params):
+        if "[[ ## critique ## ]]" in last_user_text(messages):  # the ICL rewriter role
+            response = field(messages, "response")
+            self._record("rewriter", response=response)
+            return {"analysis": "a", "thought": "t", "new_response": f"{response} (improved)"}
         current = field(messages, "current_system_prompt")
         action = int(params.get("seed", 0)) + int(params.get("n_index", 0))
         self._record("optimizer", prompt=current, history=field(messages, "prompt_history"), action=action,
