@@ -11,6 +11,8 @@ _DEFAULTS = {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
+    # llama.cpp's threads spin while waiting by default; on a shared 2-core machine that collapses throughput.
+    "OMP_WAIT_POLICY": "PASSIVE",
 }
 
 

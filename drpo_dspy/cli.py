@@ -93,7 +93,12 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
-def _make_lm(model: str | None, api_base: str | None = None, model_type: str | None = None, **kwargs: Any):
+# Output caps for the embedded model per role: enough for its typed outputs, short enough to stay fast on a CPU.
+EMBEDDED_MAX_TOKENS = {"metrics": 256, "judge": 400, "optimizer": 400, "rewriter": 600}
+
+
+def _make_lm(model: str | None, api_base: str | None = None, model_type: str | None = None, role: str = "base",
+             **kwargs: Any):
     import dspy
 
     model = model or EMBEDDED
@@ -102,6 +107,9 @@ def _make_lm(model: str | None, api_base: str | None = None, model_type: str | N
 
         register_embedded_provider()
         kwargs.setdefault("engine", "litellm")
+        kwargs.setdefault("temperature", 0.0)
+        if role in EMBEDDED_MAX_TOKENS:
+            kwargs.setdefault("max_tokens", EMBEDDED_MAX_TOKENS[role])
     if api_base:
         kwargs["api_base"] = api_base
     return dspy.LM(model, model_type=model_type or "chat", **kwargs)
@@ -119,9 +127,17 @@ def _load_queries(path: Path | None, limit: int | None) -> list[str]:
     return queries[:limit] if limit else queries
 
 
+def _quiet_truncation_warnings() -> None:
+    """Answers cut at their token cap are expected during a search; DSPy warns about each one."""
+    import logging
+
+    logging.getLogger("dspy.clients.lm").setLevel(logging.ERROR)
+
+
 def cmd_optimize(args: argparse.Namespace) -> int:
     import dspy
 
+    _quiet_truncation_warnings()
     from drpo_dspy import DRPO, AlignedResponder
 
     o = _options(args)
@@ -144,7 +160,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     else:
         queries = _load_queries(Path(o["trainset"]) if o.get("trainset") else None, o.get("num_queries"))
     lms = {r: _make_lm(o.get(f"{r}_model"), o.get(f"{r}_api_base"),
-                       o.get("base_model_type") if r == "base" else None) for r in ROLES}
+                       o.get("base_model_type") if r == "base" else None, role=r) for r in ROLES}
     if o.get("examples"):
         from drpo_dspy.bank import AlignmentBank
 

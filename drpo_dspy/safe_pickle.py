@@ -1,0 +1,268 @@
+"""Reading untrusted pickles (such as the original DRPO release's ``output.pkl``) without running their code.
+
+``pickle.load`` imports whatever classes and functions a file names and calls them, so a crafted file can run any
+command. ``load_untrusted_pickle`` uses a restricted unpickler instead:
+
+- a short allow-list of harmless builtins and standard containers is rebuilt for real (``set``, ``frozenset``,
+  ``complex``, ``bytearray``, ``range``, ``slice``, ``collections.OrderedDict``/``defaultdict``/``deque``,
+  ``datetime`` values, ``decimal.Decimal``);
+- any other name in a denied module (``os``, ``subprocess``, ``sys``, ``builtins``' functions such as ``eval`` or
+  ``__import__``, ``importlib``, ``pickle``, ``socket``, ``ctypes``, ...) makes loading fail with
+  ``UnsafePickleError`` before anything is called;
+- every other class is replaced by an inert stand-in (a subclass of ``PickledObject``) that only records what the
+  pickle gave it: constructor arguments and state. Nothing is imported and no code from the file runs, yet the data
+  is readable: ``node.state``, ``result.args`` and ``obj["key"]`` all work.
+
+``extract_prompts`` then finds the system prompts in the original release's search result.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import decimal
+import io
+import os
+import pickle
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+MAX_PICKLE_BYTES = 256 * 1024 * 1024
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    """The pickle names a function or class that could run code; nothing from it was executed."""
+
+
+_ALLOWED: dict[tuple[str, str], Any] = {
+    ("builtins", "object"): object,
+    ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+    ("builtins", "complex"): complex,
+    ("builtins", "bytearray"): bytearray,
+    ("builtins", "range"): range,
+    ("builtins", "slice"): slice,
+    ("__builtin__", "set"): set,
+    ("__builtin__", "frozenset"): frozenset,
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("collections", "deque"): collections.deque,
+    ("datetime", "datetime"): datetime.datetime,
+    ("datetime", "date"): datetime.date,
+    ("datetime", "time"): datetime.time,
+    ("datetime", "timedelta"): datetime.timedelta,
+    ("datetime", "timezone"): datetime.timezone,
+    ("decimal", "Decimal"): decimal.Decimal,
+}
+
+
+def _reconstructor(cls: Any, base: Any, state: Any) -> Any:
+    """``copyreg._reconstructor`` (protocols 0 and 1) for stand-ins only."""
+    if isinstance(cls, type) and issubclass(cls, PickledObject) and base in (object, None):
+        return cls.__new__(cls)
+    raise UnsafePickleError(f"refusing to reconstruct {cls!r} from {base!r}")
+
+# Modules whose globals are never rebuilt, not even as stand-ins: naming one is a sign of a crafted file.
+_DENIED_MODULES = frozenset({
+    "builtins", "__builtin__", "os", "posix", "nt", "posixpath", "ntpath", "subprocess", "sys", "shutil", "importlib",
+    "imp", "pickle", "_pickle", "cPickle", "copyreg", "copy_reg", "marshal", "types", "socket", "ctypes", "runpy",
+    "code", "codeop", "pty", "webbrowser", "functools", "operator", "inspect", "io", "_io", "tempfile", "pathlib",
+    "multiprocessing", "threading", "_thread", "signal", "platform", "gc", "weakref", "asyncio", "pydoc", "timeit",
+    "cProfile", "profile", "pdb", "bdb", "trace", "ensurepip", "venv", "zipimport", "shelve", "dbm", "sqlite3",
+    "urllib", "http", "ftplib", "smtplib", "telnetlib", "xmlrpc", "ssl", "select", "selectors", "mmap", "resource",
+    "fcntl", "termios", "tty", "pwd", "grp", "spwd", "crypt", "syslog", "dill", "cloudpickle", "joblib", "numpy.lib",
+    "torch", "nose", "pytest", "setuptools", "pip", "distutils", "site", "sysconfig", "builtin", "exec", "eval",
+})
+
+
+def _denied(module: str) -> bool:
+    top = module.split(".", 1)[0]
+    return module in _DENIED_MODULES or top in _DENIED_MODULES
+
+
+class PickledObject:
+    """Inert stand-in for an object of a class that was not imported.
+
+    ``args``/``kwargs`` hold the constructor arguments the pickle gave (for named tuples these are the fields),
+    ``state`` holds what the pickle restored into the object. State keys read as attributes, items of ``args``
+    by index.
+    """
+
+    _pickled_class = "?"
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> PickledObject:
+        obj = object.__new__(cls)
+        object.__setattr__(obj, "args", args)
+        object.__setattr__(obj, "kwargs", kwargs)
+        object.__setattr__(obj, "state", None)
+        object.__setattr__(obj, "contents", [])
+        return obj
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # a REDUCE call records its arguments in __new__
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, tuple) and len(state) == 2 and (state[1] is None or isinstance(state[1], dict)):
+            attributes, slots = state  # (dict state, slot state)
+            merged = {**(attributes or {}), **(slots or {})} if isinstance(attributes, dict | type(None)) else state
+            object.__setattr__(self, "state", merged)
+        else:
+            object.__setattr__(self, "state", state)
+
+    # containers restored into a stand-in (list/dict subclasses) are recorded, never run
+    def append(self, item: Any) -> None:
+        self.contents.append(item)
+
+    def extend(self, items: Any) -> None:
+        self.contents.extend(items)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.contents.append((key, value))
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, int):
+            return self.args[key]
+        state = self.state if isinstance(self.state, dict) else {}
+        if key in state:
+            return state[key]
+        raise KeyError(key)
+
+    def __getattr__(self, name: str) -> Any:
+        state = object.__getattribute__(self, "state")
+        if isinstance(state, dict) and name in state:
+            return state[name]
+        raise AttributeError(f"{type(self)._pickled_class} stand-in has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("a PickledObject stand-in is read-only")
+
+    def __repr__(self) -> str:
+        fields = [repr(a)[:40] for a in self.args[:3]]
+        if isinstance(self.state, dict):
+            fields += [f"{k}=..." for k in list(self.state)[:5]]
+        return f"<stand-in {self._pickled_class}({', '.join(fields)})>"
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, file: Any):
+        super().__init__(file)
+        self._stand_ins: dict[tuple[str, str], type] = {}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in (("copyreg", "_reconstructor"), ("copy_reg", "_reconstructor")):
+            return _reconstructor
+        allowed = _ALLOWED.get((module, name))
+        if allowed is not None:
+            return allowed
+        if _denied(module):
+            raise UnsafePickleError(
+                f"refusing to load {module}.{name}: this pickle asks to import a function that could run code "
+                "(a crafted or untrusted file); nothing from it was executed"
+            )
+        key = (module, name)
+        if key not in self._stand_ins:
+            self._stand_ins[key] = type(name.rsplit(".", 1)[-1], (PickledObject,),
+                                        {"_pickled_class": f"{module}.{name}", "__module__": "drpo_dspy.safe_pickle"})
+        return self._stand_ins[key]
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise UnsafePickleError("refusing a pickle with persistent references (it needs external objects)")
+
+
+def loads_untrusted_pickle(data: bytes) -> Any:
+    """Unpickle ``data`` with the restricted unpickler (see the module docstring)."""
+    try:
+        return _RestrictedUnpickler(io.BytesIO(data)).load()
+    except UnsafePickleError:
+        raise
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            MemoryError, OverflowError, UnicodeDecodeError) as exc:
+        raise ValueError(f"not a readable pickle ({type(exc).__name__}: {exc})") from exc
+
+
+def load_untrusted_pickle(path: str | os.PathLike) -> Any:
+    """Load a pickle file without importing or calling anything it names, except a few harmless builtins.
+
+    Raises ``UnsafePickleError`` for files that name dangerous functions (``os.system``, ``builtins.eval``,
+    ``subprocess.Popen``, ...), ``ValueError`` for files that are not pickles, ``FileNotFoundError`` when missing.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pickle file {path} does not exist")
+    size = path.stat().st_size
+    if size > MAX_PICKLE_BYTES:
+        raise ValueError(f"{path} is {size} bytes, above the {MAX_PICKLE_BYTES}-byte limit for untrusted pickles")
+    try:
+        return loads_untrusted_pickle(path.read_bytes())
+    except UnsafePickleError as exc:
+        raise UnsafePickleError(f"{path}: {exc}") from None
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
+def pickled_class(obj: Any) -> str | None:
+    """The ``module.Class`` a stand-in replaces, or None for ordinary values."""
+    return type(obj)._pickled_class if isinstance(obj, PickledObject) else None
+
+
+def walk(obj: Any, *, max_nodes: int = 1_000_000) -> Iterator[Any]:
+    """Every value reachable from ``obj`` (depth first, each container once)."""
+    seen: set[int] = set()
+    stack = [obj]
+    while stack and len(seen) < max_nodes:
+        value = stack.pop()
+        if isinstance(value, str | bytes | int | float | bool | type(None)):
+            yield value
+            continue
+        if id(value) in seen:
+            continue
+        seen.add(id(value))
+        yield value
+        if isinstance(value, dict):
+            children = [*value.keys(), *value.values()]
+        elif isinstance(value, list | tuple | set | frozenset | collections.deque):
+            children = list(value)
+        elif isinstance(value, PickledObject):
+            children = [*value.args, *value.kwargs.values(), value.state, *value.contents]
+        else:
+            children = []
+        stack.extend(reversed(children))
+
+
+def _sub_results(obj: Any) -> Iterator[PickledObject]:
+    for value in walk(obj):
+        if pickled_class(value) == "prompt_align.world_model.SubResult":
+            yield value
+
+
+def extract_prompts(obj: Any) -> list[str]:
+    """The distinct system prompts in an unpickled DRPO search result, in order of first appearance.
+
+    The original release pickles a ``reasoner.search_algo.beam_search.BeamSearchResult`` whose nodes' ``state`` is a
+    list of ``prompt_align.world_model.SubResult`` named tuples; the first field of each is the system prompt used at
+    that step (then the in-context examples, the query, the answer and the per-aspect evaluation).
+    Objects of another shape fall back to strings found under a ``system_prompt``/``prompt`` key or attribute.
+    """
+    prompts: list[str] = []
+    seen: set[str] = set()
+
+    def add(text: Any) -> None:
+        if isinstance(text, str) and text.strip() and text not in seen:
+            seen.add(text)
+            prompts.append(text)
+
+    for result in _sub_results(obj):
+        if result.args:
+            add(result.args[0])
+        elif isinstance(result.state, dict):
+            add(result.state.get("system_prompt"))
+    if prompts:
+        return prompts
+    for value in walk(obj):
+        if isinstance(value, dict):
+            for key in ("system_prompt", "prompt", "Prompt"):
+                add(value.get(key))
+        elif isinstance(value, PickledObject) and isinstance(value.state, dict):
+            for key in ("system_prompt", "prompt"):
+                add(value.state.get(key))
+    return prompts
