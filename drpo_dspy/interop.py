@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -74,36 +74,24 @@ def _read_prompt_text(path: Path) -> str:
     return text
 
 
-def _levels_from_extracted(extracted: Any, source: str) -> dict[str, dict[str, Any]]:
-    """Normalize what ``safe_pickle.extract_prompts`` returns: levels, a list of prompts or level dicts, a prompt."""
-    if isinstance(extracted, str):
-        extracted = [extracted]
-    if isinstance(extracted, Mapping):
-        if all(_LEVEL_KEY.fullmatch(str(k)) for k in extracted):
-            return _check_levels(extracted, source)
-        extracted = extracted.get("levels", extracted.get("prompts"))
-    if not isinstance(extracted, Sequence) or isinstance(extracted, str) or not extracted:
-        raise ValueError(f"{source}: no prompts found in the pickled search result")
-    levels = {}
-    for i, item in enumerate(extracted, start=1):
-        if isinstance(item, str):
-            prompt, evaluation = item, {}
-        elif isinstance(item, Mapping):
-            prompt = item.get(PROMPT, item.get("prompt", item.get("system_prompt")))
-            evaluation = item.get(EVALUATION, item.get("evaluation", item.get("eval_dict"))) or {}
-        else:
-            raise ValueError(f"{source}: level {i} of the pickled result is a {type(item).__name__}, not a prompt")
-        levels[f"level {i}"] = {PROMPT: prompt, EVALUATION: evaluation}
-    return _check_levels(levels, source)
-
-
 def _levels_from_pickle(path: Path) -> dict[str, dict[str, Any]]:
+    """The best path of a pickled search result, read without running the pickle's code (``safe_pickle``)."""
     try:
-        from drpo_dspy.safe_pickle import extract_prompts, load_untrusted_pickle
+        from drpo_dspy.safe_pickle import best_path, extract_prompts, load_untrusted_pickle
     except ImportError as exc:
         raise ImportError(f"{path}: pickle import needs drpo_dspy.safe_pickle (a loader that never runs the "
                           "pickle's code); import the folder's output.json or output.txt instead") from exc
-    return _levels_from_extracted(extract_prompts(load_untrusted_pickle(path)), str(path))
+    obj = load_untrusted_pickle(path)
+    steps = best_path(obj)
+    if steps:
+        levels = {f"level {i}": {PROMPT: step.get(PROMPT), EVALUATION: step.get(EVALUATION) or {}}
+                  for i, step in enumerate(steps, start=1)}
+        return _check_levels(levels, str(path))
+    prompts = [obj] if isinstance(obj, str) else extract_prompts(obj)  # a prompt pickled on its own
+    if len(prompts) != 1:
+        raise ValueError(f"{path}: not a DRPO search result with a best path, and {len(prompts)} prompts were found "
+                         "in it (cannot tell which one is final)")
+    return _check_levels({"level 1": {PROMPT: prompts[0], EVALUATION: {}}}, str(path))
 
 
 def _resolve_source(path: PathLike) -> Path:

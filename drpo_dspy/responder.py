@@ -35,15 +35,16 @@ def _default_examples() -> list[dict]:
 class ExampleBank(Parameter):
     """The responder's learned in-context state: the example bank and k, saved with the module as JSON."""
 
-    def __init__(self, bank: Any, k: int):
+    def __init__(self, bank: Any, k: int, fixed: bool = False):
         self.bank = bank
         self.k = k
+        self.fixed = fixed
 
     def reset(self) -> None:  # an optimizer's reset_copy keeps the bank: it is data, not a trace
         pass
 
     def dump_state(self, json_mode: bool = True) -> dict[str, Any]:
-        return {"version": _STATE_VERSION, "k": self.k, "bank": self.bank.to_state()}
+        return {"version": _STATE_VERSION, "k": self.k, "fixed": self.fixed, "bank": self.bank.to_state()}
 
     def load_state(self, state: dict[str, Any]) -> ExampleBank:
         from drpo_dspy.bank import AlignmentBank
@@ -54,12 +55,12 @@ class ExampleBank(Parameter):
             raise ValueError(f"unsupported example bank state version {state.get('version')!r}")
         bank = AlignmentBank.from_state(state["bank"])
         _check_k(state["k"], len(bank))
-        self.bank, self.k = bank, state["k"]
+        self.bank, self.k, self.fixed = bank, state["k"], bool(state.get("fixed", False))
         return self
 
     def __deepcopy__(self, memo: dict) -> ExampleBank:
         # The bank holds an embedding model and an index: share them, copy only the data.
-        return ExampleBank(self.bank.copy() if hasattr(self.bank, "copy") else self.bank, self.k)
+        return ExampleBank(self.bank.copy() if hasattr(self.bank, "copy") else self.bank, self.k, self.fixed)
 
 
 def _check_k(k: Any, bank_size: int) -> None:
@@ -81,6 +82,8 @@ class AlignedResponder(dspy.Module):
         k: How many examples to retrieve per query (0 disables retrieval).
         embedder: Sentence-transformers model name or path (default all-MiniLM-L6-v2, shipped offline).
         max_tokens: Optional cap on the answer length, passed to the LM.
+        fixed_examples: Use the first ``k`` examples in bank order for every query instead of retrieving the most
+            similar ones (a static, URIAL-style prompt).
 
     Calling ``responder(query=...)`` returns ``dspy.Prediction(response=..., examples=[...])``.
     """
@@ -93,6 +96,7 @@ class AlignedResponder(dspy.Module):
         k: int = 2,
         embedder: Any = None,
         max_tokens: int | None = None,
+        fixed_examples: bool = False,
     ):
         super().__init__()
         from drpo_dspy.bank import AlignmentBank
@@ -106,7 +110,7 @@ class AlignedResponder(dspy.Module):
         if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
             raise ValueError(f"max_tokens must be a positive integer, got {max_tokens!r}")
         self.respond = dspy.Predict(AlignedAnswer.with_instructions(instructions))
-        self.examples = ExampleBank(bank, k)
+        self.examples = ExampleBank(bank, k, fixed=fixed_examples)
         self.max_tokens = max_tokens
         self._raw_lms: dict[int, dspy.LM] = {}
         self._raw_lock = threading.Lock()
@@ -152,6 +156,8 @@ class AlignedResponder(dspy.Module):
         k = self.k if k is None else k
         if k == 0:
             return []
+        if self.examples.fixed:
+            return self.examples.bank.examples[:k]
         return [example for example, _score in self.examples.bank.search(query, k)]
 
     def _lm_for_call(self, lm: Any) -> Any:

@@ -1,12 +1,17 @@
 """Dynamic rewarding: pick the aspects that matter for a query, then judge an answer on them.
 
 A reward is the mean of the integer 1-5 scores over the selected aspects. A judge output that cannot be
-parsed gives *no* reward (``Judgment.reward is None``), counted as a failure, never a silent zero.
+parsed gives *no* reward (``Judgment.reward is None``), counted as a failure, never a silent zero: a score outside
+1-5 ("6", "0") is a ``score_out_of_range`` failure, a score that is not an integer ("4/5", "five", 4.5) a
+``score_not_an_integer`` failure, a prose refusal to grade a ``refusal``, anything else unreadable a
+``parse_failure``. User-controlled text (queries, answers) reaches the helper LMs with DSPy's field markers
+neutralised (see :mod:`drpo_dspy.field_markers`).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +20,7 @@ import dspy
 
 from drpo_dspy.aspects import AspectCatalogue, normalize_aspect_name
 from drpo_dspy.budget import Budget, BudgetExhausted, guarded
+from drpo_dspy.field_markers import neutralize_field_markers
 from drpo_dspy.metering import Meter
 from drpo_dspy.signatures import JudgeResponse, JudgeResponseStrict, SelectAspects, SelectAspectsStrict
 from drpo_dspy.typed_calls import adapter_for, call_typed
@@ -163,7 +169,7 @@ class DynamicRewarder:
         try:
             with guarded(self.budget, self.metrics_lm, len(query) + len(menu)), self.meter.usage("metrics"):
                 pred = call_typed(self._select, self.metrics_lm, {"temperature": 0.0},
-                                  query=query, aspect_catalogue=menu, signature=signature)
+                                  query=neutralize_field_markers(query), aspect_catalogue=menu, signature=signature)
             names = [n for n in (pred.selected_aspects or []) if isinstance(n, str) and n.strip()]
             proposed = getattr(pred, "proposed_aspect", None)
             if proposed and str(proposed).strip():
@@ -209,10 +215,10 @@ class DynamicRewarder:
                     self.meter.usage("judge"):
                 pred = call_typed(
                     self._judge, self.judge_lm, {"temperature": 0.0},
-                    query=query,
-                    response=response if response.strip() else "(empty answer)",
+                    query=neutralize_field_markers(query),
+                    response=neutralize_field_markers(response) if response.strip() else "(empty answer)",
                     aspects=rubrics,
-                    selection_reasoning=selection.reasoning or "(none given)",
+                    selection_reasoning=neutralize_field_markers(selection.reasoning) or "(none given)",
                     signature=judge_signature(self._judge.signature, names),
                 )
             found = verdicts(pred.evaluations, names)
@@ -238,9 +244,30 @@ class DynamicRewarder:
         return self.judge(query, response, self.select(query))
 
 
+_REFUSAL = re.compile(
+    r"\b(I'?m sorry|I am sorry|I apologi[sz]e|I (?:cannot|can ?not|can't|won't|will not|must decline to|"
+    r"am unable to|'m unable to|am not able to|'m not able to)\b)", re.I)
+_SCORE_RANGE = re.compile(r"\bscore\s+Input should be (?:less|greater) than or equal to")
+_SCORE_TYPE = re.compile(r"\bscore\s+Input should be a valid (?:integer|number)")
+
+
+def looks_like_refusal(text: str | None) -> bool:
+    """Whether an unreadable completion is a prose refusal ("I'm sorry, I can't grade this") rather than noise."""
+    text = (text or "").strip()
+    return bool(text) and text[0] not in "{[" and bool(_REFUSAL.search(text[:300]))
+
+
 def _failure_kind(exc: BaseException) -> str:
+    """The failure-count key for an exception raised by a typed LM call (see the module docstring)."""
     from dspy.utils.exceptions import AdapterParseError
 
     if isinstance(exc, AdapterParseError):
+        message = str(exc)
+        if _SCORE_RANGE.search(message):
+            return "score_out_of_range"
+        if _SCORE_TYPE.search(message):
+            return "score_not_an_integer"
+        if looks_like_refusal(getattr(exc, "lm_response", None)):
+            return "refusal"
         return "parse_failure"
     return f"lm_error:{type(exc).__name__}"

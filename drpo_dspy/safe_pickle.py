@@ -11,7 +11,8 @@ command. ``load_untrusted_pickle`` uses a restricted unpickler instead:
   ``UnsafePickleError`` before anything is called;
 - every other class is replaced by an inert stand-in (a subclass of ``PickledObject``) that only records what the
   pickle gave it: constructor arguments and state. Nothing is imported and no code from the file runs, yet the data
-  is readable: ``node.state``, ``result.args`` and ``obj["key"]`` all work.
+  is readable: ``node.state`` (a key of the pickled ``__dict__``), ``result[0]`` (a constructor argument, e.g. a
+  named-tuple field) and ``node["state"]`` all work; ``pickle_args``/``pickle_state`` hold the raw records.
 
 ``extract_prompts`` then finds the system prompts in the original release's search result.
 """
@@ -83,19 +84,19 @@ def _denied(module: str) -> bool:
 class PickledObject:
     """Inert stand-in for an object of a class that was not imported.
 
-    ``args``/``kwargs`` hold the constructor arguments the pickle gave (for named tuples these are the fields),
-    ``state`` holds what the pickle restored into the object. State keys read as attributes, items of ``args``
-    by index.
+    ``pickle_args``/``pickle_kwargs`` hold the constructor arguments the pickle gave (for named tuples, the fields),
+    ``pickle_state`` what it restored into the object, ``pickle_items`` what it appended or set as items. Keys of a
+    dict state read as attributes (``node.state``) or items (``node["state"]``); ``obj[0]`` is the first argument.
     """
 
     _pickled_class = "?"
 
     def __new__(cls, *args: Any, **kwargs: Any) -> PickledObject:
         obj = object.__new__(cls)
-        object.__setattr__(obj, "args", args)
-        object.__setattr__(obj, "kwargs", kwargs)
-        object.__setattr__(obj, "state", None)
-        object.__setattr__(obj, "contents", [])
+        object.__setattr__(obj, "pickle_args", args)
+        object.__setattr__(obj, "pickle_kwargs", kwargs)
+        object.__setattr__(obj, "pickle_state", None)
+        object.__setattr__(obj, "pickle_items", [])
         return obj
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:  # a REDUCE call records its arguments in __new__
@@ -105,30 +106,30 @@ class PickledObject:
         if isinstance(state, tuple) and len(state) == 2 and (state[1] is None or isinstance(state[1], dict)):
             attributes, slots = state  # (dict state, slot state)
             merged = {**(attributes or {}), **(slots or {})} if isinstance(attributes, dict | type(None)) else state
-            object.__setattr__(self, "state", merged)
+            object.__setattr__(self, "pickle_state", merged)
         else:
-            object.__setattr__(self, "state", state)
+            object.__setattr__(self, "pickle_state", state)
 
     # containers restored into a stand-in (list/dict subclasses) are recorded, never run
     def append(self, item: Any) -> None:
-        self.contents.append(item)
+        self.pickle_items.append(item)
 
     def extend(self, items: Any) -> None:
-        self.contents.extend(items)
+        self.pickle_items.extend(items)
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        self.contents.append((key, value))
+        self.pickle_items.append((key, value))
 
     def __getitem__(self, key: Any) -> Any:
         if isinstance(key, int):
-            return self.args[key]
-        state = self.state if isinstance(self.state, dict) else {}
+            return self.pickle_args[key]
+        state = self.pickle_state if isinstance(self.pickle_state, dict) else {}
         if key in state:
             return state[key]
         raise KeyError(key)
 
     def __getattr__(self, name: str) -> Any:
-        state = object.__getattribute__(self, "state")
+        state = object.__getattribute__(self, "pickle_state")
         if isinstance(state, dict) and name in state:
             return state[name]
         raise AttributeError(f"{type(self)._pickled_class} stand-in has no attribute {name!r}")
@@ -137,9 +138,9 @@ class PickledObject:
         raise AttributeError("a PickledObject stand-in is read-only")
 
     def __repr__(self) -> str:
-        fields = [repr(a)[:40] for a in self.args[:3]]
-        if isinstance(self.state, dict):
-            fields += [f"{k}=..." for k in list(self.state)[:5]]
+        fields = [repr(a)[:40] for a in self.pickle_args[:3]]
+        if isinstance(self.pickle_state, dict):
+            fields += [f"{k}=..." for k in list(self.pickle_state)[:5]]
         return f"<stand-in {self._pickled_class}({', '.join(fields)})>"
 
 
@@ -223,25 +224,50 @@ def walk(obj: Any, *, max_nodes: int = 1_000_000) -> Iterator[Any]:
         elif isinstance(value, list | tuple | set | frozenset | collections.deque):
             children = list(value)
         elif isinstance(value, PickledObject):
-            children = [*value.args, *value.kwargs.values(), value.state, *value.contents]
+            children = [*value.pickle_args, *value.pickle_kwargs.values(), value.pickle_state, *value.pickle_items]
         else:
             children = []
         stack.extend(reversed(children))
 
 
+_SUB_RESULT = "prompt_align.world_model.SubResult"
+_SEARCH_RESULT = "reasoner.search_algo.beam_search.BeamSearchResult"
+
+
+def best_path(obj: Any) -> list[dict[str, Any]]:
+    """The best path of an original-release search result, one step per level: prompt, query, answer, evaluation.
+
+    ``BeamSearchResult`` is a named tuple ``(terminal_node, cum_reward, tree, trace)``; the terminal node's
+    ``state`` lists one ``SubResult(system_prompt, in_context_examples, query, output, evaluation)`` per level.
+    Returns ``[]`` for objects of another shape.
+    """
+    if pickled_class(obj) != _SEARCH_RESULT or not obj.pickle_args:
+        return []
+    terminal = obj.pickle_args[0]
+    steps = terminal.pickle_state.get("state") if isinstance(terminal, PickledObject) and isinstance(
+        terminal.pickle_state, dict) else None
+    path = []
+    for step in steps or []:
+        if pickled_class(step) != _SUB_RESULT or len(step.pickle_args) < 5:
+            continue
+        prompt, _examples, query, output, evaluation = step.pickle_args[:5]
+        path.append({"Prompt": prompt, "query": query, "answer": output, "Evaluation of the prompt": evaluation})
+    return path
+
+
 def _sub_results(obj: Any) -> Iterator[PickledObject]:
     for value in walk(obj):
-        if pickled_class(value) == "prompt_align.world_model.SubResult":
+        if pickled_class(value) == _SUB_RESULT:
             yield value
 
 
 def extract_prompts(obj: Any) -> list[str]:
-    """The distinct system prompts in an unpickled DRPO search result, in order of first appearance.
+    """The distinct system prompts in an unpickled DRPO search result: the best path's, level by level, then every
+    other prompt the search evaluated, in the order met walking the tree.
 
-    The original release pickles a ``reasoner.search_algo.beam_search.BeamSearchResult`` whose nodes' ``state`` is a
-    list of ``prompt_align.world_model.SubResult`` named tuples; the first field of each is the system prompt used at
-    that step (then the in-context examples, the query, the answer and the per-aspect evaluation).
-    Objects of another shape fall back to strings found under a ``system_prompt``/``prompt`` key or attribute.
+    In the original release each ``SubResult`` named tuple's first field is the system prompt used at that step
+    (then the in-context examples, the query, the answer and the per-aspect evaluation); see :func:`best_path`.
+    Objects of another shape fall back to strings under a ``system_prompt``/``prompt`` key or attribute.
     """
     prompts: list[str] = []
     seen: set[str] = set()
@@ -251,18 +277,20 @@ def extract_prompts(obj: Any) -> list[str]:
             seen.add(text)
             prompts.append(text)
 
+    for step in best_path(obj):
+        add(step["Prompt"])
     for result in _sub_results(obj):
-        if result.args:
-            add(result.args[0])
-        elif isinstance(result.state, dict):
-            add(result.state.get("system_prompt"))
+        if result.pickle_args:
+            add(result.pickle_args[0])
+        elif isinstance(result.pickle_state, dict):
+            add(result.pickle_state.get("system_prompt"))
     if prompts:
         return prompts
     for value in walk(obj):
         if isinstance(value, dict):
             for key in ("system_prompt", "prompt", "Prompt"):
                 add(value.get(key))
-        elif isinstance(value, PickledObject) and isinstance(value.state, dict):
+        elif isinstance(value, PickledObject) and isinstance(value.pickle_state, dict):
             for key in ("system_prompt", "prompt"):
-                add(value.state.get(key))
+                add(value.pickle_state.get(key))
     return prompts

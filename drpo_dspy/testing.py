@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import itertools
 import json
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 import dspy
+from litellm import CustomLLM, ModelResponse
+
+from drpo_dspy.local_model import register_custom_provider
 
 Script = Callable[[list[dict[str, Any]], dict[str, Any]], "str | dict[str, Any]"]
 
 _SCRIPTS: dict[str, tuple[Script, float]] = {}
-_LOCK = threading.Lock()
 _COUNTER = itertools.count()
-_REGISTERED = False
 
 
 def render_fields(fields: dict[str, Any], *, as_json: bool) -> str:
@@ -36,55 +36,40 @@ def render_fields(fields: dict[str, Any], *, as_json: bool) -> str:
     return "\n\n".join([*parts, "[[ ## completed ## ]]"])
 
 
-def _register() -> None:
-    global _REGISTERED
-    with _LOCK:
-        if _REGISTERED:
-            return
-        import litellm
-        from litellm import CustomLLM, ModelResponse
+class _ScriptedHandler(CustomLLM):
+    """litellm handler for ``scripted/<name>``: every completion comes from the registered script."""
 
-        class _ScriptedHandler(CustomLLM):
-            def completion(self, model: str, messages: list, *args: Any, **kwargs: Any) -> ModelResponse:
-                params = dict(kwargs.get("optional_params") or {})
-                name = model.split("/", 1)[-1]
-                if name not in _SCRIPTS:
-                    raise ValueError(f"no script registered for scripted/{name}")
-                script, latency = _SCRIPTS[name]
-                if latency:
-                    time.sleep(latency)
-                texts = []
-                for index in range(int(params.get("n") or 1)):  # n samples: the script sees n_index 0..n-1
-                    out = script(messages, {**params, "n_index": index})
-                    texts.append(out if isinstance(out, str) else render_fields(out, as_json="response_format" in params))
-                prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in messages)
-                completion_tokens = sum(len(text.split()) for text in texts)
-                return ModelResponse(
-                    model=f"scripted/{name}",
-                    choices=[{"index": i, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
-                             for i, text in enumerate(texts)],
-                    usage={"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                           "total_tokens": prompt_tokens + completion_tokens},
-                )
+    def completion(self, model: str, messages: list, *args: Any, **kwargs: Any) -> ModelResponse:
+        params = dict(kwargs.get("optional_params") or {})
+        name = model.split("/", 1)[-1]
+        if name not in _SCRIPTS:
+            raise ValueError(f"no script registered for scripted/{name}")
+        script, latency = _SCRIPTS[name]
+        if latency:
+            time.sleep(latency)
+        texts = []
+        for index in range(int(params.get("n") or 1)):  # n samples: the script sees n_index 0..n-1
+            out = script(messages, {**params, "n_index": index})
+            texts.append(out if isinstance(out, str) else render_fields(out, as_json="response_format" in params))
+        prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in messages)
+        completion_tokens = sum(len(text.split()) for text in texts)
+        return ModelResponse(
+            model=f"scripted/{name}",
+            choices=[{"index": i, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
+                     for i, text in enumerate(texts)],
+            usage={"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                   "total_tokens": prompt_tokens + completion_tokens},
+        )
 
-            async def acompletion(self, model: str, messages: list, *args: Any, **kwargs: Any) -> ModelResponse:
-                import asyncio
+    async def acompletion(self, model: str, messages: list, *args: Any, **kwargs: Any) -> ModelResponse:
+        import asyncio
 
-                return await asyncio.to_thread(self.completion, model, messages, *args, **kwargs)
-
-        litellm.custom_provider_map = [
-            *[p for p in litellm.custom_provider_map if p["provider"] != "scripted"],
-            {"provider": "scripted", "custom_handler": _ScriptedHandler()},
-        ]
-        from litellm.utils import custom_llm_setup
-
-        custom_llm_setup()
-        _REGISTERED = True
+        return await asyncio.to_thread(self.completion, model, messages, *args, **kwargs)
 
 
 def scripted_lm(script: Script, *, name: str | None = None, latency: float = 0.0, **lm_kwargs: Any) -> dspy.LM:
     """A ``dspy.LM`` answered by ``script``; uncached by default so every call reaches the script."""
-    _register()
+    register_custom_provider("scripted", _ScriptedHandler)
     name = name or f"script-{next(_COUNTER)}"
     _SCRIPTS[name] = (script, latency)
     lm_kwargs.setdefault("cache", False)

@@ -26,7 +26,7 @@ class BulletWorld(World):
         current = field(messages, "current_system_prompt")
         action = int(params.get("seed", 0)) + int(params.get("n_index", 0))
         self._record("optimizer", prompt=current, action=action)
-        tip = TIPS[(current.count("\n- ") + action) % len(TIPS)]
+        tip = TIPS[(2 * current.count("\n- ") + action) % len(TIPS)]
         return {"analysis": "a", "thought": "t", "new_system_prompt": f"{current}\n- {tip}"}
 
 

@@ -10,14 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import dspy
-
-from drpo_dspy.layout import STOP_SEQUENCES, DRPOLayoutAdapter
 
 BASE_INSTRUCTIONS = "You are a helpful assistant."
 
@@ -49,68 +46,18 @@ def urial_examples() -> list[dict[str, str]]:
     return [chosen[kind] for kind in order if kind in chosen][:URIAL_NUM_EXAMPLES]
 
 
-class StaticPromptResponder(dspy.Module):
-    """Answers in the DRPO layout under a fixed system prompt with fixed in-context examples (no retrieval).
+def StaticPromptResponder(instructions: str, examples: list[dict[str, str]] | None = None, *,
+                          max_tokens: int | None = None) -> Any:
+    """A fixed system prompt with fixed in-context examples (no retrieval): the ``base`` and ``urial`` baselines.
 
-    This is how the ``base`` and ``urial`` baselines answer: the same layout, stop markers and answer extraction as
-    :class:`~drpo_dspy.AlignedResponder`, so only the prompt and the examples differ between systems.
+    It is an :class:`~drpo_dspy.AlignedResponder` whose examples are used in their given order for every query,
+    so the layout, stop markers and answer extraction are exactly those of a compiled program.
     """
+    from drpo_dspy.responder import AlignedResponder
 
-    def __init__(self, instructions: str, examples: list[dict[str, str]] | None = None, *,
-                 max_tokens: int | None = None):
-        super().__init__()
-        if not isinstance(instructions, str) or not instructions.strip():
-            raise ValueError("instructions must be a non-empty string")
-        if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
-                                       or max_tokens < 1):
-            raise ValueError(f"max_tokens must be a positive integer, got {max_tokens!r}")
-        from drpo_dspy.responder import AlignedAnswer
-
-        self.respond = dspy.Predict(AlignedAnswer.with_instructions(instructions))
-        self.examples = [{"query": str(e["query"]), "answer": str(e["answer"])} for e in (examples or [])]
-        self.max_tokens = max_tokens
-        self._raw_lms: dict[int, Any] = {}
-        self._raw_lock = threading.Lock()
-
-    @property
-    def instructions(self) -> str:
-        return self.respond.signature.instructions
-
-    def _lm_for_call(self, lm: Any) -> Any:
-        lm = lm or self.respond.lm or dspy.settings.lm
-        if lm is None:
-            raise ValueError("No LM configured: pass lm=... or use dspy.context(lm=...)")
-        if getattr(lm, "model_type", "chat") != "text":
-            return lm
-        try:  # text (base) models get the raw-prompt route, as AlignedResponder does
-            from drpo_dspy.raw_text_route import raw_completion_lm
-        except ImportError:
-            from drpo_dspy.local_model import raw_completion_lm
-
-        with self._raw_lock:
-            raw = self._raw_lms.get(id(lm))
-            if raw is None:
-                raw = self._raw_lms[id(lm)] = raw_completion_lm(lm)
-        return raw
-
-    def forward(self, query: str, lm: Any = None) -> dspy.Prediction:
-        from dspy.utils.exceptions import AdapterParseError
-
-        if not isinstance(query, str) or not query.strip():
-            raise ValueError("query must be a non-empty string")
-        demos = [{"query": e["query"], "response": e["answer"]} for e in self.examples]
-        config: dict[str, Any] = {"stop": list(STOP_SEQUENCES)}
-        if self.max_tokens is not None:
-            config["max_tokens"] = self.max_tokens
-        with dspy.context(adapter=DRPOLayoutAdapter()):
-            try:
-                pred = self.respond(query=query, demos=demos, lm=self._lm_for_call(lm), config=config)
-            except AdapterParseError:  # an empty completion
-                return dspy.Prediction(response="")
-        return dspy.Prediction(response=pred.response or "")
-
-    def __deepcopy__(self, memo: dict) -> StaticPromptResponder:
-        return StaticPromptResponder(self.instructions, [dict(e) for e in self.examples], max_tokens=self.max_tokens)
+    examples = [{"query": str(e["query"]), "answer": str(e["answer"])} for e in (examples or [])]
+    return AlignedResponder(instructions, examples, k=len(examples), embedder="hashing", max_tokens=max_tokens,
+                            fixed_examples=True)
 
 
 @dataclass
