@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_role_flags(opt)
     opt.add_argument("--trainset", type=Path, help="queries: .json list (strings or {query}), .jsonl or .txt")
     opt.add_argument("--num-queries", type=int, help="use only the first N training queries")
+    opt.add_argument("--valset", type=Path, help="held-out queries: re-score the final beam on them and pick by that")
     opt.add_argument("--examples", type=Path, help="in-context example bank (.json/.jsonl, or the published "
                                                    "{query: answer} JSON); default: the built-in seed examples")
     for name, kind, helptext in (
@@ -145,7 +146,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
              "base_model_type", "beam_size", "n_actions", "depth", "max_depth_increase", "temperature",
              "skip_threshold", "k", "num_threads", "seed", "initial_instructions", "paper_faithful_failures",
              "proposal_sampling", "max_calls", "max_total_tokens", "max_cost_usd", "dry_run", "resume",
-             "resume_queries"}
+             "resume_queries", "valset"}
     known |= {f"{r}_model" for r in ROLES} | {f"{r}_api_base" for r in ROLES}
     unknown = sorted(set(o) - known)
     if unknown:
@@ -188,7 +189,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     print(f"DRPO: {len(queries)} training queries, base model {lms['base'].model}, run directory {log_dir}")
     with dspy.context(lm=lms["base"]):
         before = student(query=demo).response
-        aligned = drpo.compile(student, trainset=queries, resume=resume is not None)
+        valset = _load_queries(Path(o["valset"]), None) if o.get("valset") else None
+        aligned = drpo.compile(student, trainset=queries, valset=valset, resume=resume is not None)
         after = aligned(query=demo).response
     result = aligned.drpo_result
     rule = "-" * 72

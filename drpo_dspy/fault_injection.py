@@ -36,7 +36,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import dspy
+from litellm import CustomLLM, ModelResponse
 
+from drpo_dspy.local_model import register_custom_provider
 from drpo_dspy.testing import Script, render_fields
 
 PROVIDER = "faulty"
@@ -145,7 +147,8 @@ def always(fault: Fault) -> Callable[[Attempt], Fault | None]:
     return lambda attempt: fault
 
 
-def when(predicate: Callable[[str], bool], fault: Fault, *, times: int | None = None) -> Callable[[Attempt], Fault | None]:
+def when(predicate: Callable[[str], bool], fault: Fault, *,
+         times: int | None = None) -> Callable[[Attempt], Fault | None]:
     """``fault`` for requests whose text satisfies ``predicate`` (for their first ``times`` tries, if given)."""
     return lambda attempt: fault if predicate(attempt.text) and (times is None or attempt.repeat < times) else None
 
@@ -188,9 +191,8 @@ class FaultInjector:
             self.log.append((attempt.index, fault.label if fault else "ok"))
         return attempt, fault
 
-    def complete(self, model: str, messages: list[dict[str, Any]], params: dict[str, Any], api_key: str | None):
-        from litellm import ModelResponse
-
+    def complete(self, model: str, messages: list[dict[str, Any]], params: dict[str, Any],
+                 api_key: str | None) -> ModelResponse:
         _, fault = self._plan(messages, params)
         if fault is not None and fault.kind in RAISING_KINDS:
             raise _exception(fault, model, api_key)
@@ -260,41 +262,24 @@ def _exception(fault: Fault, model: str, api_key: str | None) -> Exception:
 
 
 _INJECTORS: dict[str, FaultInjector] = {}
-_LOCK = threading.Lock()
 _COUNTER = itertools.count()
-_REGISTERED = False
 
 
-def _register() -> None:
-    global _REGISTERED
-    with _LOCK:
-        if _REGISTERED:
-            return
-        import litellm
-        from litellm import CustomLLM, ModelResponse
+class _FaultyHandler(CustomLLM):
+    """litellm handler for ``faulty/<name>``: each request goes to the named injector."""
 
-        class _FaultyHandler(CustomLLM):
-            def completion(self, model: str, messages: list, *args: Any, **kwargs: Any) -> ModelResponse:
-                name = model.split("/", 1)[-1]
-                injector = _INJECTORS.get(name)
-                if injector is None:
-                    raise ValueError(f"no fault injector registered for {PROVIDER}/{name}")
-                params = dict(kwargs.get("optional_params") or {})
-                return injector.complete(f"{PROVIDER}/{name}", messages, params, kwargs.get("api_key"))
+    def completion(self, model: str, messages: list, *args: Any, **kwargs: Any) -> ModelResponse:
+        name = model.split("/", 1)[-1]
+        injector = _INJECTORS.get(name)
+        if injector is None:
+            raise ValueError(f"no fault injector registered for {PROVIDER}/{name}")
+        params = dict(kwargs.get("optional_params") or {})
+        return injector.complete(f"{PROVIDER}/{name}", messages, params, kwargs.get("api_key"))
 
-            async def acompletion(self, model: str, messages: list, *args: Any, **kwargs: Any) -> ModelResponse:
-                import asyncio
+    async def acompletion(self, model: str, messages: list, *args: Any, **kwargs: Any) -> ModelResponse:
+        import asyncio
 
-                return await asyncio.to_thread(self.completion, model, messages, *args, **kwargs)
-
-        litellm.custom_provider_map = [
-            *[p for p in litellm.custom_provider_map if p["provider"] != PROVIDER],
-            {"provider": PROVIDER, "custom_handler": _FaultyHandler()},
-        ]
-        from litellm.utils import custom_llm_setup
-
-        custom_llm_setup()
-        _REGISTERED = True
+        return await asyncio.to_thread(self.completion, model, messages, *args, **kwargs)
 
 
 def faulty_lm(script: Script, *, faults: FaultPlan = None, name: str | None = None, num_retries: int = 3,
@@ -303,7 +288,7 @@ def faulty_lm(script: Script, *, faults: FaultPlan = None, name: str | None = No
 
     ``num_retries`` is DSPy's (3, as for ``dspy.LM``), so transient faults are retried as in production.
     """
-    _register()
+    register_custom_provider(PROVIDER, _FaultyHandler)
     name = name or f"faulty-{next(_COUNTER)}"
     _INJECTORS[name] = FaultInjector(script, faults, name)
     lm_kwargs.setdefault("cache", False)

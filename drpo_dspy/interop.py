@@ -222,8 +222,8 @@ def _looks_like_levels(path: Path) -> bool:
 def levels_of(program_or_run_dir: Any) -> dict[str, dict[str, Any]]:
     """Per-level results in the published shape, from a program, a run directory, or a program/levels file.
 
-    A compiled program gives its best path (``drpo_result``), an imported one its imported levels, any other
-    program a single level holding its prompt with an empty evaluation.
+    A compiled program gives its best path (``drpo_result``), an imported one its imported levels (each only while
+    it ends in the program's current prompt), any other program one level: its prompt with an empty evaluation.
     """
     target = program_or_run_dir
     if isinstance(target, (str, os.PathLike)):
@@ -237,12 +237,14 @@ def levels_of(program_or_run_dir: Any) -> dict[str, dict[str, Any]]:
         target = _load_program_file(target)
     if not isinstance(target, AlignedResponder):
         raise TypeError(f"expected an AlignedResponder, a run directory or a file, got {type(target).__name__}")
-    published = getattr(target, "published_levels", None)
-    if published:
-        return _check_levels(published, "program.published_levels")
-    result = getattr(target, "drpo_result", None)
-    if result is not None and result.best_path:
+    current = target.instructions.strip()
+    result = getattr(target, "drpo_result", None)  # only while they still end in the program's prompt
+    if result is not None and result.best_path and result.best_path[-1]["prompt"].strip() == current:
         return _levels_from_nodes(result.best_path)
+    published = getattr(target, "published_levels", None)
+    if published and _check_levels(published, "program.published_levels")[next(reversed(published))][PROMPT] \
+            .strip() == current:
+        return dict(published)
     return {"level 1": {PROMPT: target.instructions, EVALUATION: {}}}
 
 

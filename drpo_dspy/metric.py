@@ -175,7 +175,8 @@ class DynamicReward:
                     f"no reward: the score {score:.2f} is a counted failure, not a verdict on its quality.")
         lines = [f"Dynamic reward {score:.2f} (mean judge score {judgment.reward:.2f}/5 on the aspects chosen for "
                  f"this query: {', '.join(judgment.scores)})."]
-        lines += [f"- {a}: {s}/5. {judgment.rationales.get(a, '').strip()}".rstrip() for a, s in judgment.scores.items()]
+        lines += [f"- {a}: {s}/5. {judgment.rationales.get(a, '').strip()}".rstrip()
+                  for a, s in judgment.scores.items()]
         unscored = [a for a in judgment.aspects if a not in judgment.scores]
         if unscored:
             lines.append(f"Not scored (unreadable): {', '.join(unscored)}.")

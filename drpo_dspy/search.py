@@ -21,8 +21,9 @@ from typing import Any
 import dspy
 
 from drpo_dspy.budget import Budget, BudgetExhausted, guarded
+from drpo_dspy.field_markers import neutralize_field_markers
 from drpo_dspy.metering import Meter
-from drpo_dspy.reward import DynamicRewarder, Judgment
+from drpo_dspy.reward import DynamicRewarder, Judgment, _failure_kind
 from drpo_dspy.signatures import ProposeInstructions
 from drpo_dspy.typed_calls import call_typed, call_typed_samples, sampling_config
 
@@ -193,6 +194,8 @@ class BeamSearch:
         except Exception as exc:  # the base model failed: no answer, hence no reward for this candidate
             self.meter.record_failure("base", f"lm_error:{type(exc).__name__}")
             return "", Judgment(selection.aspects, failure=f"base_{type(exc).__name__}")
+        if not response.strip():  # still judged (an empty answer is a bad answer), but counted
+            self.meter.record_failure("base", "empty_answer")
         return response, self.rewarder.judge(query, response, selection)
 
     def _reward_of(self, judgment: Judgment) -> float | None:
@@ -216,9 +219,10 @@ class BeamSearch:
         return "\n\n".join(lines)
 
     def _propose_inputs(self, node: Node) -> dict[str, str]:
-        return {"current_system_prompt": node.prompt, "query": node.query,
-                "response": node.response or "(empty answer)", "evaluation": node.judgment.render(),
-                "prompt_history": self._history(node)}
+        inputs = {"current_system_prompt": node.prompt, "query": node.query,
+                  "response": node.response or "(empty answer)", "evaluation": node.judgment.render(),
+                  "prompt_history": self._history(node)}
+        return {name: neutralize_field_markers(text) for name, text in inputs.items()}
 
     def _propose_batch(self, node: Node) -> list[str | None]:
         """All of a node's rewrites from one multi-sample request; an unreadable sample drops only itself."""
@@ -258,8 +262,7 @@ class BeamSearch:
         except BudgetExhausted:
             raise
         except Exception as exc:
-            kind = "parse_failure" if type(exc).__name__ == "AdapterParseError" else f"lm_error:{type(exc).__name__}"
-            self.meter.record_failure("optimizer", kind)
+            self.meter.record_failure("optimizer", _failure_kind(exc))
             return None
         return self._usable(pred.new_system_prompt, node.query)
 

@@ -18,7 +18,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-__all__ = ["best_path", "load_trace", "render_run", "reward_chart"]
+__all__ = ["best_path", "final_beam", "load_trace", "render_run", "reward_chart", "word_diff"]
 
 CHART_FILE = "reward_per_level.png"
 DEFAULT_HTML = "search.html"
@@ -97,18 +97,23 @@ def _reward(node: dict[str, Any]) -> float | None:
     return rewards[-1] if rewards else None
 
 
+def final_beam(run_dir: str | os.PathLike | None) -> list[int] | None:
+    """Node ids of the final beam, best first, from ``checkpoint.json``; None when there is no readable one."""
+    checkpoint = Path(run_dir) / "checkpoint.json" if run_dir is not None else None
+    if checkpoint is None or not checkpoint.is_file():
+        return None
+    try:
+        return [int(node["id"]) for node in json.loads(checkpoint.read_text(encoding="utf-8"))["state"]["beam"]]
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def best_path(nodes: list[dict[str, Any]], run_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     """The chosen path, root first: to the final beam's best node (``checkpoint.json``), else to the node of the
     last level with the highest path mean (first in trace order on ties, as the search ranks them)."""
     by_id = {node["id"]: node for node in nodes}
-    best_id = None
-    checkpoint = Path(run_dir) / "checkpoint.json" if run_dir is not None else None
-    if checkpoint is not None and checkpoint.is_file():
-        try:
-            beam = json.loads(checkpoint.read_text(encoding="utf-8"))["state"]["beam"]
-            best_id = beam[0]["id"] if beam and beam[0]["id"] in by_id else None
-        except (ValueError, KeyError, TypeError, IndexError):
-            best_id = None
+    beam = final_beam(run_dir)
+    best_id = beam[0] if beam and beam[0] in by_id else None
     if best_id is None:
         last = max(node["level"] for node in nodes)
         final = [node for node in nodes if node["level"] == last]
@@ -221,13 +226,16 @@ def _read_optional(path: Path) -> dict[str, Any]:
 
 
 def render_html(nodes: list[dict[str, Any]], path: list[dict[str, Any]], chart_png: bytes, *, title: str,
-                config: dict[str, Any] | None = None, summary: dict[str, Any] | None = None) -> str:
-    """The page as one string (every text escaped, the chart embedded)."""
+                config: dict[str, Any] | None = None, summary: dict[str, Any] | None = None,
+                beam: list[int] | None = None) -> str:
+    """The page as one string (every text escaped, the chart embedded); ``beam``: the final beam's node ids."""
     config, summary = config or {}, summary or {}
     by_id = {n["id"]: n for n in nodes}
     on_path = {n["id"] for n in path}
-    has_children = {n.get("parent_id") for n in nodes}
     last_level = max(n["level"] for n in nodes)
+    kept = {n.get("parent_id") for n in nodes} | set(beam or [])
+    if beam is None:  # without a checkpoint the last level's survivors are unknown: mark none of them
+        kept |= {n["id"] for n in nodes if n["level"] == last_level}
     roles = config.get("roles") or {}
     models = ", ".join(f"{r} {escape(str((lm or {}).get('model', '?')))}" for r, lm in roles.items())
     best = path[-1]
@@ -257,7 +265,7 @@ def render_html(nodes: list[dict[str, Any]], path: list[dict[str, Any]], chart_p
         query = str(members[0].get("query", ""))
         short = query if len(query) <= 120 else query[:117] + "..."
         cards = "".join(_node_html(n, by_id.get(n.get("parent_id")), n["id"] in on_path,
-                                   n["id"] in has_children or level == last_level) for n in members)
+                                   n["id"] in kept) for n in members)
         body.append(f"<details open id='level-{level}'><summary><strong>Level {level}</strong> · "
                     f"{len(members)} candidate(s) · query: {escape(short)}</summary>"
                     f"<div class='level-nodes'>{cards}</div></details>")
@@ -277,6 +285,6 @@ def render_run(run_dir: str | os.PathLike, out_html: str | os.PathLike | None = 
     target.parent.mkdir(parents=True, exist_ok=True)
     (target.parent / CHART_FILE).write_bytes(png)
     html = render_html(nodes, path, png, title=root.resolve().name, config=_read_optional(root / "config.json"),
-                       summary=_read_optional(root / "summary.json"))
+                       summary=_read_optional(root / "summary.json"), beam=final_beam(root))
     target.write_text(html, encoding="utf-8")
     return target

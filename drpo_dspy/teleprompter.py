@@ -45,6 +45,7 @@ class DRPOResult:
     stopped: str | None = None
     log_dir: str | None = None
     reward_per_level: list[float | None] = field(default_factory=list)
+    validation: list[dict[str, Any]] | None = None  # final-beam prompts re-scored on the valset, best first
 
 
 class DRPO(Teleprompter):
@@ -167,8 +168,7 @@ class DRPO(Teleprompter):
         if not isinstance(student, AlignedResponder):
             raise ValueError(f"DRPO compiles an AlignedResponder, got {type(student).__name__}")
         queries = coerce_queries(trainset)
-        if valset is not None:
-            coerce_queries(valset, "valset")
+        val_queries = coerce_queries(valset, "valset") if valset is not None else None
         roles = {role: resolve_lm(role, lm) for role, lm in (
             ("base", self.base_lm), ("metrics", self.metrics_lm), ("judge", self.judge_lm),
             ("optimizer", self.optimizer_lm))}
@@ -178,6 +178,7 @@ class DRPO(Teleprompter):
             raise ValueError("resume=True needs the log_dir of the run to continue")
         run_dir = RunDirectory(self.log_dir, redactor=Redactor(roles.values()), resume=resume) if self.log_dir else None
         compilation = _Compilation(self, program, queries, roles, run_dir)
+        compilation.valset = val_queries
         state = compilation.load_checkpoint() if resume else None
         return compilation.run(state)
 
@@ -191,6 +192,8 @@ class _Compilation:
         self.initial = drpo.initial_instructions or program.instructions
         self.meter = Meter()
         self.roles = roles
+        self.valset: list[str] | None = None
+        self.validation: list[dict[str, Any]] | None = None
         self.lms = {role: self.meter.watch(lm, role) if isinstance(lm, dspy.LM) else lm for role, lm in roles.items()}
         self.rewarder = DynamicRewarder(metrics_lm=self.lms["metrics"], judge_lm=self.lms["judge"],
                                         catalogue=drpo.catalogue, meter=self.meter)
@@ -308,9 +311,20 @@ class _Compilation:
                 self._bar.close()
         if state.stopped:
             logger.warning("DRPO stopped early: %s; returning the best prompt of level %d", state.stopped, state.level)
-        best = state.best
-        compiled = self.program.with_state(instructions=best.prompt) if best else self.program.deepcopy()
+        best_prompt = state.best.prompt if state.best else None
+        if self.valset and state.beam and not state.stopped:
+            from drpo_dspy.budget import BudgetExhausted
+            from drpo_dspy.rescoring import rescore
+
+            try:
+                with cache:
+                    self.validation = rescore(state.beam, self.valset, search._evaluate, drpo.settings.num_threads)
+                best_prompt = self.validation[0]["prompt"]
+            except BudgetExhausted as exc:
+                state.stopped = f"validation re-scoring skipped: {exc}"
+        compiled = self.program.with_state(instructions=best_prompt) if best_prompt else self.program.deepcopy()
         compiled.drpo_result = self._result(state)
+        compiled.drpo_result.best_prompt = compiled.instructions
         if self.run_dir is not None:
             compiled.save(str(self.run_dir.file("program.json")))
             self.run_dir.redact_file("program.json")
@@ -337,7 +351,7 @@ class _Compilation:
             "best_prompt": best.prompt if best else None, "best_path_mean": best.path_mean if best else None,
             "reward_per_level": [n.reward for n in state.best_path],
             "usage": self.meter.summary(), "wall_time_s": round(time.monotonic() - self.started, 3),
-            "stopped": state.stopped,
+            "stopped": state.stopped, "validation": self.validation,
         }
 
     def _result(self, state: SearchState) -> DRPOResult:
@@ -348,7 +362,7 @@ class _Compilation:
             best_path=[n.to_dict() for n in state.best_path], final_beam=[n.to_dict() for n in state.beam],
             usage=self.meter.summary(), wall_time_s=round(time.monotonic() - self.started, 3),
             stopped=state.stopped, log_dir=str(self.run_dir.path) if self.run_dir else None,
-            reward_per_level=[n.reward for n in state.best_path],
+            reward_per_level=[n.reward for n in state.best_path], validation=self.validation,
         )
 
 

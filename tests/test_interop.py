@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,15 @@ from world import World
 
 from drpo_dspy import DEFAULT_INSTRUCTIONS, DRPO, AlignedResponder
 from drpo_dspy.bank import AlignmentBank
-from drpo_dspy.interop import export_levels, export_official_icl, generate, import_official, levels_of, read_levels
+from drpo_dspy.interop import (
+    _resolve_program,
+    export_levels,
+    export_official_icl,
+    generate,
+    import_official,
+    levels_of,
+    read_levels,
+)
 from drpo_dspy.interop_cli import add_import_official_parser, run_import_official
 from drpo_dspy.testing import last_user_text, scripted_lm, system_text
 
@@ -76,16 +86,25 @@ def test_published_icl_round_trips_byte_for_byte(tmp_path):
 
 
 @needs_reference
-def test_pickled_result_imports_safely_or_says_what_it_needs():
-    pkl = REFERENCE / "mistral-7b-v0.1" / "output.pkl"
-    try:
-        import drpo_dspy.safe_pickle  # noqa: F401
-    except ImportError:
-        with pytest.raises(ImportError, match="pickle import needs drpo_dspy.safe_pickle"):
-            import_official(pkl, embedder="hashing")
-        return
-    program = import_official(pkl, embedder="hashing")
-    assert program.instructions == (pkl.parent / "output.txt").read_text(encoding="utf-8")
+def test_pickled_result_imports_safely_and_round_trips(tmp_path):
+    folder = REFERENCE / "mistral-7b-v0.1"
+    program = import_official(folder / "output.pkl", embedder="hashing")
+    assert program.instructions == (folder / "output.txt").read_text(encoding="utf-8")
+    assert export_levels(program, tmp_path / "o.json").read_bytes() == (folder / "output.json").read_bytes()
+
+
+@needs_reference
+def test_pickle_import_without_safe_pickle_says_what_it_needs(monkeypatch):
+    monkeypatch.setitem(sys.modules, "drpo_dspy.safe_pickle", None)  # as if the module were absent
+    with pytest.raises(ImportError, match=r"pickle import needs drpo_dspy\.safe_pickle"):
+        import_official(REFERENCE / "mistral-7b-v0.1" / "output.pkl", embedder="hashing")
+
+
+def test_a_prompt_pickled_on_its_own_imports(tmp_path):
+    pytest.importorskip("drpo_dspy.safe_pickle")
+    (tmp_path / "output.pkl").write_bytes(pickle.dumps("Be brief.\n- Be kind."))
+    program = import_official(tmp_path, embedder="hashing")
+    assert program.instructions == "Be brief.\n- Be kind." and list(program.published_levels) == ["level 1"]
 
 
 # -- import and export without the release ---------------------------------------------------------------------
@@ -95,6 +114,7 @@ def test_import_finds_the_icl_file_in_the_parent_folder(release, tmp_path):
     assert program.bank.to_published_json() == ICL
     assert export_levels(program, tmp_path / "o.json").read_bytes() == (release / "output.json").read_bytes()
     assert levels_of(release / "output.json") == read_levels(release / "output.json")
+    assert levels_of(program.with_state(k=2)) == read_levels(release / "output.json")  # copies keep them
 
 
 def test_text_prompt_without_icl_file_uses_the_seed_examples(tmp_path):
@@ -138,13 +158,18 @@ def test_export_levels_from_a_compiled_program_and_its_run_directory(tmp_path):
     program = drpo.compile(AlignedResponder("Start.", examples=[], k=0), trainset=["q one", "q two", "q three"])
     published = json.loads((tmp_path / "run" / "levels.json").read_text())
     assert levels_of(program) == published == levels_of(tmp_path / "run")
+    edited = program.with_state(instructions="Edited by hand.")  # the search results no longer describe it
+    assert levels_of(edited) == {"level 1": {"Prompt": "Edited by hand.", "Evaluation of the prompt": {}}}
     assert published["level 3"]["Prompt"] == program.instructions
     (tmp_path / "run" / "levels.json").unlink()  # rebuilt from the trace: the same best path
     assert json.loads(export_levels(tmp_path / "run", tmp_path / "o.json").read_text()) == published
     assert levels_of(tmp_path / "run" / "program.json") == {
         "level 1": {"Prompt": program.instructions, "Evaluation of the prompt": {}}}
+    (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="not a drpo run directory"):
-        levels_of(tmp_path / "run" / "lm_cache" if (tmp_path / "run" / "lm_cache").is_dir() else tmp_path / "x")
+        levels_of(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError):
+        levels_of(tmp_path / "missing")
 
 
 def test_cli_writes_a_loadable_program(release, tmp_path, capsys):
@@ -195,7 +220,7 @@ def test_generate_layout_examples_and_decoding_parameters(release):
         (0.0, 1.0, 512)
 
 
-def test_generate_prompt_choices(release):
+def test_generate_prompt_choices(release, tmp_path):
     lm, seen = _recording_lm()
     program = import_official(release, embedder="hashing")
     generate("Anything?", user_specified_system_prompt="Custom prompt.", optimized_prompt=True, num_optimized_icl=1,
@@ -205,12 +230,15 @@ def test_generate_prompt_choices(release):
     generate("Anything?", optimized_prompt=False, optimized_icl=False, program=program, lm=lm)
     assert seen[-1]["system"].strip() == DEFAULT_INSTRUCTIONS
     assert program.instructions == "Be helpful.\n- Refuse harm." and program.k == 2  # the program is untouched
-    generate("Anything?", num_optimized_icl=2, program=release, lm=lm)  # a model folder as the program
+    program.save(str(tmp_path / "program.json"))
+    generate("Anything?", num_optimized_icl=2, program=tmp_path / "program.json", lm=lm)  # a saved program
     assert seen[-1]["system"].startswith("Be helpful.") and seen[-1]["system"].count("# Query:") == 2
+    assert _resolve_program(release).instructions == program.instructions  # a model folder as the program
     import dspy
 
     with dspy.context(lm=lm):  # the configured LM by default
         assert generate("Anything?", program=program, num_optimized_icl=1) == "Here is my answer."
+    assert generate("Other?", program=program, num_optimized_icl=1, lm=lm.model) == "Here is my answer."  # a string
 
 
 def test_generate_rejects_bad_arguments(release):

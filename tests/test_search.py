@@ -10,11 +10,11 @@ from drpo_dspy import DRPO, AlignedResponder
 QUERIES = [f"query {i}" for i in range(12)]
 
 
-def compile_with(world: World, *, queries=QUERIES, **options):
+def compile_with(world: World, *, queries=QUERIES, valset=None, **options):
     options = {"beam_size": 2, "n_actions": 2, "depth": 3, "max_depth_increase": 0, "progress": False, "k": 0,
                "num_threads": 4, **options}
     drpo = DRPO(**world.roles(), initial_instructions="P", **options)
-    return drpo.compile(AlignedResponder(examples=[], k=0), trainset=queries)
+    return drpo.compile(AlignedResponder(examples=[], k=0), trainset=queries, valset=valset)
 
 
 def test_beam_ranks_by_mean_reward_along_the_path():
@@ -130,3 +130,19 @@ def test_parallel_and_sequential_search_agree():
     a = compile_with(World(scores), depth=5, num_threads=1).drpo_result
     b = compile_with(World(scores), depth=5, num_threads=8).drpo_result
     assert a.best_path == b.best_path and a.final_beam == b.final_beam
+
+
+def test_valset_rescoring_picks_the_best_final_prompt_on_held_out_queries():
+    train = {"P": [3, 3], "P/0": [4, 4], "P/1": [3, 3], "P/0/0": [4, 4], "P/0/1": [4, 3]}
+
+    def scores(p, q):
+        if q.startswith("val"):
+            return [5, 5] if p == "P/0/1" else [2, 2]
+        return train.get(p, [1, 1])
+
+    result = compile_with(World(scores), depth=3).drpo_result
+    assert result.best_prompt == "P/0/0" and result.validation is None  # the search alone
+    program = compile_with(World(scores), depth=3, valset=["val a", "val b"])
+    rows = program.drpo_result.validation
+    assert program.instructions == "P/0/1" == program.drpo_result.best_prompt
+    assert [(r["prompt"], r["val_mean"], r["judged"]) for r in rows] == [("P/0/1", 5.0, 2), ("P/0/0", 2.0, 2)]

@@ -151,7 +151,7 @@ def test_chat_route_answers_in_the_drpo_layout(server):
     call = lm.history[-1]
     assert call["messages"] == build_messages(responder.instructions, [], "Name one fruit that is yellow.")
     assert call["kwargs"]["stop"] == list(STOP_SEQUENCES)
-    assert call["response"].model == SERVED_NAME and call["response"].usage.prompt_tokens > 0
+    assert call["response_model"] == SERVED_NAME  # the model name the server answered with
     assert server.requests("/v1/chat/completions") == before + 1
 
 

@@ -68,6 +68,12 @@ def test_page_holds_every_prompt_diffs_and_the_best_path(run_dir, tmp_path):
     for node in nodes:  # per-aspect scores and rationales of every readable judgment
         for aspect, score in node["judgment"]["scores"].items():
             assert f"<td>{aspect}</td><td>{score}</td><td>r-{aspect}</td>" in html
+    beam = {n["id"] for n in json.loads((run_dir / "checkpoint.json").read_text())["state"]["beam"]}
+    parents = {n["parent_id"] for n in nodes}
+    for node in nodes:  # a node fell out of the beam when it has no child and is not in the final beam
+        card = html.split(f"id='node-{node['id']}'>", 1)[1].split("</span></div>", 1)[0].split("<details", 1)[0]
+        assert ("not kept" in card) == (node["id"] not in parents | beam), node["id"]
+    assert "not kept" in html
     if any(n["carried"] for n in nodes):
         assert "carried over (skip rule)" in html
     assert "http://" not in html and "https://" not in html and "<script" not in html  # self-contained

@@ -1,0 +1,128 @@
+"""No credential reaches a file DRPO writes, a log line, or an error message shown to the user.
+
+Keys are planted in the environment and in every role's ``dspy.LM(api_key=...)``; the providers then fail with
+authentication errors that echo the key they were sent (as some servers do), so the key is inside exception text.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from fault_world import ROLES, FaultWorld, compile_faulty
+
+from drpo_dspy import AlignedResponder
+from drpo_dspy.bank import AlignmentBank
+from drpo_dspy.fault_injection import always, auth_error, faulty_lm, when
+from drpo_dspy.secrets import Redactor, redact_exception, secret_values
+
+ENV_KEY = "sk-planted-env-0123456789abcdef"  # shaped like an OpenAI key
+ENV_PLAIN = "plainEnvSecret-93f1c0ffee42"  # shaped like nothing in particular
+ROLE_KEYS = {role: f"role-{role}-secret-{i}7a9e4c1d2b" for i, role in enumerate(ROLES)}
+HEADER_KEY = "hdr-secret-5e6f7a8b9c0d"
+ALL = [ENV_KEY, ENV_PLAIN, HEADER_KEY, *ROLE_KEYS.values()]
+EXAMPLES = [("What is a leap year?", "A year with 366 days."), ("Hack my ex's email.", "I can't help with that.")]
+
+
+@pytest.fixture
+def planted(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", ENV_KEY)
+    monkeypatch.setenv("ACME_SERVICE_TOKEN", ENV_PLAIN)
+
+
+def leaks(text: str | bytes) -> list[str]:
+    data = text.encode() if isinstance(text, str) else text
+    return [key for key in ALL if key.encode() in data]
+
+
+def assert_no_file_leaks(root):
+    files = [p for p in root.rglob("*") if p.is_file()]
+    assert files
+    for path in files:
+        assert leaks(path.read_bytes()) == [], path
+
+
+def test_compile_with_failing_providers_echoing_keys_leaks_nothing(tmp_path, planted, caplog, capsys):
+    caplog.set_level(logging.DEBUG)
+    echo = auth_error("Incorrect API key provided: {api_key}; env was " + ENV_PLAIN)
+    faults = {"judge": when(lambda text: "Haiku" in text or "haiku" in text, echo),
+              "optimizer": when(lambda text: "P/0" in text, echo),
+              "base": when(lambda text: "picnic" in text, echo),
+              "metrics": when(lambda text: "compound" in text, echo)}
+    student = AlignedResponder("Start.", EXAMPLES, k=1, embedder="hashing")
+    program, _world, injectors = compile_faulty(faults, log_dir=tmp_path / "run", k=1, depth=4, api_keys=ROLE_KEYS,
+                                                student=student)
+    assert all(inj.counts()["auth_error:401"] for inj in injectors.values())  # every role failed at least once
+    usage = program.drpo_result.usage
+    assert {role: usage[role]["failures"].get("lm_error:LMAuthError", 0) > 0 for role in ROLES} == dict.fromkeys(
+        ROLES, True)
+    program.save(str(tmp_path / "saved.json"))
+    program.bank.save(tmp_path / "bank.json")
+    assert_no_file_leaks(tmp_path)
+    assert leaks(caplog.text) == []
+    captured = capsys.readouterr()
+    assert leaks(captured.out + captured.err) == []
+
+
+def test_evaluation_reports_leak_nothing(tmp_path, planted, caplog):
+    from drpo_dspy.evaluation import EVAL_ASPECTS, evaluate
+
+    caplog.set_level(logging.DEBUG)
+
+    def judge(messages, params):
+        return {"evaluation": {**{a: {"rationale": "fine", "score": 4} for a in EVAL_ASPECTS}, "refusal": False}}
+
+    base = faulty_lm(lambda m, p: "An answer.\n<END>", api_key=ROLE_KEYS["base"], num_retries=0,
+                     faults=when(lambda text: "second" in text, auth_error("bad key {api_key} / " + ENV_KEY)))
+    judge_lm = faulty_lm(judge, api_key=ROLE_KEYS["judge"], num_retries=0,
+                         faults=when(lambda text: "third" in text, auth_error("bad key {api_key}")))
+    prompts = [{"instruction": q} for q in ("first question?", "second question?", "third question?")]
+    result = evaluate(["base"], prompts, base_lm=base, judge_lm=judge_lm, out_dir=tmp_path / "eval", num_threads=1)
+    errors = [row.get("error") for row in result.rows if row.get("error")]
+    assert errors and all("***" in e for e in errors)
+    assert [p.name for p in (tmp_path / "eval").iterdir() if p.suffix == ".html"]
+    assert_no_file_leaks(tmp_path)
+    assert leaks(caplog.text) == []
+    assert leaks(repr(result.rows)) == []
+
+
+def test_errors_shown_to_the_user_are_redacted(planted):
+    lm = faulty_lm(lambda m, p: "x", api_key=ROLE_KEYS["base"], num_retries=0,
+                   faults=always(auth_error("Incorrect API key provided: {api_key}")))
+    responder = AlignedResponder(examples=[], k=0)
+    with pytest.raises(Exception) as info:
+        responder(query="hello", lm=lm)
+    assert ROLE_KEYS["base"] in str(info.value)  # what the provider said, as raised by DSPy
+    redacted = redact_exception(info.value, [lm])
+    assert redacted is info.value
+    chain = []
+    exc: BaseException | None = redacted
+    while exc is not None:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    import traceback
+
+    shown = "".join(traceback.format_exception(redacted))
+    assert leaks(shown) == [] and "***" in shown
+    assert all(leaks(str(e)) == [] for e in chain)
+
+
+def test_keys_in_headers_and_bearer_tokens_are_known_secrets(planted):
+    world = FaultWorld(lambda p, q: [3, 3])
+    lm = world.base_lm.copy(extra_headers={"Authorization": f"Bearer {HEADER_KEY}"}, api_key=ROLE_KEYS["base"])
+    values = secret_values([lm])
+    assert {HEADER_KEY, ROLE_KEYS["base"], ENV_KEY, ENV_PLAIN} <= values
+    redactor = Redactor([lm])
+    text = f"auth {HEADER_KEY} key {ROLE_KEYS['base']} env {ENV_KEY} {ENV_PLAIN}"
+    assert leaks(redactor.text(text)) == []
+
+
+def test_saved_program_with_an_lm_holding_header_credentials(tmp_path, planted):
+    world = FaultWorld(lambda p, q: [3, 3])
+    lm = world.base_lm.copy(extra_headers={"Authorization": f"Bearer {HEADER_KEY}"}, api_key=ROLE_KEYS["base"])
+    program = AlignedResponder("Be kind.", EXAMPLES, k=1, embedder="hashing")
+    program.set_lm(lm)
+    program.save(str(tmp_path / "program.json"))
+    bank = AlignmentBank(EXAMPLES, embedder="hashing")
+    bank.save(tmp_path / "bank.jsonl")
+    assert_no_file_leaks(tmp_path)
