@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from world import World  # noqa: E402
+from world import World
 
-from drpo_dspy import DRPO, AlignedResponder  # noqa: E402
+from drpo_dspy import DRPO, AlignedResponder
 
 
 def scores(prompt: str, query: str) -> list[int]:
@@ -48,7 +48,8 @@ def original_calls(best_trace: dict, n_actions: int) -> dict[str, int]:
     for level_nodes in by_level.values():
         calls["base"] += len(level_nodes)
         calls["judge"] += len(level_nodes)
-        calls["optimizer"] += len({n["parent_id"] for n in level_nodes if not n["carried"] and n["parent_id"] is not None})
+        expanded = {n["parent_id"] for n in level_nodes if not n["carried"] and n["parent_id"] is not None}
+        calls["optimizer"] += len(expanded)
     return calls
 
 

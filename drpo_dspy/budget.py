@@ -76,7 +76,8 @@ class Budget:
     def _refusal(self, r: Reservation) -> str | None:
         if self.max_calls is not None and self.meter.total_requests() + self._reserved.calls + r.calls > self.max_calls:
             return f"the call budget (max_calls={self.max_calls}) is reached"
-        if self.max_tokens is not None and self.meter.total_tokens() + self._reserved.tokens + r.tokens > self.max_tokens:
+        tokens = self.meter.total_tokens() + self._reserved.tokens + r.tokens
+        if self.max_tokens is not None and tokens > self.max_tokens:
             return f"the token budget (max_tokens={self.max_tokens}) is reached"
         if self.max_cost_usd is not None and (
                 self.meter.total_cost() + self._reserved.cost + r.cost > self.max_cost_usd):

@@ -309,7 +309,8 @@ def generate(user_query: str, user_specified_system_prompt: str | None = None, o
         temperature, top_p, max_new_tokens: Decoding settings, passed to the LM (``max_tokens``). Defaults are
             greedy (the original's were 0.7 / 0.95 / 512).
         program: An AlignedResponder, a saved ``program.json``, a run directory, or an original model folder /
-            ``output.json`` / ``.txt`` / ``.pkl``; default: a fresh AlignedResponder with the seed examples.
+            ``output.json`` / ``.txt`` / ``.pkl``; default: a fresh AlignedResponder with the seed examples. A path
+            is read (and its example queries embedded) on every call: for many calls, load it once and pass that.
         lm: A ``dspy.LM`` or a litellm model string; default: the program's LM, else ``dspy.settings.lm``.
         **lm_kwargs: Further generation parameters for the LM call.
 

@@ -48,7 +48,8 @@ def test_run_directory_contents(tmp_path, monkeypatch):
     log = (run_dir / "run.log").read_text()
     assert "--- prompt" in log and "--- answer" in log and "--- judgment" in log
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["usage"]["judge"]["lm_calls"] == 7 and summary["usage"]["optimizer"]["lm_calls"] == 1 + 2  # one 2-sample request per expanded node
+    assert summary["usage"]["judge"]["lm_calls"] == 7
+    assert summary["usage"]["optimizer"]["lm_calls"] == 1 + 2  # one 2-sample request per expanded node
     assert summary["usage"]["metrics"]["lm_calls"] == 3
     assert summary["best_prompt"] == program.instructions and summary["wall_time_s"] >= 0
     config = json.loads((run_dir / "config.json").read_text())

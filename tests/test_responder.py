@@ -32,7 +32,8 @@ def test_layout_matches_the_drpo_template():
     messages = build_messages("Be kind.", [("Q1", "A1"), ("Q2", " A2 ")], "Live?")
     assert messages[0] == {
         "role": "system",
-        "content": "Be kind.\n\n# Query:\nQ1\n\n# Answer:\n<START>\nA1\n<END>\n\n# Query:\nQ2\n\n# Answer:\n<START>\nA2\n<END>\n\n",
+        "content": "Be kind.\n\n# Query:\nQ1\n\n# Answer:\n<START>\nA1\n<END>\n\n"
+                   "# Query:\nQ2\n\n# Answer:\n<START>\nA2\n<END>\n\n",
     }
     assert messages[1] == {"role": "user", "content": "# Query:\nLive?\n\n# Answer:\n<START>\n"}
 

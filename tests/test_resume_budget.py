@@ -97,7 +97,7 @@ def test_resume_in_process_matches_an_uninterrupted_run(tmp_path):
 def test_foreign_or_corrupt_checkpoint_is_refused(tmp_path):
     make(World(scores), log_dir=tmp_path / "run", depth=2).compile(AlignedResponder(examples=[], k=0),
                                                                    trainset=QUERIES)
-    with pytest.raises(ValueError, match="different run .*search"):
+    with pytest.raises(ValueError, match=r"different run .*search"):
         make(World(scores), log_dir=tmp_path / "run", depth=3).compile(
             AlignedResponder(examples=[], k=0), trainset=QUERIES, resume=True)
     (tmp_path / "run" / "checkpoint.json").write_text("{not json")

@@ -89,7 +89,7 @@ def test_unreadable_judgment_is_a_missing_reward_not_a_zero():
     world = World(lambda p, q: [3, 3] if p != "P/1" else [5, 5], judge_garbage=lambda p, q: p == "P/1")
     program = compile_with(world, depth=2, beam_size=2)
     result = program.drpo_result
-    failed = [n for n in result.final_beam if n["prompt"] == "P/1"][0]
+    failed = next(n for n in result.final_beam if n["prompt"] == "P/1")
     assert failed["rewards"] == [3.0, None]
     assert failed["path_mean"] == 3.0  # ranked on what is known, not dragged to a zero
     assert result.usage["judge"]["failures"] == {"parse_failure": 1}

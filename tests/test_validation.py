@@ -51,7 +51,7 @@ def test_missing_api_key(monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     ok = scripted_lm(lambda m, p: "x")
     drpo = DRPO(base_lm=ok, metrics_lm=ok, optimizer_lm=ok, judge_lm=dspy.LM("openai/gpt-4o-mini"), progress=False)
-    with pytest.raises(ValueError, match="judge_lm .*OPENAI_API_KEY"):
+    with pytest.raises(ValueError, match=r"judge_lm .*OPENAI_API_KEY"):
         drpo.compile(AlignedResponder(examples=[], k=0), trainset=["q"])
 
 
