@@ -63,9 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     from drpo_dspy.evaluation.cli import add_evaluate_parser
     from drpo_dspy.icl_cli import add_optimize_icl_parser
+    from drpo_dspy.interop_cli import add_import_official_parser
+    from drpo_dspy.show_cli import add_show_parser
 
     add_evaluate_parser(sub)
     add_optimize_icl_parser(sub)
+    add_import_official_parser(sub)
+    add_show_parser(sub)
 
     resp = sub.add_parser("respond", help="answer a query with a compiled program")
     resp.add_argument("query")
@@ -253,10 +257,12 @@ def _fmt(value: float | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     from drpo_dspy.evaluation.cli import run_evaluate
     from drpo_dspy.icl_cli import run_optimize_icl
+    from drpo_dspy.interop_cli import run_import_official
+    from drpo_dspy.show_cli import run_show
 
     args = build_parser().parse_args(argv)
     commands = {"optimize": cmd_optimize, "respond": cmd_respond, "evaluate": run_evaluate,
-                "optimize-icl": run_optimize_icl}
+                "optimize-icl": run_optimize_icl, "import-official": run_import_official, "show": run_show}
     try:
         return commands[args.command](args)
     except (ValueError, FileNotFoundError, ImportError) as exc:

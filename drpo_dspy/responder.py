@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import copy
+import json
 import logging
+import os
 import threading
+from pathlib import Path
 from typing import Any
 
 import dspy
@@ -203,6 +206,31 @@ class AlignedResponder(dspy.Module):
         """Answer ``query`` under other ``instructions`` without changing this module (used by the search)."""
         return self._call(query, instructions, lm, None)[0]
 
+    # -- saving and loading --------------------------------------------------------------------------------
+    def dump_state(self, json_mode: bool = True) -> dict[str, Any]:
+        """DSPy's state, minus any credential an attached LM holds in its settings (headers included)."""
+        from drpo_dspy.secrets import strip_secret_settings
+
+        state = super().dump_state(json_mode=json_mode)
+        for value in state.values():
+            if isinstance(value, dict) and isinstance(value.get("lm"), dict):
+                value["lm"] = strip_secret_settings(value["lm"])
+        return state
+
+    def load(self, path: str | os.PathLike, allow_pickle: bool = False, allow_unsafe_lm_state: bool = False):
+        """Load a saved program; a missing, corrupt or foreign file raises an error that names the file and the fix."""
+        path = Path(path)
+        if path.suffix == ".json":
+            _check_program_file(path)
+        elif not path.is_file():
+            raise FileNotFoundError(f"program file {path} does not exist")
+        try:
+            return super().load(path, allow_pickle=allow_pickle, allow_unsafe_lm_state=allow_unsafe_lm_state)
+        except (KeyError, TypeError, ValueError) as exc:
+            detail = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise ValueError(f"{path} is not a usable AlignedResponder program ({detail}); re-save it with "
+                             "AlignedResponder.save(...) or use the program.json of a finished DRPO run") from exc
+
     def __deepcopy__(self, memo: dict) -> AlignedResponder:
         new = copy.copy(self)
         memo[id(self)] = new
@@ -213,3 +241,29 @@ class AlignedResponder(dspy.Module):
         new._raw_lms, new._raw_lock = {}, threading.Lock()
         return new
 
+
+
+_PROGRAM_FIX = "re-save it with AlignedResponder.save(...) or use the program.json of a finished DRPO run"
+
+
+def _check_program_file(path: Path) -> None:
+    """Fail with a clear message when ``path`` cannot be a saved AlignedResponder (before DSPy reads it)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"program file {path} does not exist")
+    data = path.read_bytes()
+    if not data.strip():
+        raise ValueError(f"program file {path} is empty; {_PROGRAM_FIX}")
+    try:
+        state = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"program file {path} is not UTF-8 JSON (byte {exc.start}); {_PROGRAM_FIX}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"program file {path} is corrupt or truncated (not valid JSON: {exc.msg} at line "
+                         f"{exc.lineno}, column {exc.colno}); {_PROGRAM_FIX}") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"program file {path} holds a JSON {type(state).__name__}, not a saved AlignedResponder "
+                         "(a JSON object with 'respond' and 'examples')")
+    missing = [key for key in ("respond", "examples") if key not in state]
+    if missing:
+        raise ValueError(f"program file {path} is not a saved AlignedResponder: it has no {' or '.join(missing)} "
+                         f"entry (saved from another DSPy program?); {_PROGRAM_FIX}")

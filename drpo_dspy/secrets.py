@@ -122,6 +122,14 @@ class Redactor:
         return obj
 
 
+def strip_secret_settings(settings: Any, depth: int = 0) -> Any:
+    """A copy of LM settings without secret-named entries (``api_key``, ``Authorization`` headers, ...), for state
+    that is saved and later loaded (a masked value would be sent as a credential, so the entry is dropped)."""
+    if not isinstance(settings, dict) or depth > 3:
+        return settings
+    return {k: strip_secret_settings(v, depth + 1) for k, v in settings.items() if not is_secret_name(str(k))}
+
+
 def redact_exception(exc: BaseException, lms: Iterable[Any] = ()) -> BaseException:
     """``exc`` (and its causes) with every known secret masked, for showing to a user or writing to a log."""
     return Redactor(lms).exception(exc)
