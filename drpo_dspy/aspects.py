@@ -7,6 +7,7 @@ rejected.
 
 from __future__ import annotations
 
+import difflib
 import re
 import threading
 from collections.abc import Iterable, Iterator
@@ -187,13 +188,50 @@ class AspectCatalogue:
 
     @classmethod
     def from_dicts(cls, items: Iterable[dict], *, include_builtin: bool = True) -> AspectCatalogue:
-        """Build a catalogue from ``{"name", "description", "rubric"?: [5 strings]}`` records."""
+        """Build a catalogue from ``{"name", "description", "rubric"?: [5 strings]}`` records.
+
+        A record with only a ``name`` picks that built-in aspect (useful with ``include_builtin=False``); a name that
+        is neither built in nor described is refused (a typo would otherwise become a new, vague aspect). Unknown
+        fields, duplicate names and malformed rubrics are refused too, each with a message that says what to fix.
+        """
+        if items is None or isinstance(items, str | bytes | dict) or not isinstance(items, Iterable):
+            raise ValueError("aspects must be a list of {'name', 'description', 'rubric'} objects, "
+                             f"got {items!r:.60}")
+        builtin = {normalize_aspect_name(a.name): a for a in BUILTIN_ASPECTS}
         catalogue = cls(BUILTIN_ASPECTS if include_builtin else ())
+        seen: set[str] = set()
         for i, item in enumerate(items):
-            if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-                raise ValueError(f"aspect #{i}: expected an object with a string 'name', got {item!r:.80}")
-            rubric = item.get("rubric") or ()
-            if rubric and (not isinstance(rubric, list | tuple) or not all(isinstance(r, str) for r in rubric)):
-                raise ValueError(f"aspect {item['name']!r}: 'rubric' must be a list of 5 strings")
-            catalogue.add(Aspect(item["name"], str(item.get("description") or item["name"]), tuple(rubric)))
+            if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not item["name"].strip():
+                raise ValueError(f"aspect #{i}: expected an object with a non-empty string 'name', got {item!r:.80}")
+            name = item["name"].strip()
+            unknown = sorted(set(item) - _ASPECT_FIELDS)
+            if unknown:
+                raise ValueError(f"aspect {name!r}: unknown field(s) {', '.join(map(repr, unknown))}; an aspect has "
+                                 "'name', 'description' and optionally 'rubric' (5 strings, for scores 1 to 5)")
+            key = normalize_aspect_name(name)
+            if key in seen:
+                raise ValueError(f"aspect {name!r} is listed twice: keep one entry per aspect")
+            seen.add(key)
+            description, rubric = item.get("description"), item.get("rubric") or ()
+            if description is not None and (not isinstance(description, str) or not description.strip()):
+                raise ValueError(f"aspect {name!r}: 'description' must be a non-empty string")
+            if rubric and (not isinstance(rubric, list | tuple) or len(rubric) != 5
+                           or not all(isinstance(r, str) and r.strip() for r in rubric)):
+                raise ValueError(f"aspect {name!r}: 'rubric' must be a list of 5 non-empty strings (scores 1 to 5)")
+            if description is None and not rubric:
+                if key not in builtin:
+                    close = difflib.get_close_matches(name, [a.name for a in BUILTIN_ASPECTS], n=1, cutoff=0.75)
+                    hint = f"did you mean {close[0]!r}? " if close else ""
+                    raise ValueError(
+                        f"unknown aspect {name!r}: it is not built in and has no 'description'; {hint}describe it "
+                        "(and optionally give a 5-level 'rubric') or use a built-in name: "
+                        + ", ".join(a.name for a in BUILTIN_ASPECTS))
+                catalogue.add(builtin[key])
+                continue
+            catalogue.add(Aspect(name, str(description or name), tuple(rubric)))
+        if not len(catalogue):
+            raise ValueError("the aspect catalogue is empty: list at least one aspect, or keep the built-in ones")
         return catalogue
+
+
+_ASPECT_FIELDS = frozenset({"name", "description", "rubric"})

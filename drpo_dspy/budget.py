@@ -8,6 +8,7 @@ before it is sent; the search then stops and returns the best program of the las
 
 from __future__ import annotations
 
+import math
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,7 +35,8 @@ class Budget:
     def __init__(self, meter: Meter, *, max_calls: int | None = None, max_tokens: int | None = None,
                  max_cost_usd: float | None = None):
         for name, value in (("max_calls", max_calls), ("max_tokens", max_tokens), ("max_cost_usd", max_cost_usd)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value <= 0):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                                      or not math.isfinite(value) or value <= 0):
                 raise ValueError(f"{name} must be a positive number or None, got {value!r}")
         self.meter = meter
         self.max_calls, self.max_tokens, self.max_cost_usd = max_calls, max_tokens, max_cost_usd

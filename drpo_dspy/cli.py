@@ -192,9 +192,9 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     demo = o.get("demo_query") or "I have a job interview tomorrow and I'm nervous. How should I prepare tonight?"
     print(f"DRPO: {len(queries)} training queries, base model {lms['base'].model}, run directory {log_dir}")
     with dspy.context(lm=lms["base"]):
-        before = student(query=demo).response
         valset = _load_queries(Path(o["valset"]), None) if o.get("valset") else None
         aligned = drpo.compile(student, trainset=queries, valset=valset, resume=resume is not None)
+        before = student(query=demo).response  # after compile(), which validates everything before any call
         after = aligned(query=demo).response
     result = aligned.drpo_result
     rule = "-" * 72
@@ -258,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     from drpo_dspy.evaluation.cli import run_evaluate
     from drpo_dspy.icl_cli import run_optimize_icl
     from drpo_dspy.interop_cli import run_import_official
+    from drpo_dspy.secrets import redacted_message
     from drpo_dspy.show_cli import run_show
 
     args = build_parser().parse_args(argv)
@@ -266,8 +267,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return commands[args.command](args)
     except (ValueError, FileNotFoundError, ImportError) as exc:
-        print(f"drpo: error: {exc}", file=sys.stderr)
+        print(f"drpo: error: {redacted_message(exc).split(': ', 1)[-1]}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("drpo: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # an LM or provider failure: never print a credential it may echo
+        print(f"drpo: error: {redacted_message(exc)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -62,8 +62,13 @@ class Meter:
     def usage(self, role: str):
         """Attribute the tokens of the calls made inside this block to ``role``."""
         with dspy.track_usage() as tracker:
-            yield
-        totals = tracker.get_total_tokens()
+            try:
+                yield
+            finally:
+                totals = tracker.get_total_tokens()
+                self._add_usage(role, totals)
+
+    def _add_usage(self, role: str, totals: dict[str, Any]) -> None:
         with self._lock:
             for model, usage in totals.items():
                 prompt = int(usage.get("prompt_tokens") or 0)

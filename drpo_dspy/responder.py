@@ -258,8 +258,8 @@ def _check_program_file(path: Path) -> None:
     except UnicodeDecodeError as exc:
         raise ValueError(f"program file {path} is not UTF-8 JSON (byte {exc.start}); {_PROGRAM_FIX}") from None
     except json.JSONDecodeError as exc:
-        raise ValueError(f"program file {path} is corrupt or truncated (not valid JSON: {exc.msg} at line "
-                         f"{exc.lineno}, column {exc.colno}); {_PROGRAM_FIX}") from None
+        raise ValueError(f"program file {path} is corrupt or truncated (not valid JSON at line {exc.lineno}, "
+                         f"column {exc.colno}: {exc.msg}); {_PROGRAM_FIX}") from None
     if not isinstance(state, dict):
         raise ValueError(f"program file {path} holds a JSON {type(state).__name__}, not a saved AlignedResponder "
                          "(a JSON object with 'respond' and 'examples')")

@@ -88,8 +88,10 @@ class Judgment:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Judgment:
-        return cls(list(data["aspects"]), {k: int(v) for k, v in data.get("scores", {}).items()},
-                   dict(data.get("rationales", {})), data.get("failure"))
+        scores = {k: int(v) for k, v in data.get("scores", {}).items()}
+        if any(not 1 <= s <= 5 for s in scores.values()):
+            raise ValueError(f"judgment scores must be 1-5, got {scores}")
+        return cls(list(data["aspects"]), scores, dict(data.get("rationales", {})), data.get("failure"))
 
 
 class DynamicRewarder:
@@ -135,10 +137,16 @@ class DynamicRewarder:
         """Reuse aspect selections saved by an earlier run (``metrics_cache.json``)."""
         if not isinstance(cache, dict):
             raise ValueError("a metrics cache must be a JSON object")
+        for key, value in cache.items():
+            try:  # validates the shape before anything is used
+                selection = AspectSelection.from_dict(value)
+                if not selection.aspects or not all(isinstance(a, str) and a.strip() for a in selection.aspects):
+                    raise ValueError("no aspect names")
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise ValueError(f"the metrics cache entry {key!r:.80} is corrupt ({type(exc).__name__}: {exc}); "
+                                 "delete metrics_cache.json to select the aspects again") from exc
         with self._lock:
-            for key, value in cache.items():
-                AspectSelection.from_dict(value)  # validates the shape
-                self._cache[key] = value
+            self._cache.update(cache)
 
     def select(self, query: str) -> AspectSelection:
         """The aspects to judge ``query`` on; one metrics call per distinct (query, model)."""
@@ -248,7 +256,7 @@ _REFUSAL = re.compile(
     r"\b(I'?m sorry|I am sorry|I apologi[sz]e|I (?:cannot|can ?not|can't|won't|will not|must decline to|"
     r"am unable to|'m unable to|am not able to|'m not able to)\b)", re.I)
 _SCORE_RANGE = re.compile(r"\bscore\s+Input should be (?:less|greater) than or equal to")
-_SCORE_TYPE = re.compile(r"\bscore\s+Input should be a valid (?:integer|number)")
+_SCORE_TYPE = re.compile(r"\bscore\s+(?:Value error, )?Input should be a valid (?:integer|number)")
 
 
 def looks_like_refusal(text: str | None) -> bool:

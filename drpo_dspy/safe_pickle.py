@@ -4,8 +4,9 @@
 command. ``load_untrusted_pickle`` uses a restricted unpickler instead:
 
 - a short allow-list of harmless builtins and standard containers is rebuilt for real (``set``, ``frozenset``,
-  ``complex``, ``bytearray``, ``range``, ``slice``, ``collections.OrderedDict``/``defaultdict``/``deque``,
-  ``datetime`` values, ``decimal.Decimal``);
+  ``complex``, ``bytearray``, ``range``, ``slice``, ``collections.OrderedDict``/``deque``, ``datetime`` values,
+  ``decimal.Decimal``, and ``_codecs.encode``, which protocols 0-2 use to store bytes); container constructors refuse
+  lazy inputs (``list(range(10**12))``, ``bytearray(10**12)``) that would blow a small file up in memory;
 - any other name in a denied module (``os``, ``subprocess``, ``sys``, ``builtins``' functions such as ``eval`` or
   ``__import__``, ``importlib``, ``pickle``, ``socket``, ``ctypes``, ...) makes loading fail with
   ``UnsafePickleError`` before anything is called;
@@ -19,6 +20,7 @@ command. ``load_untrusted_pickle`` uses a restricted unpickler instead:
 
 from __future__ import annotations
 
+import codecs
 import collections
 import datetime
 import decimal
@@ -36,18 +38,41 @@ class UnsafePickleError(pickle.UnpicklingError):
     """The pickle names a function or class that could run code; nothing from it was executed."""
 
 
+def _materialized(build: Any) -> Any:
+    """``build`` (a container or bytes constructor) refusing lazy inputs that would expand far beyond the file's
+    size, such as ``list(range(10**12))`` or ``bytearray(10**12)``."""
+
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        first = args[0] if args else None
+        if isinstance(first, range) or (isinstance(first, int) and not isinstance(first, bool)
+                                        and build in (bytes, bytearray)):
+            raise UnsafePickleError(f"refusing {build.__name__}({type(first).__name__}): a pickle that expands "
+                                    "a small file into unbounded memory")
+        return build(*args, **kwargs)
+
+    guarded.__name__ = build.__name__
+    return guarded
+
+
+def _latin1(text: Any, encoding: Any) -> bytes:
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise UnsafePickleError(f"refusing _codecs.encode({type(text).__name__}, {encoding!r:.20}): only the latin1 "
+                                "text-to-bytes step of pickle protocols 0-2 is allowed")
+    return codecs.encode(text, "latin1")
+
+
+_SAFE_BUILTINS = {name: _materialized(value) for name, value in {
+    "set": set, "frozenset": frozenset, "bytearray": bytearray, "list": list, "dict": dict, "tuple": tuple,
+    "bytes": bytes}.items()}
+_SAFE_BUILTINS.update({"object": object, "complex": complex, "range": range, "slice": slice, "str": str, "int": int,
+                       "float": float, "bool": bool})
 _ALLOWED: dict[tuple[str, str], Any] = {
-    ("builtins", "object"): object,
-    ("builtins", "set"): set,
-    ("builtins", "frozenset"): frozenset,
-    ("builtins", "complex"): complex,
-    ("builtins", "bytearray"): bytearray,
-    ("builtins", "range"): range,
-    ("builtins", "slice"): slice,
-    ("__builtin__", "set"): set,
-    ("__builtin__", "frozenset"): frozenset,
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("collections", "deque"): collections.deque,
+    **{("builtins", name): value for name, value in _SAFE_BUILTINS.items()},
+    **{("__builtin__", name): value for name, value in _SAFE_BUILTINS.items()},  # protocols 0-2 spell it so
+    ("__builtin__", "xrange"): range,
+    ("_codecs", "encode"): lambda text, encoding="utf-8": _latin1(text, encoding),  # protocols 0-2 store bytes so
+    ("collections", "OrderedDict"): _materialized(collections.OrderedDict),
+    ("collections", "deque"): _materialized(collections.deque),
     ("datetime", "datetime"): datetime.datetime,
     ("datetime", "date"): datetime.date,
     ("datetime", "time"): datetime.time,
@@ -58,10 +83,11 @@ _ALLOWED: dict[tuple[str, str], Any] = {
 
 
 def _reconstructor(cls: Any, base: Any, state: Any) -> Any:
-    """``copyreg._reconstructor`` (protocols 0 and 1) for stand-ins only."""
-    if isinstance(cls, type) and issubclass(cls, PickledObject) and base in (object, None):
-        return cls.__new__(cls)
+    """``copyreg._reconstructor`` (protocols 0 and 1), for stand-ins only: the base value is recorded as an argument."""
+    if isinstance(cls, type) and issubclass(cls, PickledObject) and (base is None or base in _SAFE_BUILTINS.values()):
+        return cls.__new__(cls) if base is object or state is None else cls.__new__(cls, state)
     raise UnsafePickleError(f"refusing to reconstruct {cls!r} from {base!r}")
+
 
 # Modules whose globals are never rebuilt, not even as stand-ins: naming one is a sign of a crafted file.
 _DENIED_MODULES = frozenset({
@@ -72,7 +98,9 @@ _DENIED_MODULES = frozenset({
     "cProfile", "profile", "pdb", "bdb", "trace", "ensurepip", "venv", "zipimport", "shelve", "dbm", "sqlite3",
     "urllib", "http", "ftplib", "smtplib", "telnetlib", "xmlrpc", "ssl", "select", "selectors", "mmap", "resource",
     "fcntl", "termios", "tty", "pwd", "grp", "spwd", "crypt", "syslog", "dill", "cloudpickle", "joblib", "numpy.lib",
-    "torch", "nose", "pytest", "setuptools", "pip", "distutils", "site", "sysconfig", "builtin", "exec", "eval",
+    "torch", "nose", "pytest", "setuptools", "pip", "distutils", "site", "sysconfig", "codecs", "_codecs", "zipfile",
+    "tarfile", "gzip", "bz2", "lzma", "glob", "fileinput", "_posixsubprocess", "_winapi", "msvcrt", "winreg",
+    "_ctypes", "ast", "dis", "linecache", "traceback", "logging", "atexit", "sched", "concurrent",
 })
 
 

@@ -88,6 +88,11 @@ class Node:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Node:
+        missing = [k for k in ("id", "level", "prompt", "query", "response", "judgment", "rewards") if k not in d]
+        if missing:
+            raise ValueError(f"a saved node ({d.get('id', '?')!r:.20}) lacks the field(s) {', '.join(missing)}")
+        if not all(r is None or (isinstance(r, int | float) and not isinstance(r, bool)) for r in d["rewards"]):
+            raise ValueError(f"node {d.get('id')!r}: rewards must be numbers or null")
         return cls(d["id"], d["level"], d["prompt"], d["query"], d["response"], Judgment.from_dict(d["judgment"]),
                    list(d["rewards"]), d.get("parent_id"), bool(d.get("carried")), list(d.get("versions", [])))
 
@@ -127,9 +132,22 @@ class SearchState:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SearchState:
-        return cls(d["level"], d["max_depth"], d["depth_increases"], d["next_id"],
-                   [Node.from_dict(n) for n in d["beam"]], [Node.from_dict(n) for n in d["ancestry"]],
-                   d.get("stopped"))
+        missing = [k for k in ("level", "max_depth", "depth_increases", "next_id", "beam", "ancestry") if k not in d]
+        if missing:
+            raise ValueError(f"the saved search state lacks the field(s) {', '.join(missing)}")
+        for name in ("level", "max_depth", "depth_increases", "next_id"):
+            if isinstance(d[name], bool) or not isinstance(d[name], int) or d[name] < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {d[name]!r:.40}")
+        state = cls(d["level"], d["max_depth"], d["depth_increases"], d["next_id"],
+                    [Node.from_dict(n) for n in d["beam"]], [Node.from_dict(n) for n in d["ancestry"]],
+                    d.get("stopped"))
+        known = {n.id for n in state.ancestry}
+        if state.level and (not state.beam or any(n.id not in known for n in state.beam)):
+            raise ValueError("the beam is empty or not part of the saved ancestry")
+        for node in state.ancestry:
+            if node.parent_id is not None and node.parent_id not in known:
+                raise ValueError(f"node {node.id} names a parent ({node.parent_id}) that is not saved")
+        return state
 
 
 _TEMPLATE_ECHO = re.compile(r"\{[a-z_]+\}|\[\[ ## |<START>|<END>|JSON object|output fields", re.I)

@@ -263,10 +263,21 @@ class _Compilation:
     def _trim_trace(self, level: int) -> None:
         """Drop trace lines of the level that was interrupted (it is evaluated again, from the LM cache)."""
         path = self.run_dir.file("trace.jsonl")
-        if path.exists():
-            kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-                    if line.strip() and json.loads(line).get("level", 0) <= level]
-            path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        if not path.exists():
+            return
+        kept = []
+        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                if lineno == len(path.read_text(encoding="utf-8").splitlines()):
+                    continue  # a line cut short by a kill: it belongs to the interrupted level
+                raise ValueError(f"{path} line {lineno} is corrupt; remove that line to resume") from None
+            if record.get("level", 0) <= level:
+                kept.append(line)
+        path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
     # -- the compile ----------------------------------------------------------------------------------
     def _optimize_examples(self) -> None:

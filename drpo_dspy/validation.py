@@ -8,28 +8,58 @@ from typing import Any
 
 import dspy
 
+MAX_QUERY_CHARS = 50_000
+"""The longest training query accepted (characters); longer ones fail before any LM call. Every role sees the query
+plus prompts, examples and answers, so a query near a model's context window cannot be judged or optimised.
+Raise it (``drpo_dspy.validation.MAX_QUERY_CHARS = ...``) for long-context models."""
 
-def coerce_queries(trainset: Any, name: str = "trainset") -> list[str]:
-    """Accept strings, ``dspy.Example``/dicts with ``query`` (or ``instruction``); return the query texts."""
+
+def check_query_text(text: str, where: str, max_chars: int | None = None) -> None:
+    """Refuse text no provider can take: NUL bytes, lone surrogates (broken Unicode) or more than ``max_chars``."""
+    limit = MAX_QUERY_CHARS if max_chars is None else max_chars
+    if "\x00" in text:
+        raise ValueError(f"{where} contains a NUL character (binary data?) at position {text.index(chr(0))}: "
+                         "remove it, or check that the file is really text")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{where} is not valid Unicode (lone surrogate U+{ord(text[exc.start]):04X} at position "
+                         f"{exc.start}): repair the text, e.g. text.encode('utf-8', 'replace').decode()") from None
+    if len(text) > limit:
+        raise ValueError(f"{where} is {len(text):,} characters long, above the {limit:,}-character limit for a query "
+                         "(max_query_chars): shorten it, or raise drpo_dspy.validation.MAX_QUERY_CHARS if every "
+                         "role's context window really takes it")
+
+
+def coerce_queries(trainset: Any, name: str = "trainset", *, max_query_chars: int | None = None) -> list[str]:
+    """Accept strings, ``dspy.Example``/dicts with ``query`` (or ``instruction``); return the query texts.
+
+    Each query must be non-empty, valid Unicode without NUL characters, and at most ``max_query_chars`` long
+    (default :data:`MAX_QUERY_CHARS`)."""
     if trainset is None or isinstance(trainset, str | bytes) or not isinstance(trainset, Iterable):
         raise ValueError(f"{name} must be a list of queries (strings or dspy.Example(query=...)), got {trainset!r:.60}")
-    queries = []
-    for i, item in enumerate(trainset):
-        text = item
-        if isinstance(item, dspy.Example):
-            text = item.get("query", item.get("instruction"))
-        elif isinstance(item, dict):
-            text = item.get("query", item.get("instruction"))
-        if not isinstance(text, str):
-            raise ValueError(
-                f"{name}[{i}] is not text: expected a string, or an Example/dict with a 'query' field, got {item!r:.80}"
-            )
-        if not text.strip():
-            raise ValueError(f"{name}[{i}] is an empty query")
-        queries.append(text)
+    if isinstance(trainset, dict | dspy.Example):
+        raise ValueError(f"{name} must be a list of queries, got a single {type(trainset).__name__} "
+                         f"(keys {list(trainset.keys())[:5]}): wrap one query in a list, or pass the list it holds")
+    queries = [query_text(item, f"{name}[{i}]", max_query_chars) for i, item in enumerate(trainset)]
     if not queries:
         raise ValueError(f"{name} is empty: DRPO needs at least one training query")
     return queries
+
+
+def query_text(item: Any, where: str, max_query_chars: int | None = None) -> str:
+    """The query of one trainset item (a string, or an Example/dict with ``query`` or ``instruction``), checked."""
+    text = item
+    if isinstance(item, dspy.Example | dict):
+        text = item.get("query", item.get("instruction"))
+    if not isinstance(text, str):
+        raise ValueError(
+            f"{where} is not text: expected a string, or an Example/dict with a 'query' field, got {item!r:.80}"
+        )
+    if not text.strip():
+        raise ValueError(f"{where} is an empty query")
+    check_query_text(text, where, max_query_chars)
+    return text
 
 
 def check_positive_int(name: str, value: Any, minimum: int = 1) -> None:

@@ -1,7 +1,7 @@
 """The judge: per selected aspect, an integer score 1-5 with its rationale."""
 
 import dspy
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 
 class AspectScore(BaseModel):
@@ -19,6 +19,13 @@ class AspectVerdict(BaseModel):
     # The enum lets schema-enforcing providers (the embedded model's grammar) emit only 1..5.
     score: int = Field(ge=1, le=5, json_schema_extra={"enum": [1, 2, 3, 4, 5]},
                        description="1 strongly disagree ... 5 strongly agree that the answer meets it.")
+
+    @field_validator("score", mode="before")
+    @classmethod
+    def _not_a_boolean(cls, value: object) -> object:
+        if isinstance(value, bool):  # JSON true would otherwise be read as the score 1
+            raise ValueError("Input should be a valid integer from 1 to 5, not a boolean")
+        return value
 
 
 class JudgeResponse(dspy.Signature):

@@ -23,9 +23,14 @@ class FaultWorld(World):
     """World whose judge scores whichever aspects it is asked about (fallback aspects included)."""
 
     def _judge(self, messages, params):
-        prompt, query = parse_answer(field(messages, "response"))
-        self._record("judge", prompt=prompt, query=query)
-        scores = self.scores(prompt, query)
+        response = field(messages, "response")
+        if response == "(empty answer)":
+            self._record("judge", prompt=None, query=field(messages, "query"))
+            scores = [1]
+        else:
+            prompt, query = parse_answer(response)
+            self._record("judge", prompt=prompt, query=query)
+            scores = self.scores(prompt, query)
         return {"evaluations": {a: {"rationale": f"r-{a}", "score": scores[i % len(scores)]}
                                 for i, a in enumerate(requested_aspects(messages))}}
 

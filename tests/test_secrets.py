@@ -124,3 +124,20 @@ def test_saved_program_with_an_lm_holding_header_credentials(tmp_path, planted):
     bank = AlignmentBank(EXAMPLES, embedder="hashing")
     bank.save(tmp_path / "bank.jsonl")
     assert_no_file_leaks(tmp_path)
+
+
+def test_command_line_errors_are_redacted(tmp_path, planted, capsys):
+    from drpo_dspy.cli import main
+
+    faulty_lm(lambda m, p: "x", name="cli-secret-echo", num_retries=0,
+              faults=always(auth_error(f"Incorrect API key provided: {ENV_KEY}")))
+    program = tmp_path / "program.json"
+    AlignedResponder("Be kind.", examples=[], k=0).save(str(program))
+    try:
+        code = main(["respond", "hello", "--program", str(program), "--model", "faulty/cli-secret-echo"])
+        shown = capsys.readouterr().err
+    except Exception as exc:  # what a user sees: the traceback
+        import traceback
+
+        code, shown = 1, "".join(traceback.format_exception(exc))
+    assert code != 0 and "AuthenticationError" in shown and leaks(shown) == []

@@ -4,7 +4,7 @@ The test starts llama-cpp-python's OpenAI-compatible server on the embedded GGUF
 ``/v1/chat/completions`` and ``/v1/completions`` exactly as ``vllm serve`` does, so the litellm model strings used
 here (``hosted_vllm/<served name>`` with ``api_base``) are the ones a vLLM user writes. Chat models are called
 with the DRPO layout as chat messages; ``model_type="text"`` (base models) sends the exact concatenated prompt
-through the ``drpo_text`` route to ``/v1/completions``.
+through the ``drpo_text`` route to ``/v1/completions``. The litellm Router snippet of docs/vllm.md is executed too.
 """
 
 from __future__ import annotations
@@ -167,8 +167,8 @@ def test_text_route_sends_the_exact_concatenated_prompt(server, text_completion_
 
     assert isinstance(answer, str) and answer.strip()
     expected_prompt = system_part(instructions, [example]) + user_part(query)
-    assert expected_prompt == (f"{instructions}\n\n# Query:\n{example[0]}\n\n# Answer:\n<START>\n{example[1]}\n<END>\n\n"
-                               f"# Query:\n{query}\n\n# Answer:\n<START>\n")
+    assert expected_prompt == (f"{instructions}\n\n# Query:\n{example[0]}\n\n# Answer:\n<START>\n{example[1]}"
+                               f"\n<END>\n\n# Query:\n{query}\n\n# Answer:\n<START>\n")
     (request, _reply), = text_completion_calls
     assert request["model"] == f"text-completion-openai/{SERVED_NAME}" and request["api_base"] == server.url
     assert request["prompt"] == expected_prompt
@@ -210,3 +210,32 @@ def test_compile_with_the_base_model_on_the_server(server, text_completion_calls
     answer = program(query="Give me one tip for better sleep.", lm=base).response
     assert isinstance(answer, str) and answer.strip()
     assert server.requests("/v1/completions") == before + 3
+
+
+def test_the_router_snippet_of_the_docs_routes_both_model_groups(server, text_completion_calls):
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "vllm.md").read_text(encoding="utf-8")
+    marker = "<!-- the snippet below is executed by tests/test_server_route.py"
+    assert marker in doc
+    snippet = doc.split(marker, 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    replicas = 'REPLICAS = ["http://gpu-a:8000/v1", "http://gpu-b:8000/v1"]'
+    model = 'MODEL = "mistral-7b-base"'
+    assert replicas in snippet and model in snippet
+    # Both "replicas" are the one test server here; in production they are different machines.
+    snippet = snippet.replace(replicas, f'REPLICAS = ["{server.url}", "{server.url}"]')
+    snippet = snippet.replace(model, f'MODEL = "{SERVED_NAME}"')
+    namespace: dict = {}
+    exec(compile(snippet, "docs/vllm.md", "exec"), namespace)
+    base, chat = namespace["base"].copy(max_tokens=24), namespace["chat"].copy(max_tokens=24)
+    responder = AlignedResponder("You are a concise assistant.", examples=[], k=0)
+    query = "Name one animal that lives in the sea."
+    before_text, before_chat = server.requests("/v1/completions"), server.requests("/v1/chat/completions")
+
+    from_base = responder(query=query, lm=base).response
+    from_chat = responder(query=query, lm=chat).response
+
+    assert from_base.strip() and from_chat.strip()
+    (request, _reply), = text_completion_calls  # the base group: one raw completion with the exact prompt
+    assert request["prompt"] == system_part(responder.instructions, []) + user_part(query)
+    assert request["api_base"] == server.url and "<END>" in request["stop"]
+    assert server.requests("/v1/completions") == before_text + 1
+    assert server.requests("/v1/chat/completions") == before_chat + 1
