@@ -271,7 +271,8 @@ def evaluate(
             logger.warning("system %s failed on %.60r: %s: %s", system.name, item["instruction"],
                            type(exc).__name__, exc)
             meter.record_failure("base", f"error:{type(exc).__name__}")
-            return {**record, "error": redactor.text(f"{type(exc).__name__}: {exc}"), "answer": None, "answer_length": None,
+            return {**record, "error": redactor.text(f"{type(exc).__name__}: {exc}"), "answer": None,
+                    "answer_length": None,
                     **EvalJudgment(failure="no_answer").to_dict()}
         answered = time.perf_counter()
         judgment = judge(item["instruction"], answer)
