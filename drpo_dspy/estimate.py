@@ -42,15 +42,19 @@ def role_calls(n_levels: int, n_queries_distinct: int, beam_size: int, n_actions
 
 
 def estimate(*, queries: list[str], roles: dict[str, Any], beam_size: int, n_actions: int, depth: int,
+             minibatch_size: int = 1,
              max_depth_increase: int, k: int, batched: bool = False, instructions_chars: int = 1500,
              example_chars: int = 1500) -> dict[str, Any]:
     """Upper bound and expected calls, tokens and dollars per role."""
     avg_query = sum(len(q) for q in queries) / len(queries)
     report: dict[str, Any] = {"levels": {}, "roles": {}}
-    for mode, n_levels in (("expected", min(depth, len(queries))),
-                           ("upper", min(depth + max_depth_increase, len(queries)))):
-        distinct = len(set(queries[:n_levels]))
+    m = minibatch_size
+    for mode, n_levels in (("expected", min(depth, len(queries) // m)),
+                           ("upper", min(depth + max_depth_increase, len(queries) // m))):
+        distinct = len(set(queries[:n_levels * m]))
         calls = role_calls(n_levels, distinct, beam_size, n_actions, batched)
+        calls["base"] *= m
+        calls["judge"] *= m
         report["levels"][mode] = n_levels
         for role, n in calls.items():
             lm = roles.get(role)

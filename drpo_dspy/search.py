@@ -45,8 +45,11 @@ class SearchSettings:
     seed: int = 0
     paper_faithful_failures: bool = False  # True: an unreadable judgment scores 0 and triggers a skip
     proposal_sampling: str = "batched"  # "batched": one request for n_actions samples; "independent": one each
+    minibatch_size: int = 1  # queries per level each candidate is judged on (1 = the paper)
 
     def __post_init__(self) -> None:
+        if isinstance(self.minibatch_size, bool) or not isinstance(self.minibatch_size, int) or self.minibatch_size < 1:
+            raise ValueError(f"minibatch_size must be an integer >= 1, got {self.minibatch_size!r}")
         if self.proposal_sampling not in ("batched", "independent"):
             raise ValueError(f"proposal_sampling must be 'batched' or 'independent', got {self.proposal_sampling!r}")
 
@@ -70,6 +73,7 @@ class Node:
     parent_id: int | None = None
     carried: bool = False
     versions: list[str] = field(default_factory=list)  # distinct prompts along the path, oldest first
+    batch: list[dict[str, Any]] = field(default_factory=list)  # the other minibatch queries' answers and judgments
 
     @property
     def reward(self) -> float | None:
@@ -84,7 +88,7 @@ class Node:
         return {"id": self.id, "level": self.level, "prompt": self.prompt, "query": self.query,
                 "response": self.response, "judgment": self.judgment.to_dict(), "rewards": self.rewards,
                 "path_mean": self.path_mean, "parent_id": self.parent_id, "carried": self.carried,
-                "versions": self.versions}
+                "versions": self.versions, "batch": self.batch}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Node:
@@ -94,7 +98,8 @@ class Node:
         if not all(r is None or (isinstance(r, int | float) and not isinstance(r, bool)) for r in d["rewards"]):
             raise ValueError(f"node {d.get('id')!r}: rewards must be numbers or null")
         return cls(d["id"], d["level"], d["prompt"], d["query"], d["response"], Judgment.from_dict(d["judgment"]),
-                   list(d["rewards"]), d.get("parent_id"), bool(d.get("carried")), list(d.get("versions", [])))
+                   list(d["rewards"]), d.get("parent_id"), bool(d.get("carried")), list(d.get("versions", [])),
+                   list(d.get("batch", [])))
 
 
 @dataclass
@@ -222,10 +227,23 @@ class BeamSearch:
         return judgment.reward
 
     def _wants_skip(self, node: Node) -> bool:
-        j = node.judgment
-        if j.reward is None:
+        if node.judgment.reward is None:
             return self.settings.paper_faithful_failures
-        return j.all_max or j.reward > self.settings.skip_threshold
+        all_max = node.judgment.all_max and all(Judgment.from_dict(b["judgment"]).all_max for b in node.batch)
+        return all_max or (node.reward is not None and node.reward > self.settings.skip_threshold)
+
+    def _combine(self, batch: Sequence[str], results: Sequence[tuple[str, Judgment]]):
+        """(query, response, judgment, reward, others) of one candidate over its minibatch.
+
+        The reward is the mean over the readable judgments; the optimizer sees the worst-scored query.
+        """
+        rewards = [self._reward_of(judgment) for _, judgment in results]
+        known = [r for r in rewards if r is not None]
+        mean = sum(known) / len(known) if known else None
+        primary = min(range(len(batch)), key=lambda i: (rewards[i] is None, rewards[i] or 0.0))
+        others = [{"query": batch[i], "response": results[i][0], "judgment": results[i][1].to_dict()}
+                  for i in range(len(batch)) if i != primary]
+        return batch[primary], results[primary][0], results[primary][1], mean, others
 
     # -- proposals -------------------------------------------------------------------------------------
     def _history(self, node: Node) -> str:
@@ -298,11 +316,18 @@ class BeamSearch:
         futures = [pool.submit(contextvars.copy_context().run, fn, *item) for item in items]
         return [f.result() for f in futures]
 
+    def level_batches(self, queries: Sequence[str]) -> list[list[str]]:
+        """The queries of each level: consecutive minibatches (one query each in the paper's setting)."""
+        m = self.settings.minibatch_size
+        return [list(queries[i:i + m]) for i in range(0, len(queries) - m + 1, m)]
+
     def start(self, queries: Sequence[str], initial_prompt: str) -> SearchState:
-        """Level 1: the initial prompt answers the first query."""
-        response, judgment = self._evaluate(initial_prompt, queries[0])
-        root = Node(0, 1, initial_prompt, queries[0], response, judgment, [self._reward_of(judgment)],
-                    versions=[initial_prompt])
+        """Level 1: the initial prompt answers the first query (minibatch)."""
+        batch = self.level_batches(queries)[0]
+        results = [self._evaluate(initial_prompt, q) for q in batch]
+        query, response, judgment, reward, others = self._combine(batch, results)
+        root = Node(0, 1, initial_prompt, query, response, judgment, [reward], versions=[initial_prompt],
+                    batch=others)
         self.on_node(root)
         state = SearchState(level=1, max_depth=self.settings.depth, next_id=1, beam=[root], ancestry=[root])
         self.on_level(state)
@@ -318,15 +343,16 @@ class BeamSearch:
                 state = self.start(queries, initial_prompt)
             except BudgetExhausted as exc:
                 return SearchState(stopped=str(exc))
+        batches = self.level_batches(queries)
         pool = ThreadPoolExecutor(max_workers=max(1, self.settings.num_threads))
         try:
-            while state.level < state.max_depth and state.level < len(queries):
+            while state.level < state.max_depth and state.level < len(batches):
                 stop = self.should_stop()
                 if stop:
                     state.stopped = stop
                     break
                 try:
-                    self._step(state, queries[state.level], pool)
+                    self._step(state, batches[state.level], pool)
                 except BudgetExhausted as exc:  # the unfinished level is dropped; the last finished one stands
                     state.stopped = str(exc)
                     break
@@ -338,9 +364,9 @@ class BeamSearch:
             pool.shutdown(wait=True, cancel_futures=True)
         return state
 
-    def _step(self, state: SearchState, query: str, pool: ThreadPoolExecutor) -> None:
+    def _step(self, state: SearchState, batch: list[str], pool: ThreadPoolExecutor) -> None:
         level = state.level + 1
-        selection_future = pool.submit(contextvars.copy_context().run, self.rewarder.select, query)
+        selections = [pool.submit(contextvars.copy_context().run, self.rewarder.select, q) for q in batch]
         skipping = [self._wants_skip(node) for node in state.beam]
         expanding = [node for node, skip in zip(state.beam, skipping) if not skip]
         jobs = [(node, a) for node in expanding for a in range(self.settings.n_actions)]
@@ -348,7 +374,8 @@ class BeamSearch:
             proposals = [p for batch in self._map(pool, self._propose_batch, [(n,) for n in expanding]) for p in batch]
         else:
             proposals = self._map(pool, self._propose_one, jobs)
-        selection_future.result()
+        for selection in selections:
+            selection.result()
         candidates: list[tuple[Node, str, bool]] = []  # (parent, prompt, carried)
         for node, skip in zip(state.beam, skipping):
             if skip:
@@ -359,12 +386,13 @@ class BeamSearch:
                 logger.warning("level %d: no usable rewrite for node %d; its prompt carries over", level, node.id)
                 candidates.append((node, node.prompt, True))
             candidates.extend((node, p, False) for p in mine)
-        results = self._map(pool, self._evaluate, [(prompt, query) for _, prompt, _ in candidates])
+        flat = self._map(pool, self._evaluate, [(prompt, q) for _, prompt, _ in candidates for q in batch])
         children = []
-        for (parent, prompt, carried), (response, judgment) in zip(candidates, results):
+        for i, (parent, prompt, carried) in enumerate(candidates):
+            query, response, judgment, reward, others = self._combine(batch, flat[i * len(batch):(i + 1) * len(batch)])
             versions = parent.versions if carried or prompt == parent.prompt else [*parent.versions, prompt]
-            child = Node(state.next_id, level, prompt, query, response, judgment,
-                         [*parent.rewards, self._reward_of(judgment)], parent.id, carried, list(versions))
+            child = Node(state.next_id, level, prompt, query, response, judgment, [*parent.rewards, reward],
+                         parent.id, carried, list(versions), others)
             state.next_id += 1
             self.on_node(child)
             children.append(child)

@@ -69,6 +69,8 @@ class DRPO(Teleprompter):
         paper_faithful_failures: Treat an unreadable judgment as reward 0 plus a skip, as the original code did.
         proposal_sampling: "batched" asks for the ``n_actions`` rewrites of a node in one request (as the paper's
             code does; an unreadable sample drops only itself); "independent" makes one request per rewrite.
+        minibatch_size: Judge every candidate on this many queries per level instead of one (beyond the paper; a
+            less noisy but costlier ranking). The level's reward is the mean; the optimizer sees the worst query.
         optimize_icl: First improve the answers of the student's example bank with a strict critic and a
             rewriter (the optimizer model), up to ``icl_rounds`` rounds each, as the paper's offline ICL stage does.
         max_calls, max_tokens, max_cost_usd: Hard budgets across all roles, checked before every call; when one
@@ -101,6 +103,7 @@ class DRPO(Teleprompter):
         catalogue: AspectCatalogue | None = None,
         paper_faithful_failures: bool = False,
         proposal_sampling: str = "batched",
+        minibatch_size: int = 1,
         optimize_icl: bool = False,
         icl_rounds: int = 5,
         max_calls: int | None = None,
@@ -129,7 +132,7 @@ class DRPO(Teleprompter):
                                        max_depth_increase=max_depth_increase, skip_threshold=skip_threshold,
                                        temperature=temperature, num_threads=num_threads, seed=seed,
                                        paper_faithful_failures=paper_faithful_failures,
-                                       proposal_sampling=proposal_sampling)
+                                       proposal_sampling=proposal_sampling, minibatch_size=minibatch_size)
         self.k = k
         self.optimize_icl, self.icl_rounds = bool(optimize_icl), icl_rounds
         self.initial_instructions = initial_instructions
@@ -151,9 +154,9 @@ class DRPO(Teleprompter):
         example_chars = (sum(len(e.query) + len(e.answer) for e in bank.examples) // max(1, len(bank))
                          if bank is not None and len(bank) else 1500)
         s = self.settings
-        return estimate(queries=queries, roles=roles, beam_size=s.beam_size, n_actions=s.n_actions, depth=s.depth,
-                        max_depth_increase=s.max_depth_increase, k=self.k, batched=s.batched,
-                        example_chars=example_chars)
+        return estimate(queries=queries, roles=roles, minibatch_size=s.minibatch_size, beam_size=s.beam_size,
+                        n_actions=s.n_actions, depth=s.depth, max_depth_increase=s.max_depth_increase, k=self.k,
+                        batched=s.batched, example_chars=example_chars)
 
     def compile(self, student: AlignedResponder, *, trainset: Any, valset: Any = None, teacher: Any = None,
                 resume: bool = False, **kwargs: Any) -> AlignedResponder:

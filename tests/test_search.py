@@ -146,3 +146,31 @@ def test_valset_rescoring_picks_the_best_final_prompt_on_held_out_queries():
     rows = program.drpo_result.validation
     assert program.instructions == "P/0/1" == program.drpo_result.best_prompt
     assert [(r["prompt"], r["val_mean"], r["judged"]) for r in rows] == [("P/0/1", 5.0, 2), ("P/0/0", 2.0, 2)]
+
+
+def test_minibatch_judges_each_candidate_on_several_queries():
+    def scores(p, q):
+        return [2, 2] if q.endswith(("1", "3", "5")) else [4, 4]
+
+    world = World(scores)
+    result = compile_with(world, depth=3, beam_size=1, n_actions=1, minibatch_size=2).drpo_result
+    # Level l judges every candidate on queries 2(l-1) and 2(l-1)+1; the reward is their mean.
+    assert [n["rewards"][-1] for n in result.best_path] == [3.0, 3.0, 3.0]
+    assert [(n["query"], [b["query"] for b in n["batch"]]) for n in result.best_path] == [
+        ("query 1", ["query 0"]), ("query 3", ["query 2"]), ("query 5", ["query 4"])]
+    assert len(world.calls["base"]) == 2 * 3
+    assert world.calls["optimizer"][0]["prompt"] == "P"  # the optimizer saw the worst query of the batch
+
+
+def test_minibatch_estimate_matches_a_run():
+    from drpo_dspy import DRPO, AlignedResponder
+
+    world = World(lambda p, q: [3, 2])
+    drpo = DRPO(**world.roles(), beam_size=2, n_actions=2, depth=3, max_depth_increase=0, k=0, progress=False,
+                minibatch_size=3, initial_instructions="P")
+    report = drpo.estimate(QUERIES)
+    program = drpo.compile(AlignedResponder(examples=[], k=0), trainset=QUERIES)
+    usage = program.drpo_result.usage
+    assert {r: usage[r]["lm_calls"] for r in usage} == {r: row["expected"]["lm_calls"]
+                                                        for r, row in report["roles"].items()}
+    assert usage["base"]["lm_calls"] == 3 * (1 + 2 + 4)
