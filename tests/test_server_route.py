@@ -33,7 +33,7 @@ import litellm  # noqa: E402
 from drpo_dspy import DRPO, AlignedResponder  # noqa: E402
 from drpo_dspy.embedding import HashingEmbedder  # noqa: E402
 from drpo_dspy.layout import STOP_SEQUENCES, build_messages, system_part, user_part  # noqa: E402
-from drpo_dspy.local_model import embedded_lm, gguf_path  # noqa: E402
+from drpo_dspy.local_model import gguf_path  # noqa: E402
 
 pytestmark = pytest.mark.embedded
 
@@ -184,12 +184,15 @@ def test_text_route_sends_the_exact_concatenated_prompt(server, text_completion_
 
 
 def test_compile_with_the_base_model_on_the_server(server, text_completion_calls, tmp_path):
+    from world import World
+
     base = _server_lm(server, model_type="text", max_tokens=48)
-    helper = embedded_lm(max_tokens=256)
+    helpers = World(lambda p, q: [3, 3])  # scripted helper roles: only the base model's calls cost time here
     queries = ["How do I make a cup of green tea?", "Write a limerick about a cat."]
     before = server.requests("/v1/completions")
-    drpo = DRPO(base_lm=base, metrics_lm=helper, judge_lm=helper, optimizer_lm=helper, beam_size=1, n_actions=1,
-                depth=2, max_depth_increase=0, k=0, log_dir=tmp_path / "run", progress=False, num_threads=1)
+    drpo = DRPO(base_lm=base, metrics_lm=helpers.metrics_lm, judge_lm=helpers.judge_lm,
+                optimizer_lm=helpers.optimizer_lm, beam_size=1, n_actions=1, depth=2, max_depth_increase=0, k=0,
+                log_dir=tmp_path / "run", progress=False, num_threads=1)
     student = AlignedResponder(examples=[], k=0)
 
     program = drpo.compile(student, trainset=queries)
