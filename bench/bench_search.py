@@ -14,6 +14,7 @@ import argparse
 import hashlib
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -70,20 +71,14 @@ def main() -> None:
     same = seq_program.instructions == par_program.instructions
     ours = {role: row["lm_calls"] for role, row in par_program.drpo_result.usage.items()}
     tokens = sum(r["prompt_tokens"] + r["completion_tokens"] for r in par_program.drpo_result.usage.values())
-    # Rebuild the full tree from a fresh traced run to count the original algorithm's requests on it.
-    world = World(scores)
-    nodes: list[dict] = []
-    drpo = DRPO(**world.roles(), beam_size=args.beam, n_actions=args.actions, depth=args.depth,
-                max_depth_increase=args.increase, k=0, num_threads=args.threads, progress=False)
-    from drpo_dspy import teleprompter
-
-    original_on_node = teleprompter._Compilation._on_node
-    teleprompter._Compilation._on_node = lambda self, node: nodes.append(node.to_dict())
-    try:
+    # Rebuild the full tree from a traced run (its run directory's trace.jsonl) to count the original's requests.
+    with tempfile.TemporaryDirectory() as tmp:
+        drpo = DRPO(**World(scores).roles(), beam_size=args.beam, n_actions=args.actions, depth=args.depth,
+                    max_depth_increase=args.increase, k=0, num_threads=args.threads, progress=False,
+                    log_dir=Path(tmp) / "run")
         drpo.compile(AlignedResponder(examples=[], k=0), trainset=[f"query {i}" for i in range(40)])
-    finally:
-        teleprompter._Compilation._on_node = original_on_node
-    theirs = original_calls({"nodes": nodes}, args.actions)
+        trace = (Path(tmp) / "run" / "trace.jsonl").read_text().splitlines()
+    theirs = original_calls({"nodes": [json.loads(line) for line in trace]}, args.actions)
     result = {
         "settings": vars(args), "levels": levels, "sequential_s": round(sequential, 3),
         "parallel_s": round(parallel, 3), "critical_path_bound_s": round(bound, 3),

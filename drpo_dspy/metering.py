@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 from collections import Counter, defaultdict
-from collections.abc import Callable
 from contextlib import contextmanager
 from typing import Any
 
@@ -37,7 +36,6 @@ class Meter:
         self.completion_tokens: Counter[str] = Counter()
         self.cost_usd: defaultdict[str, float] = defaultdict(float)
         self.failures: defaultdict[str, Counter[str]] = defaultdict(Counter)
-        self._observers: list[Callable[[str], None]] = []
 
     def watch(self, lm: dspy.LM, role: str) -> dspy.LM:
         """A copy of ``lm`` whose requests are counted under ``role`` (the original is untouched)."""
@@ -48,11 +46,6 @@ class Meter:
     def count_request(self, role: str) -> None:
         with self._lock:
             self.requests[role] += 1
-        for observer in list(self._observers):
-            observer(role)
-
-    def add_observer(self, observer: Callable[[str], None]) -> None:
-        self._observers.append(observer)
 
     def record_failure(self, role: str, kind: str) -> None:
         with self._lock:
@@ -103,9 +96,6 @@ class Meter:
                 }
                 for role in roles
             }
-
-    def to_state(self) -> dict[str, Any]:
-        return self.summary()
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Continue counting from a saved summary (used when resuming a run)."""
