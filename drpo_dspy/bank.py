@@ -12,16 +12,16 @@ import hashlib
 import json
 import os
 import threading
-import unicodedata
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from drpo_dspy.bank_io import atomic_write, read_bank_json
 from drpo_dspy.embedding import Embedder, canonical_embedder_name, l2_normalize, load_embedder
+from drpo_dspy.examples import END, START, ICLExample, normalize_query, strip_answer_markers, to_example
 from drpo_dspy.vector_index import EXACT_MAX, INDEX_KINDS, VectorIndex, mmr_select
 
 __all__ = [
@@ -32,125 +32,7 @@ __all__ = [
 FORMAT = "drpo-dspy/alignment-bank"
 FORMAT_VERSION = 1
 INDEX_SAVE_THRESHOLD = 10_000
-START, END = "<START>", "<END>"
 ON_DUPLICATE = ("error", "keep_last", "keep_first", "allow")
-
-
-def strip_answer_markers(text: str) -> str:
-    """Remove a leading ``<START>`` and a trailing ``<END>`` (and surrounding whitespace) from a published answer.
-
-    Text without markers is returned stripped; one marker alone, or a marker anywhere else, is a ValueError.
-    """
-    if not isinstance(text, str):
-        raise TypeError(f"answer must be a str, got {type(text).__name__}")
-    body = text.strip()
-    has_start, has_end = body.startswith(START), body.endswith(END)
-    if has_start != has_end:
-        present, absent = (START, END) if has_start else (END, START)
-        raise ValueError(f"answer has {present} but no {absent}; expected '{START}...{END}' or no markers at all")
-    if has_start:
-        body = body[len(START) : len(body) - len(END)].strip()
-    if START in body or END in body:
-        raise ValueError(f"answer contains {START}/{END} in the middle of the text; only a leading {START} "
-                         f"and a trailing {END} are allowed")
-    return body
-
-
-def normalize_query(query: str) -> str:
-    """The duplicate-detection key of a query: NFKC, case-folded, whitespace collapsed."""
-    return " ".join(unicodedata.normalize("NFKC", query).casefold().split())
-
-
-@dataclass
-class ICLExample:
-    """One in-context example: a query, its aligned answer (no markers) and where it came from."""
-
-    query: str
-    answer: str
-    provenance: list[dict] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        for name in ("query", "answer"):
-            value = getattr(self, name)
-            if not isinstance(value, str):
-                raise TypeError(f"ICLExample.{name} must be a str, got {type(value).__name__}")
-            if not value.strip():
-                raise ValueError(f"ICLExample.{name} must not be empty (query: {self.query!r})")
-        body = self.answer.strip()
-        if body.startswith(START) or body.endswith(END):
-            raise ValueError(f"answer for query {self.query!r} still has {START}/{END} markers; answers are stored "
-                             "without them: use strip_answer_markers(answer)")
-        if not isinstance(self.provenance, list) or not all(isinstance(p, dict) for p in self.provenance):
-            raise TypeError(f"ICLExample.provenance must be a list of dicts (query: {self.query!r})")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able dict with keys query, answer, provenance."""
-        return {"query": self.query, "answer": self.answer, "provenance": [dict(p) for p in self.provenance]}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ICLExample:
-        """Inverse of ``to_dict``; missing or unknown keys are a ValueError."""
-        if not isinstance(data, Mapping):
-            raise TypeError(f"an ICL example must be a mapping, got {type(data).__name__}")
-        missing = [key for key in ("query", "answer") if key not in data]
-        unknown = sorted(set(data) - {"query", "answer", "provenance"})
-        if missing or unknown:
-            raise ValueError(f"ICL example has missing keys {missing} / unknown keys {unknown}: {dict(data)!r:.200}")
-        provenance = data.get("provenance")
-        return cls(data["query"], data["answer"], [] if provenance is None else list(provenance))
-
-    def copy(self) -> ICLExample:
-        """An independent copy (provenance dicts copied too)."""
-        return ICLExample(self.query, self.answer, [dict(p) for p in self.provenance])
-
-
-def _coerce(item: Any, position: int) -> ICLExample:
-    try:
-        if isinstance(item, ICLExample):
-            return item.copy()
-        if isinstance(item, Mapping):
-            return ICLExample.from_dict(item)
-        if isinstance(item, (tuple, list)) and len(item) == 2:
-            return ICLExample(item[0], item[1])
-    except (TypeError, ValueError) as exc:
-        raise type(exc)(f"example #{position}: {exc}") from exc
-    raise TypeError(f"example #{position} must be an ICLExample, a dict or a (query, answer) pair, "
-                    f"got {type(item).__name__}")
-
-
-def _read_json(path: Path, what: str) -> Any:
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}")
-    try:
-        text = path.read_text(encoding="utf-8")
-        if path.suffix.lower() != ".jsonl":
-            return json.loads(text)
-        lines = [(i, line) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
-        if not lines:
-            raise ValueError(f"{path}: empty JSONL file (expected a header line)")
-        rows = []
-        for lineno, line in lines:
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}: corrupt JSON on line {lineno}: {exc.msg}") from exc
-        header = rows[0]
-        if not isinstance(header, dict) or "examples" in header:
-            raise ValueError(f"{path}: first JSONL line must be the bank header object")
-        if header.get("count") != len(rows) - 1:
-            raise ValueError(f"{path}: header says {header.get('count')} examples but the file has {len(rows) - 1} "
-                             "(truncated or edited?)")
-        return {**header, "examples": rows[1:]}
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: corrupt JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}") from exc
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not UTF-8 text: {exc}") from exc
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 class AlignmentBank:
@@ -178,7 +60,7 @@ class AlignmentBank:
         if isinstance(examples, (str, bytes, Mapping)):
             raise TypeError("examples must be an iterable of examples (for a {query: answer} mapping use "
                             "AlignmentBank.from_published_json or examples=mapping.items())")
-        self._insert([_coerce(item, i) for i, item in enumerate(examples)], on_duplicate)
+        self._insert([to_example(item, i) for i, item in enumerate(examples)], on_duplicate)
 
     def _set_embedder(self, embedder: str | Embedder | None) -> None:
         self._embedder_name = canonical_embedder_name(embedder)
@@ -295,7 +177,7 @@ class AlignmentBank:
 
         All items are validated before any is added. Searches wait while the batch is embedded.
         """
-        items = [_coerce(item, i) for i, item in enumerate(pairs)]
+        items = [to_example(item, i) for i, item in enumerate(pairs)]
         with self._lock:
             added = self._insert(items, self._policy(on_duplicate))
             self._embed_pending(batch_size, show_progress)
@@ -522,7 +404,7 @@ class AlignmentBank:
                 header = {key: value for key, value in state.items() if key != "examples"}
                 text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in [header, *state["examples"]])
             target.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_write(target, text)
+            atomic_write(target, text)
             if save_index if save_index is not None else len(self) >= INDEX_SAVE_THRESHOLD:
                 if not len(self):
                     return target
@@ -532,14 +414,14 @@ class AlignmentBank:
                 np.save(folder / "embeddings.npy", self._emb[: len(self)])
                 meta = {"embedder": self._embedder_name, "count": len(self), "dim": int(self._emb.shape[1]),
                         "queries_sha256": self._fingerprint()}
-                _atomic_write(folder / "meta.json", json.dumps(meta, indent=1))
+                atomic_write(folder / "meta.json", json.dumps(meta, indent=1))
         return target
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], embedder: str | Embedder | None = None) -> AlignmentBank:
         """Read a bank written by ``save``; a matching ``<path>.index/`` is reused instead of re-embedding."""
         source = Path(path)
-        state = _read_json(source, "alignment bank file")
+        state = read_bank_json(source, "alignment bank file")
         try:
             bank = cls.from_state(state, embedder=embedder)
         except (TypeError, ValueError) as exc:
@@ -580,7 +462,7 @@ class AlignmentBank:
         elif not isinstance(path_or_dict, (str, os.PathLike)):
             raise TypeError(f"expected a path or a {{query: answer}} mapping, got {type(path_or_dict).__name__}")
         else:
-            data = _read_json(Path(path_or_dict), "published ICL examples file")
+            data = read_bank_json(Path(path_or_dict), "published ICL examples file")
             source = str(path_or_dict)
         if not isinstance(data, Mapping):
             raise ValueError(f"{source}: expected an object mapping query -> '<START>...<END>' answer, "

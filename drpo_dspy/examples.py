@@ -1,0 +1,96 @@
+"""In-context examples: a (query, answer) pair with the provenance of how its answer came to be.
+
+Answers are stored without the ``<START>``/``<END>`` markers; the DRPO prompt layout adds them.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+START, END = "<START>", "<END>"
+
+
+def strip_answer_markers(text: str) -> str:
+    """Remove a leading ``<START>`` and a trailing ``<END>`` (and surrounding whitespace) from a published answer.
+
+    Text without markers is returned stripped; one marker alone, or a marker anywhere else, is a ValueError.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"answer must be a str, got {type(text).__name__}")
+    body = text.strip()
+    has_start, has_end = body.startswith(START), body.endswith(END)
+    if has_start != has_end:
+        present, absent = (START, END) if has_start else (END, START)
+        raise ValueError(f"answer has {present} but no {absent}; expected '{START}...{END}' or no markers at all")
+    if has_start:
+        body = body[len(START) : len(body) - len(END)].strip()
+    if START in body or END in body:
+        raise ValueError(f"answer contains {START}/{END} in the middle of the text; only a leading {START} "
+                         f"and a trailing {END} are allowed")
+    return body
+
+
+def normalize_query(query: str) -> str:
+    """The duplicate-detection key of a query: NFKC, case-folded, whitespace collapsed."""
+    return " ".join(unicodedata.normalize("NFKC", query).casefold().split())
+
+
+@dataclass
+class ICLExample:
+    """One in-context example: a query, its aligned answer (no markers) and where it came from."""
+
+    query: str
+    answer: str
+    provenance: list[dict] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for name in ("query", "answer"):
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                raise TypeError(f"ICLExample.{name} must be a str, got {type(value).__name__}")
+            if not value.strip():
+                raise ValueError(f"ICLExample.{name} must not be empty (query: {self.query!r})")
+        body = self.answer.strip()
+        if body.startswith(START) or body.endswith(END):
+            raise ValueError(f"answer for query {self.query!r} still has {START}/{END} markers; answers are stored "
+                             "without them: use strip_answer_markers(answer)")
+        if not isinstance(self.provenance, list) or not all(isinstance(p, dict) for p in self.provenance):
+            raise TypeError(f"ICLExample.provenance must be a list of dicts (query: {self.query!r})")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict with keys query, answer, provenance."""
+        return {"query": self.query, "answer": self.answer, "provenance": [dict(p) for p in self.provenance]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ICLExample:
+        """Inverse of ``to_dict``; missing or unknown keys are a ValueError."""
+        if not isinstance(data, Mapping):
+            raise TypeError(f"an ICL example must be a mapping, got {type(data).__name__}")
+        missing = [key for key in ("query", "answer") if key not in data]
+        unknown = sorted(set(data) - {"query", "answer", "provenance"})
+        if missing or unknown:
+            raise ValueError(f"ICL example has missing keys {missing} / unknown keys {unknown}: {dict(data)!r:.200}")
+        provenance = data.get("provenance")
+        return cls(data["query"], data["answer"], [] if provenance is None else list(provenance))
+
+    def copy(self) -> ICLExample:
+        """An independent copy (provenance dicts copied too)."""
+        return ICLExample(self.query, self.answer, [dict(p) for p in self.provenance])
+
+
+def to_example(item: Any, position: int) -> ICLExample:
+    """An ICLExample from an ICLExample (copied), a dict or a (query, answer) pair; errors name the position."""
+    try:
+        if isinstance(item, ICLExample):
+            return item.copy()
+        if isinstance(item, Mapping):
+            return ICLExample.from_dict(item)
+        if isinstance(item, (tuple, list)) and len(item) == 2:
+            return ICLExample(item[0], item[1])
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"example #{position}: {exc}") from exc
+    raise TypeError(f"example #{position} must be an ICLExample, a dict or a (query, answer) pair, "
+                    f"got {type(item).__name__}")
