@@ -25,7 +25,7 @@ from drpo_dspy.safe_pickle import (
     walk,
 )
 
-OFFICIAL = Path("/work/shared/reference/drpo-official/mistral-7b-v0.1")
+OFFICIAL = Path(__file__).resolve().parents[2] / "shared" / "reference" / "drpo-official" / "mistral-7b-v0.1"
 
 
 # -- the original release's pickled search result --------------------------------------------------------------------
