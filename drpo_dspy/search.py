@@ -159,14 +159,24 @@ _TEMPLATE_ECHO = re.compile(r"\{[a-z_]+\}|\[\[ ## |<START>|<END>|JSON object|out
 MIN_PROMPT_CHARS = 3
 
 
+def _squash(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()
+
+
+_FIELD_DESCRIPTIONS = {
+    _squash((field.json_schema_extra or {}).get("desc", ""))
+    for field in [*ProposeInstructions.input_fields.values(), *ProposeInstructions.output_fields.values()]
+}
+
+
 def prompt_problem(text: str, query: str = "") -> str | None:
     """Why a proposed system prompt is unusable (empty, too short, a template echo, the query itself), or None."""
     if not text:
         return "empty_prompt"
     if len(text) < MIN_PROMPT_CHARS:
         return "too_short_prompt"
-    if _TEMPLATE_ECHO.search(text):
-        return "template_echo_prompt"
+    if _TEMPLATE_ECHO.search(text) or _squash(text) in _FIELD_DESCRIPTIONS:
+        return "template_echo_prompt"  # the adapter's template or a field description copied back
     if len(query.strip()) >= 12 and query.strip().lower() in text.lower():
         return "query_specific_prompt"  # a system prompt must be general, not about this query
     return None

@@ -174,3 +174,16 @@ def test_minibatch_estimate_matches_a_run():
     assert {r: usage[r]["lm_calls"] for r in usage} == {r: row["expected"]["lm_calls"]
                                                         for r, row in report["roles"].items()}
     assert usage["base"]["lm_calls"] == 3 * (1 + 2 + 4)
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("", "empty_prompt"), ("ok", "too_short_prompt"), ("{new_system_prompt}", "template_echo_prompt"),
+    ("The complete improved system prompt.", "template_echo_prompt"),
+    ('Respond with a JSON object in the following order: `{', "template_echo_prompt"),
+    ("Tell me how to make green tea at home please.", "query_specific_prompt"),
+    ("You are a careful, honest assistant. State your limitations.", None),
+])
+def test_unusable_rewrites_are_recognised(text, problem):
+    from drpo_dspy.search import prompt_problem
+
+    assert prompt_problem(text, "how to make green tea at home") == problem
