@@ -1,0 +1,213 @@
+"""The OpenAI-compatible FastAPI app: each request is answered by a compiled DRPO program over the base model.
+
+Per request: check the key, read a bounded JSON body, pick the program by ``model``, validate the conversation and
+decoding parameters, retrieve the examples for the last user turn, send the DRPO layout to the base model through
+litellm, and return the text before ``<END>``, with the program's version in ``system_fingerprint`` and headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from drpo_dspy.adapters.drpo_layout import extract_answer
+from drpo_dspy.serve.access_log import AccessLogMiddleware, log_exchange
+from drpo_dspy.serve.answer_stream import AnswerStream
+from drpo_dspy.serve.conversation import Conversation, example_pairs, layout_messages, parse_messages, parse_prompt
+from drpo_dspy.serve.decoding import CHAT_FIELDS, COMPLETION_FIELDS, Decoding, parse_decoding
+from drpo_dspy.serve.errors import APIError, bad_request, missing_key, too_large, unknown_model, upstream_error
+from drpo_dspy.serve.payloads import ChunkWriter, completion_body, model_card, program_headers
+from drpo_dspy.serve.programs import LoadedProgram, ProgramRegistry
+from drpo_dspy.serve.settings import ServeSettings
+from drpo_dspy.serve.upstream import Delta, Upstream
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: ServeSettings, registry: ProgramRegistry, upstream: Upstream | None = None) -> FastAPI:
+    """The app for already loaded programs; hot reload runs in the app's lifespan when ``reload_interval > 0``."""
+    upstream = upstream or Upstream(settings)
+    redactor = settings.redactor()
+    keys = [key.encode() for key in settings.api_keys]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(_watch(registry, settings.reload_interval)) if settings.reload_interval else None
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    app = FastAPI(title="drpo serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(AccessLogMiddleware)
+    app.state.registry, app.state.settings, app.state.upstream = registry, settings, upstream
+
+    def require_key(request: Request) -> None:
+        if not keys:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        offered = token.strip().encode()
+        matches = [hmac.compare_digest(offered, key) for key in keys]  # compare with every key: no early exit
+        if scheme.lower() != "bearer" or not any(matches):
+            raise missing_key()
+
+    async def read_body(request: Request) -> dict[str, Any]:
+        limit = settings.max_request_bytes
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise too_large(limit)
+        data = bytearray()
+        async for piece in request.stream():
+            data.extend(piece)
+            if len(data) > limit:
+                raise too_large(limit)
+        try:
+            body = json.loads(bytes(data))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise bad_request(f"The request body is not valid JSON ({exc}).", code="invalid_json") from None
+        if not isinstance(body, dict):
+            raise bad_request("The request body must be a JSON object.", code="invalid_json")
+        return body
+
+    def choose_program(request: Request, body: dict[str, Any]) -> LoadedProgram:
+        name = body.get("model")
+        if not isinstance(name, str) or not name:
+            raise bad_request("'model' is required: the name of a served program (see GET /v1/models)",
+                              param="model", code="missing_required_parameter")
+        program = registry.get(name)
+        if program is None:
+            raise unknown_model(name, registry.names())
+        request.state.model, request.state.version = program.name, program.version
+        return program
+
+    async def prompt_for(program: LoadedProgram, conversation: Conversation) -> list[dict[str, str]]:
+        responder = program.responder
+        examples = await asyncio.to_thread(responder.retrieve, conversation.query) if responder.k else []
+        return layout_messages(responder.instructions, example_pairs(examples), conversation)
+
+    async def from_upstream(call: Awaitable[Any]) -> Any:
+        try:
+            return await call
+        except APIError:
+            raise
+        except Exception as exc:
+            error = upstream_error(exc, redactor)
+            logger.warning("base model call failed: %s -> %d", type(exc).__name__, error.status)
+            raise error from None
+
+    async def answer(kind: str, conversation: Conversation,
+                     decoding: Decoding, program: LoadedProgram) -> Any:
+        messages = await prompt_for(program, conversation)
+        headers = program_headers(program)
+        if decoding.stream:
+            deltas = await from_upstream(upstream.stream(messages, decoding.params))
+            return StreamingResponse(_events(kind, program, deltas, decoding, messages), headers=headers,
+                                     media_type="text/event-stream")
+        completion = await from_upstream(upstream.complete(messages, decoding.params))
+        answers = [(extract_answer(choice.text), choice.finish_reason) for choice in completion.choices]
+        if settings.log_prompts:
+            log_exchange(program.name, program.version, messages, [text for text, _ in answers])
+        tokens = (completion.prompt_tokens, completion.completion_tokens)
+        return JSONResponse(completion_body(kind, program, answers, tokens), headers=headers)
+
+    async def _events(kind: str, program: LoadedProgram, deltas: AsyncIterator[Delta], decoding: Decoding,
+                      messages: list[dict[str, str]]) -> AsyncIterator[str]:
+        writer, stream, finish = ChunkWriter(kind, program), AnswerStream(), "stop"
+        tokens = (0, 0)
+        if kind == "chat":
+            yield writer.chunk(None, role=True)
+        try:
+            async for delta in deltas:
+                text = stream.feed(delta.text)
+                if text:
+                    yield writer.chunk(text)
+                finish = delta.finish_reason or finish
+                tokens = delta.usage or tokens
+                if stream.stopped:
+                    finish = "stop"
+                    break
+            rest = stream.finish()
+            if rest:
+                yield writer.chunk(rest)
+            yield writer.chunk(None, finish)
+            if decoding.include_usage:
+                yield writer.usage_chunk(tokens)
+        except Exception as exc:  # the stream already started: report in-band, as OpenAI does
+            yield writer.error(upstream_error(exc, redactor).body())
+        finally:
+            with contextlib.suppress(Exception):
+                await deltas.aclose()
+        if settings.log_prompts:
+            log_exchange(program.name, program.version, messages, [stream.sent])
+        yield writer.done()
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(require_key)])
+    async def chat_completions(request: Request) -> Any:
+        body = await read_body(request)
+        program = choose_program(request, body)
+        conversation = parse_messages(body.get("messages"), max_messages=settings.max_messages)
+        decoding = parse_decoding(body, settings, allowed=CHAT_FIELDS)
+        return await answer("chat", conversation, decoding, program)
+
+    @app.post("/v1/completions", dependencies=[Depends(require_key)])
+    async def completions(request: Request) -> Any:
+        body = await read_body(request)
+        program = choose_program(request, body)
+        conversation = parse_prompt(body.get("prompt"))
+        decoding = parse_decoding(body, settings, allowed=COMPLETION_FIELDS)
+        return await answer("text", conversation, decoding, program)
+
+    @app.get("/v1/models", dependencies=[Depends(require_key)])
+    async def list_models() -> dict[str, Any]:
+        return {"object": "list", "data": [model_card(program) for program in registry.programs()]}
+
+    @app.get("/v1/models/{name:path}", dependencies=[Depends(require_key)])
+    async def get_model(name: str) -> dict[str, Any]:
+        program = registry.get(name)
+        if program is None:
+            raise unknown_model(name, registry.names())
+        return model_card(program)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "base_model_type": settings.base_model_type,
+                "programs": {program.name: program.version for program in registry.programs()}}
+
+    @app.exception_handler(APIError)
+    async def api_error(_request: Request, exc: APIError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        error = APIError(exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None)
+        return JSONResponse(error.body(), status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def internal_error(_request: Request, exc: Exception) -> JSONResponse:
+        logger.error("internal error: %s", redactor.text(f"{type(exc).__name__}: {exc}")[:300])
+        error = APIError(500, "Internal server error; the server log has the failure class.", type="server_error")
+        return JSONResponse(error.body(), status_code=500)
+
+    return app
+
+
+async def _watch(registry: ProgramRegistry, interval: float) -> None:
+    """Poll the program files and swap in changed ones (loading runs in a worker thread)."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await asyncio.to_thread(registry.reload_changed)
+        except Exception as exc:  # never let the watcher die
+            logger.warning("program reload check failed: %s", type(exc).__name__)

@@ -1,0 +1,95 @@
+"""``drpo serve``: an OpenAI-compatible endpoint answered by compiled DRPO programs."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from drpo_dspy.serve.settings import API_KEYS_ENV, EMBEDDED_BASE, ProgramSpec, ServeSettings, api_keys_from_env
+
+DEFAULT_MODEL_NAME = "drpo-aligned"
+
+
+def _program_spec(text: str) -> ProgramSpec:
+    name, sep, path = text.partition("=")
+    if not sep or not name.strip() or not path.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
+    return ProgramSpec(name.strip(), Path(path.strip()))
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``serve`` on the ``drpo`` command's subparsers."""
+    parser = subparsers.add_parser(
+        "serve", help="serve compiled programs as an OpenAI-compatible API",
+        description="Serve compiled DRPO programs over the OpenAI API (/v1/chat/completions, /v1/completions, "
+                    "/v1/models, /health). Each program answers as one model name.")
+    parser.add_argument("program", nargs="?", type=Path, help="program.json written by drpo optimize "
+                        f"(served as --model-name, default {DEFAULT_MODEL_NAME})")
+    parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME, help="model name for the positional PROGRAM")
+    parser.add_argument("--program", dest="programs", action="append", type=_program_spec, default=[],
+                        metavar="NAME=PATH", help="serve another program under model name NAME (repeatable)")
+    parser.add_argument("--base-model", default=EMBEDDED_BASE, help=f"litellm model string (default {EMBEDDED_BASE})")
+    parser.add_argument("--base-model-type", choices=["chat", "text"], default="chat",
+                        help="'text' for base (non-chat) models: the DRPO layout goes as one raw prompt")
+    parser.add_argument("--base-api-base", help="API base URL of the base model (vLLM, Ollama, a litellm proxy)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--api-key", dest="api_keys", action="append", default=[],
+                        help=f"a key clients must send as 'Authorization: Bearer KEY' (repeatable; also "
+                             f"${API_KEYS_ENV}, comma-separated)")
+    parser.add_argument("--max-tokens-limit", type=int, default=2048, help="largest max_tokens a client may ask")
+    parser.add_argument("--default-max-tokens", type=int, default=512, help="max_tokens when the client sends none")
+    parser.add_argument("--max-n", type=int, default=4, help="largest n (choices per request)")
+    parser.add_argument("--max-request-bytes", type=int, default=1_000_000, help="largest request body")
+    parser.add_argument("--max-messages", type=int, default=200, help="most messages in one chat request")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the base model")
+    parser.add_argument("--upstream-retries", type=int, default=0,
+                        help="retries of a failed base-model call (clients also retry on Retry-After)")
+    parser.add_argument("--reload-interval", type=float, default=2.0,
+                        help="seconds between checks for changed program files (0: no hot reload)")
+    parser.add_argument("--log-prompts", action="store_true",
+                        help="log each prompt and answer (off by default: access logs carry no content)")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> tuple[ServeSettings, list[ProgramSpec]]:
+    specs = ([ProgramSpec(args.model_name, args.program)] if args.program else []) + list(args.programs)
+    keys = frozenset(key.strip() for key in args.api_keys if key.strip()) | api_keys_from_env()
+    settings = ServeSettings(
+        base_model=args.base_model, base_model_type=args.base_model_type, base_api_base=args.base_api_base,
+        host=args.host, port=args.port, api_keys=keys, max_request_bytes=args.max_request_bytes,
+        max_tokens_limit=args.max_tokens_limit, default_max_tokens=args.default_max_tokens, max_n=args.max_n,
+        max_messages=args.max_messages, upstream_timeout=args.timeout, upstream_retries=args.upstream_retries,
+        reload_interval=args.reload_interval, log_prompts=args.log_prompts)
+    return settings, specs
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the programs, then serve until interrupted; bad settings or files exit with status 2."""
+    import uvicorn
+
+    from drpo_dspy.serve.app import create_app
+    from drpo_dspy.serve.programs import ProgramRegistry
+
+    try:
+        settings, specs = settings_from_args(args)
+        registry = ProgramRegistry(specs)
+        registry.load_all()
+    except (ValueError, OSError, ImportError) as exc:
+        print(f"drpo serve: {exc}", file=sys.stderr)
+        return 2
+    logging.getLogger("drpo_dspy.serve").setLevel(logging.INFO)
+    if not settings.loopback_only and not settings.requires_key:
+        print(f"drpo serve: WARNING: listening on {settings.host} with no API key: anyone who can reach this "
+              f"port can use the base model; pass --api-key or set {API_KEYS_ENV}", file=sys.stderr)
+    for program in registry.programs():
+        print(f"serving {program.name} = {program.path} ({program.version})", file=sys.stderr)
+    print(f"base model {settings.base_model} ({settings.base_model_type}); OpenAI API at "
+          f"http://{settings.host}:{settings.port}/v1", file=sys.stderr)
+    app = create_app(settings, registry)
+    uvicorn.run(app, host=settings.host, port=settings.port, access_log=False, log_level="warning")
+    return 0

@@ -1,0 +1,118 @@
+"""The base model behind the server, called through litellm (any provider string, the embedded model included).
+
+Chat base models get the DRPO-layout messages; text (base) models get them through the ``drpo_text`` route, which
+concatenates the contents into one raw prompt exactly as ``AlignedResponder`` does for ``model_type="text"``.
+Providers that cannot stream (the embedded model, scripted test providers, the raw-text route) are called once and
+their answer is streamed as it arrives from that call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import litellm
+from litellm import CustomLLM
+
+from drpo_dspy.clients.embedded import EMBEDDED_PROVIDER, register_embedded_provider
+from drpo_dspy.clients.raw_text import RAW_TEXT_PROVIDER, register_raw_text_provider
+from drpo_dspy.serve.settings import ServeSettings
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One completion from the base model: the raw text (markers included) and why it ended."""
+
+    text: str
+    finish_reason: str
+
+
+@dataclass(frozen=True)
+class Completion:
+    choices: list[Choice]
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Delta:
+    """A piece of a streamed completion; ``finish_reason`` is set on the last piece."""
+
+    text: str
+    finish_reason: str | None = None
+    usage: tuple[int, int] | None = None  # (prompt, completion) tokens, when the provider reports them
+
+
+def provider_streams(model: str) -> bool:
+    """Whether litellm can stream ``model``: built-in providers can; a custom provider only if it implements it."""
+    provider = model.split("/", 1)[0]
+    for entry in litellm.custom_provider_map:
+        if entry.get("provider") == provider:
+            handler = entry.get("custom_handler")
+            return type(handler).astreaming is not CustomLLM.astreaming
+    return True
+
+
+def _usage_numbers(response: Any) -> tuple[int, int]:
+    usage = getattr(response, "usage", None)
+    return int(getattr(usage, "prompt_tokens", 0) or 0), int(getattr(usage, "completion_tokens", 0) or 0)
+
+
+class Upstream:
+    """Sends DRPO-layout messages to the base model with the client's (already validated) decoding parameters."""
+
+    def __init__(self, settings: ServeSettings):
+        self.model = settings.base_model
+        if self.model.startswith(f"{EMBEDDED_PROVIDER}/"):
+            register_embedded_provider()
+        if settings.base_model_type == "text":
+            register_raw_text_provider()
+            self.route = f"{RAW_TEXT_PROVIDER}/{self.model}"
+        else:
+            self.route = self.model
+        self.options: dict[str, Any] = {"timeout": settings.upstream_timeout,
+                                        "num_retries": settings.upstream_retries}
+        if settings.base_api_base:
+            self.options["api_base"] = settings.base_api_base
+        if settings.base_api_key:
+            self.options["api_key"] = settings.base_api_key
+        self.streams = provider_streams(self.route)
+
+    async def complete(self, messages: list[dict[str, str]], params: dict[str, Any]) -> Completion:
+        response = await litellm.acompletion(model=self.route, messages=messages, **self.options, **params)
+        choices = [Choice(choice.message.content or "", choice.finish_reason or "stop") for choice in response.choices]
+        return Completion(choices, *_usage_numbers(response))
+
+    async def stream(self, messages: list[dict[str, str]], params: dict[str, Any]) -> AsyncIterator[Delta]:
+        """Open a stream. Failures to reach the model raise here, before the caller has answered anything."""
+        if not self.streams:
+            completion = await self.complete(messages, params)
+            return _single(completion)
+        response = await litellm.acompletion(model=self.route, messages=messages, stream=True, **self.options,
+                                             **params)
+        chunks = response.__aiter__()
+        try:
+            first = await chunks.__anext__()
+        except StopAsyncIteration:
+            return _single(Completion([Choice("", "stop")]))
+        return _deltas(first, chunks)
+
+
+async def _single(completion: Completion) -> AsyncIterator[Delta]:
+    choice = completion.choices[0]
+    yield Delta(choice.text, choice.finish_reason, (completion.prompt_tokens, completion.completion_tokens))
+
+
+def _delta_of(chunk: Any) -> Delta:
+    usage = _usage_numbers(chunk) if getattr(chunk, "usage", None) else None
+    if not chunk.choices:
+        return Delta("", None, usage)
+    choice = chunk.choices[0]
+    return Delta(getattr(choice.delta, "content", None) or "", choice.finish_reason, usage)
+
+
+async def _deltas(first: Any, chunks: AsyncIterator[Any]) -> AsyncIterator[Delta]:
+    yield _delta_of(first)
+    async for chunk in chunks:
+        yield _delta_of(chunk)
