@@ -64,6 +64,8 @@ def load_program(spec: ProgramSpec) -> LoadedProgram:
     retried, so a version always names the bytes that are actually serving.
     """
     path = Path(spec.path)
+    if not path.is_file():
+        raise FileNotFoundError(f"program file {path} (model {spec.name}) does not exist")
     for _attempt in range(_LOAD_ATTEMPTS):
         stamp, before = FileStamp.of(path), path.read_bytes()
         responder = AlignedResponder(examples=[], k=0)
