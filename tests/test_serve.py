@@ -477,3 +477,24 @@ def test_models_and_health(served: Served) -> None:
     assert [m.id for m in models] == ["aligned"] and card.owned_by == "drpo"
     assert health == {"status": "ok", "base_model_type": "chat", "programs": {"aligned": version}}
     assert json.loads(json.dumps(health))  # plain JSON
+
+
+def test_a_base_model_server_that_is_down_is_a_502(program_file: Path) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    down = f"http://127.0.0.1:{port}/v1"
+    s = Served({"aligned": program_file}, dspy.LM("openai/some-model"), base_api_base=down,
+               base_api_key="sk-down-test-0000000000", upstream_timeout=10)
+    try:
+        with pytest.raises(openai.APIStatusError) as caught:
+            chat(s.client, "Hi")
+    finally:
+        s.server.stop()
+    assert caught.value.status_code == 502 and caught.value.response.headers["retry-after"] == "1"
+    assert "Connection error" in caught.value.body["message"] and "sk-down-test" not in caught.value.response.text
+    python_lm = dspy.LM("openai/some-model", api_base=down, api_key="sk-down-test-0000000000", num_retries=0)
+    with pytest.raises(Exception, match="Connection"):
+        load(program_file)(query="Hi", lm=python_lm)

@@ -70,6 +70,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[ServeSettings, list[Pr
 
 def run(args: argparse.Namespace) -> int:
     """Load the programs, then serve until interrupted; bad settings or files exit with status 2."""
+    import litellm
     import uvicorn
 
     from drpo_dspy.serve.app import create_app
@@ -83,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"drpo serve: {exc}", file=sys.stderr)
         return 2
     logging.getLogger("drpo_dspy.serve").setLevel(logging.INFO)
+    litellm.suppress_debug_info = True  # no "Give Feedback / Get Help" banner on every upstream failure
     if not settings.loopback_only and not settings.requires_key:
         print(f"drpo serve: WARNING: listening on {settings.host} with no API key: anyone who can reach this "
               f"port can use the base model; pass --api-key or set {API_KEYS_ENV}", file=sys.stderr)
