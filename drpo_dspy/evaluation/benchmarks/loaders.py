@@ -24,7 +24,7 @@ DATA_FILES = {
     HARMBENCH: "harmbench/harmbench_behaviors_text_standard_copyright.csv",
     MTBENCH: "mtbench/question.jsonl",
 }
-LICENSE_FILES = tuple(f"{name}/LICENSE" for name in BENCHMARKS) + ("NOTICE",)
+LICENSE_FILES = (*(f"{name}/LICENSE" for name in BENCHMARKS), "NOTICE")
 # HarmBench's copyright rows are scored upstream by hashing against the copyrighted texts, which are not public;
 # a refusal judge does not measure them, so the bundled set is the standard behaviours unless asked otherwise.
 HARMBENCH_DEFAULT_CATEGORIES = ("standard",)
@@ -192,6 +192,22 @@ def is_benchmark_file(path: Path) -> bool:
     return isinstance(first, dict) and "instruction" not in first and detect_format(first.keys()) is not None
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """True when offline mode is set (the local cache decides) or the hub's host accepts a TCP connection."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") or \
+            os.environ.get("HF_DATASETS_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return True
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def load_hf_dataset(spec: str, fmt: str | None = None) -> tuple[list[dict[str, Any]], str]:
     """``hf:OWNER/NAME[:SPLIT]`` through the ``datasets`` library (network needed unless already cached).
 
@@ -206,6 +222,10 @@ def load_hf_dataset(spec: str, fmt: str | None = None) -> tuple[list[dict[str, A
         import datasets
     except ImportError as exc:
         raise ValueError(f"loading {spec} needs the 'datasets' package: pip install datasets") from exc
+    if not hub_reachable():
+        raise ValueError(f"cannot load Hugging Face dataset {name!r}: the hub is not reachable (offline?). Use a "
+                         f"bundled set ({', '.join(BENCHMARKS)}) or a local file in the same format, or set "
+                         "HF_HUB_OFFLINE=1 to use a copy already in the local Hugging Face cache.")
     try:
         loaded = datasets.load_dataset(name, split=split or None)
     except Exception as exc:  # offline (ConnectionError, OfflineModeIsEnabled), unknown id, auth, ...
