@@ -206,7 +206,7 @@ def benchmark_chart(name: str, data: dict[str, Any]) -> bytes:
         cats = sorted({c for d in data.values() for c in d["by_category"]})
         _means(right, cats, {s: [data[s]["by_category"].get(c) for c in cats] for s in systems},
                title="Rating by category")
-    right.legend(loc="upper right", fontsize=7, ncol=min(len(systems), 4))
+    right.legend(loc="upper center", bbox_to_anchor=(0.5, -0.32), fontsize=8, ncol=min(len(systems), 5), frameon=False)
     fig.suptitle(TITLES[name], fontsize=11)
     return _png(fig)
 
