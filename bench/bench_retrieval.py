@@ -1,4 +1,4 @@
-"""Benchmark top-k retrieval of in-context examples: drpo_dspy.vector_index vs a per-example Python loop.
+"""Benchmark top-k retrieval of in-context examples: drpo_dspy.retrievers.vector_index vs a per-example Python loop.
 
 For each bank size it measures, in one run: index build time, single-query top-k latency (p50/p99), recall@k
 against exact search, and the speed-up over a Python loop that computes the cosine one example at a time (the
@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from drpo_dspy.vector_index import EXACT_MAX, VectorIndex, exact_topk
+from drpo_dspy.retrievers.vector_index import EXACT_MAX, VectorIndex, exact_topk
 
 
 def unit_rows(a: np.ndarray) -> np.ndarray:

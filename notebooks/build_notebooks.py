@@ -49,7 +49,7 @@ QUICKSTART = [
     from pathlib import Path
 
     from drpo_dspy import DRPO, AlignedResponder  # import drpo_dspy first: it sets the offline defaults
-    from drpo_dspy.local_model import embedded_lm
+    from drpo_dspy.clients.embedded import embedded_lm
 
     import dspy
     import matplotlib.pyplot as plt
@@ -184,7 +184,7 @@ BRING_YOUR_OWN = [
     import urllib.request
 
     from drpo_dspy import DRPO, AlignedResponder  # import drpo_dspy first: it sets the offline defaults
-    from drpo_dspy.local_model import embedded_lm
+    from drpo_dspy.clients.embedded import embedded_lm
 
     import dspy
 
@@ -289,7 +289,7 @@ BRING_YOUR_OWN = [
     from IPython.display import Markdown, display
 
     from drpo_dspy.datasets import load_train_queries
-    from drpo_dspy.estimate import render
+    from drpo_dspy.teleprompt.estimate import render
 
     gpt4o = dspy.LM("openai/gpt-4o", api_key=os.environ.get("OPENAI_API_KEY") or "dry-run-no-key-needed")
     mistral = dspy.LM("hosted_vllm/mistralai/Mistral-7B-v0.1", api_base="http://localhost:8000/v1",
@@ -335,7 +335,7 @@ EVALUATION = [
 
     from drpo_dspy import AlignedResponder  # import drpo_dspy first: it sets the offline defaults
     from drpo_dspy.evaluation import evaluate
-    from drpo_dspy.local_model import embedded_lm
+    from drpo_dspy.clients.embedded import embedded_lm
 
     answer_lm = embedded_lm(max_tokens=48)   # the model the systems answer with
     judge_lm = embedded_lm(max_tokens=512)   # room for six scores with rationales
@@ -413,7 +413,7 @@ INSIDE_A_PROGRAM = [
     from pathlib import Path
 
     from drpo_dspy import AlignedResponder  # import drpo_dspy first: it sets the offline defaults
-    from drpo_dspy.local_model import embedded_lm
+    from drpo_dspy.clients.embedded import embedded_lm
 
     import dspy
 

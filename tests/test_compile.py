@@ -8,7 +8,7 @@ import pytest
 from world import World
 
 from drpo_dspy import DRPO, AlignedResponder
-from drpo_dspy.run_dir import RUN_FILES
+from drpo_dspy.runs.run_dir import RUN_FILES
 from drpo_dspy.testing import scripted_lm
 
 PLANTED_ENV_KEY = "sk-planted-env-0123456789abcdef"

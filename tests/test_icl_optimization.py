@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from drpo_dspy.bank import AlignmentBank, ICLExample
-from drpo_dspy.icl_cli import add_optimize_icl_parser
-from drpo_dspy.icl_optimization import optimization_summary, optimize_bank, optimize_examples
-from drpo_dspy.metering import Meter
+from drpo_dspy.cli.optimize_icl import add_optimize_icl_parser
+from drpo_dspy.clients.metering import Meter
+from drpo_dspy.retrievers.bank import AlignmentBank, ICLExample
+from drpo_dspy.teleprompt.icl_optimization import optimization_summary, optimize_bank, optimize_examples
 from drpo_dspy.testing import scripted_lm
 from tests.world import field
 

@@ -12,8 +12,8 @@ import pytest
 from world import World
 
 from drpo_dspy import DEFAULT_INSTRUCTIONS, DRPO, AlignedResponder
-from drpo_dspy.bank import AlignmentBank
-from drpo_dspy.interop import (
+from drpo_dspy.cli.import_official import add_import_official_parser, run_import_official
+from drpo_dspy.interop.official import (
     _resolve_program,
     export_levels,
     export_official_icl,
@@ -22,7 +22,7 @@ from drpo_dspy.interop import (
     levels_of,
     read_levels,
 )
-from drpo_dspy.interop_cli import add_import_official_parser, run_import_official
+from drpo_dspy.retrievers.bank import AlignmentBank
 from drpo_dspy.testing import last_user_text, scripted_lm, system_text
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "drpo-official"
@@ -95,13 +95,13 @@ def test_pickled_result_imports_safely_and_round_trips(tmp_path):
 
 @needs_reference
 def test_pickle_import_without_safe_pickle_says_what_it_needs(monkeypatch):
-    monkeypatch.setitem(sys.modules, "drpo_dspy.safe_pickle", None)  # as if the module were absent
-    with pytest.raises(ImportError, match=r"pickle import needs drpo_dspy\.safe_pickle"):
+    monkeypatch.setitem(sys.modules, "drpo_dspy.interop.safe_pickle", None)  # as if the module were absent
+    with pytest.raises(ImportError, match=r"pickle import needs drpo_dspy\.interop\.safe_pickle"):
         import_official(REFERENCE / "mistral-7b-v0.1" / "output.pkl", embedder="hashing")
 
 
 def test_a_prompt_pickled_on_its_own_imports(tmp_path):
-    pytest.importorskip("drpo_dspy.safe_pickle")
+    pytest.importorskip("drpo_dspy.interop.safe_pickle")
     (tmp_path / "output.pkl").write_bytes(pickle.dumps("Be brief.\n- Be kind."))
     program = import_official(tmp_path, embedder="hashing")
     assert program.instructions == "Be brief.\n- Be kind." and list(program.published_levels) == ["level 1"]

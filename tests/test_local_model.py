@@ -11,16 +11,16 @@ from typing import Any
 import dspy
 import pytest
 
-from drpo_dspy import local_model as lm_mod
-from drpo_dspy import raw_text_route as rt_mod
-from drpo_dspy.local_model import (
+from drpo_dspy.clients import embedded as lm_mod
+from drpo_dspy.clients import raw_text as rt_mod
+from drpo_dspy.clients.embedded import (
     EMBEDDED_MODEL,
     Sample,
     embedded_lm,
     ensure_embedded_runtime,
     register_embedded_provider,
 )
-from drpo_dspy.raw_text_route import RAW_TEXT_PROVIDER, join_messages, raw_completion_lm
+from drpo_dspy.clients.raw_text import RAW_TEXT_PROVIDER, join_messages, raw_completion_lm
 
 litellm = lm_mod.litellm  # imported through drpo_dspy, after its offline defaults
 
@@ -125,7 +125,7 @@ def test_raw_route_copy_keeps_kwargs() -> None:
     assert raw.model == f"{RAW_TEXT_PROVIDER}/openai/davinci-002" and raw.model_type == "chat"
     assert raw.kwargs == base.kwargs and raw.engine == "litellm"
     assert raw_completion_lm(raw) is raw
-    assert lm_mod.raw_completion_lm is raw_completion_lm  # also importable from drpo_dspy.local_model
+    assert lm_mod.raw_completion_lm is raw_completion_lm  # also importable from drpo_dspy.clients.embedded
     assert base.model == "openai/davinci-002" and base.model_type == "text"
 
 

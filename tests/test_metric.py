@@ -8,7 +8,7 @@ import dspy
 import pytest
 from world import field
 
-from drpo_dspy.metric import DynamicReward, UnreadableJudgment, rescale
+from drpo_dspy.rewards.metric import DynamicReward, UnreadableJudgment, rescale
 from drpo_dspy.testing import scripted_lm
 
 ASPECTS = ["Helpfulness", "Clarity", "Safety"]

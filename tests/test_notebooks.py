@@ -40,7 +40,7 @@ def test_notebook_runs_top_to_bottom(name, tmp_path, monkeypatch):
     import nbformat
     from nbclient import NotebookClient
 
-    from drpo_dspy.local_model import ensure_embedded_runtime
+    from drpo_dspy.clients.embedded import ensure_embedded_runtime
 
     try:
         ensure_embedded_runtime()

@@ -9,7 +9,7 @@ import dspy
 import pytest
 
 from drpo_dspy import AlignedResponder
-from drpo_dspy.layout import build_messages, extract_answer
+from drpo_dspy.adapters.drpo_layout import build_messages, extract_answer
 from drpo_dspy.testing import last_user_text, scripted_lm, system_text
 
 EXAMPLES = [

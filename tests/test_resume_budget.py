@@ -150,7 +150,7 @@ def test_sigkill_at_several_points_then_resume(tmp_path):
 
 @pytest.mark.parametrize(("depth", "beam", "actions", "increase"), [(3, 2, 2, 0), (5, 2, 3, 2), (4, 1, 1, 3)])
 def test_dry_run_bounds_a_scripted_run(depth, beam, actions, increase):
-    from drpo_dspy.estimate import render
+    from drpo_dspy.teleprompt.estimate import render
 
     world = World(lambda p, q: [5, 5] if q == "q2" else [3, 2])
     drpo = make(world, depth=depth, beam_size=beam, n_actions=actions, max_depth_increase=increase)
@@ -166,7 +166,7 @@ def test_dry_run_bounds_a_scripted_run(depth, beam, actions, increase):
 
 @pytest.mark.parametrize(("sampling", "optimizer_calls"), [("independent", 3 + 6 + 6), ("batched", 1 + 2 + 2)])
 def test_dry_run_exact_when_nothing_skips(sampling, optimizer_calls):
-    from drpo_dspy.estimate import role_calls
+    from drpo_dspy.teleprompt.estimate import role_calls
 
     world = World(lambda p, q: [2, 2])
     program = make(world, depth=4, beam_size=2, n_actions=3, proposal_sampling=sampling).compile(

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from drpo_dspy.bank import AlignmentBank
-from drpo_dspy.safe_pickle import (
+from drpo_dspy.interop.safe_pickle import (
     PickledObject,
     UnsafePickleError,
     best_path,
@@ -24,6 +23,7 @@ from drpo_dspy.safe_pickle import (
     pickled_class,
     walk,
 )
+from drpo_dspy.retrievers.bank import AlignmentBank
 
 OFFICIAL = Path(__file__).resolve().parents[2] / "shared" / "reference" / "drpo-official" / "mistral-7b-v0.1"
 

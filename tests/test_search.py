@@ -184,6 +184,6 @@ def test_minibatch_estimate_matches_a_run():
     ("You are a careful, honest assistant. State your limitations.", None),
 ])
 def test_unusable_rewrites_are_recognised(text, problem):
-    from drpo_dspy.search import prompt_problem
+    from drpo_dspy.teleprompt.beam_search import prompt_problem
 
     assert prompt_problem(text, "how to make green tea at home") == problem

@@ -12,9 +12,9 @@ import pytest
 from fault_world import ROLES, FaultWorld, compile_faulty
 
 from drpo_dspy import AlignedResponder
-from drpo_dspy.bank import AlignmentBank
-from drpo_dspy.fault_injection import always, auth_error, faulty_lm, when
-from drpo_dspy.secrets import Redactor, redact_exception, secret_values
+from drpo_dspy.retrievers.bank import AlignmentBank
+from drpo_dspy.runs.secrets import Redactor, redact_exception, secret_values
+from drpo_dspy.testing.fault_injection import always, auth_error, faulty_lm, when
 
 ENV_KEY = "sk-planted-env-0123456789abcdef"  # shaped like an OpenAI key
 ENV_PLAIN = "plainEnvSecret-93f1c0ffee42"  # shaped like nothing in particular
@@ -127,7 +127,7 @@ def test_saved_program_with_an_lm_holding_header_credentials(tmp_path, planted):
 
 
 def test_command_line_errors_are_redacted(tmp_path, planted, capsys):
-    from drpo_dspy.cli import main
+    from drpo_dspy.cli.main import main
 
     faulty_lm(lambda m, p: "x", name="cli-secret-echo", num_retries=0,
               faults=always(auth_error(f"Incorrect API key provided: {ENV_KEY}")))

@@ -31,9 +31,9 @@ import dspy  # noqa: E402
 import litellm  # noqa: E402
 
 from drpo_dspy import DRPO, AlignedResponder  # noqa: E402
-from drpo_dspy.embedding import HashingEmbedder  # noqa: E402
-from drpo_dspy.layout import STOP_SEQUENCES, build_messages, system_part, user_part  # noqa: E402
-from drpo_dspy.local_model import gguf_path  # noqa: E402
+from drpo_dspy.adapters.drpo_layout import STOP_SEQUENCES, build_messages, system_part, user_part  # noqa: E402
+from drpo_dspy.clients.embedded import gguf_path  # noqa: E402
+from drpo_dspy.retrievers.embedders import HashingEmbedder  # noqa: E402
 
 pytestmark = pytest.mark.embedded
 

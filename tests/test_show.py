@@ -12,8 +12,8 @@ import pytest
 from world import World, field
 
 from drpo_dspy import DRPO, AlignedResponder
-from drpo_dspy.show import best_path, load_trace, render_run, word_diff
-from drpo_dspy.show_cli import add_show_parser, run_show
+from drpo_dspy.cli.show import add_show_parser, run_show
+from drpo_dspy.runs.search_report import best_path, load_trace, render_run, word_diff
 
 TIPS = ["State what you cannot do (no internet, no actions).", "Refuse harmful requests & explain <why>.",
         "Use short sections and bullet points.", "Ask a clarifying question when the query is vague."]

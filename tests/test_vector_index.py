@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from drpo_dspy.vector_index import VectorIndex, exact_topk, mmr_select
+from drpo_dspy.retrievers.vector_index import VectorIndex, exact_topk, mmr_select
 
 
 def unit(a: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ from html import escape
 from typing import Any
 
 from drpo_dspy.evaluation.report import aspect_table, behaviour_table, pairwise_table
-from drpo_dspy.secrets import Redactor
+from drpo_dspy.runs.secrets import Redactor
 from drpo_dspy.signatures.evaluation import EVAL_ASPECTS
 
 MAX_SAMPLE_PROMPTS = 40

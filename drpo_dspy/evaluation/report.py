@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from drpo_dspy.secrets import Redactor
+from drpo_dspy.runs.secrets import Redactor
 from drpo_dspy.signatures.evaluation import EVAL_ASPECTS
 
 if TYPE_CHECKING:

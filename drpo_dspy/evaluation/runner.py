@@ -25,8 +25,8 @@ from typing import Any
 from drpo_dspy.evaluation.judging import AnswerJudge, EvalJudgment, judge_version
 from drpo_dspy.evaluation.stats import count_tokens, summarize
 from drpo_dspy.evaluation.systems import System, as_systems
-from drpo_dspy.metering import Meter
-from drpo_dspy.secrets import Redactor, describe_lm
+from drpo_dspy.clients.metering import Meter
+from drpo_dspy.runs.secrets import Redactor, describe_lm
 
 logger = logging.getLogger(__name__)
 

@@ -53,7 +53,7 @@ def StaticPromptResponder(instructions: str, examples: list[dict[str, str]] | No
     It is an :class:`~drpo_dspy.AlignedResponder` whose examples are used in their given order for every query,
     so the layout, stop markers and answer extraction are exactly those of a compiled program.
     """
-    from drpo_dspy.responder import AlignedResponder
+    from drpo_dspy.modules.aligned_responder import AlignedResponder
 
     examples = [{"query": str(e["query"]), "answer": str(e["answer"])} for e in (examples or [])]
     return AlignedResponder(instructions, examples, k=len(examples), embedder="hashing", max_tokens=max_tokens,
@@ -83,7 +83,7 @@ class System:
     @property
     def identity(self) -> str:
         """What determines this system's answers: name, model, model settings (no secrets) and fingerprint."""
-        from drpo_dspy.secrets import describe_lm
+        from drpo_dspy.runs.secrets import describe_lm
 
         if self.lm is None:
             return f"{self.name}||{self.fingerprint}"
@@ -157,7 +157,7 @@ def program_name(path: Path, taken: set[str]) -> str:
 
 def load_program(path: str | Path, *, max_tokens: int | None = None) -> Any:
     """Load a compiled :class:`~drpo_dspy.AlignedResponder` from its saved JSON."""
-    from drpo_dspy.responder import AlignedResponder
+    from drpo_dspy.modules.aligned_responder import AlignedResponder
 
     path = Path(path)
     if not path.is_file():

@@ -1,0 +1,1 @@
+"""DSPy adapters and typed calls: the DRPO prompt layout, schema JSON, tolerant parsing."""

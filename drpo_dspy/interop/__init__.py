@@ -1,0 +1,1 @@
+"""The original DRPO release's artifacts: import, export, safe unpickling."""

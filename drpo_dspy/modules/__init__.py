@@ -1,0 +1,1 @@
+"""DSPy modules: AlignedResponder and its example-bank parameter."""

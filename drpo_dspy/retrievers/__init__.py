@@ -1,0 +1,1 @@
+"""In-context examples: the alignment bank, example records, embedders, the vector index."""

@@ -1,0 +1,1 @@
+"""Dynamic rewards: the aspect catalogue, the judge-driven reward, the DynamicReward metric."""

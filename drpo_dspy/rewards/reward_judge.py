@@ -1,0 +1,281 @@
+"""Dynamic rewarding: pick the aspects that matter for a query, then judge an answer on them.
+
+A reward is the mean of the integer 1-5 scores over the selected aspects. A judge output that cannot be
+parsed gives *no* reward (``Judgment.reward is None``), counted as a failure, never a silent zero: a score outside
+1-5 ("6", "0") is a ``score_out_of_range`` failure, a score that is not an integer ("4/5", "five", 4.5) a
+``score_not_an_integer`` failure, a prose refusal to grade a ``refusal``, anything else unreadable a
+``parse_failure``. User-controlled text (queries, answers) reaches the helper LMs with DSPy's field markers
+neutralised (see :mod:`drpo_dspy.adapters.field_markers`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import dspy
+
+from drpo_dspy.adapters.exact_schemas import clean_proposed_aspect, judge_signature, selector_signature, verdicts
+from drpo_dspy.adapters.field_markers import neutralize_field_markers
+from drpo_dspy.adapters.typed_calls import adapter_for, call_typed
+from drpo_dspy.clients.budget import Budget, BudgetExhausted, guarded
+from drpo_dspy.clients.metering import Meter
+from drpo_dspy.rewards.aspects import AspectCatalogue, normalize_aspect_name
+from drpo_dspy.signatures import JudgeResponse, JudgeResponseStrict, SelectAspects, SelectAspectsStrict
+
+logger = logging.getLogger(__name__)
+
+FALLBACK_ASPECTS = ("Helpfulness", "Clarity", "Factuality", "Safety", "Depth", "Engagement")
+
+
+@dataclass
+class AspectSelection:
+    """The aspects chosen for one query and why."""
+
+    aspects: list[str]
+    reasoning: str = ""
+    analysis: str = ""
+    fallback: bool = False  # True when the selector failed and default aspects were used
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"aspects": self.aspects, "reasoning": self.reasoning, "analysis": self.analysis,
+                "fallback": self.fallback}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AspectSelection:
+        return cls(list(data["aspects"]), data.get("reasoning", ""), data.get("analysis", ""),
+                   bool(data.get("fallback", False)))
+
+
+@dataclass
+class Judgment:
+    """Per-aspect scores and rationales for one answer; ``failure`` names what went wrong, if anything."""
+
+    aspects: list[str]
+    scores: dict[str, int] = field(default_factory=dict)
+    rationales: dict[str, str] = field(default_factory=dict)
+    failure: str | None = None
+
+    @property
+    def reward(self) -> float | None:
+        """Mean score over the scored aspects; None when nothing could be scored."""
+        if not self.scores:
+            return None
+        return sum(self.scores.values()) / len(self.scores)
+
+    @property
+    def all_max(self) -> bool:
+        return bool(self.scores) and len(self.scores) == len(self.aspects) and all(
+            s == 5 for s in self.scores.values()
+        )
+
+    def to_published(self) -> dict[str, dict[str, str]]:
+        """The original release's evaluation shape: ``{aspect: {"rationale", "score"}}`` (scores as text)."""
+        return {a: {"rationale": self.rationales.get(a, ""), "score": str(s)} for a, s in self.scores.items()}
+
+    def render(self) -> str:
+        """Readable critique for the optimizer."""
+        if not self.scores:
+            return f"(the evaluation could not be read: {self.failure})"
+        return "\n".join(f"- {a}: {s}/5. {self.rationales.get(a, '')}" for a, s in self.scores.items())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"aspects": self.aspects, "scores": self.scores, "rationales": self.rationales,
+                "failure": self.failure, "reward": self.reward}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Judgment:
+        scores = {k: int(v) for k, v in data.get("scores", {}).items()}
+        if any(not 1 <= s <= 5 for s in scores.values()):
+            raise ValueError(f"judgment scores must be 1-5, got {scores}")
+        return cls(list(data["aspects"]), scores, dict(data.get("rationales", {})), data.get("failure"))
+
+
+class DynamicRewarder:
+    """Aspect selection (cached per query and model) plus judging, with failures counted in a ``Meter``."""
+
+    def __init__(
+        self,
+        *,
+        metrics_lm: dspy.LM,
+        judge_lm: dspy.LM,
+        catalogue: AspectCatalogue | None = None,
+        meter: Meter | None = None,
+        min_aspects: int = 2,
+        max_aspects: int = 5,
+        strict: bool = False,
+        cache: dict[str, dict[str, Any]] | None = None,
+        budget: Budget | None = None,
+    ):
+        if not 1 <= min_aspects <= max_aspects:
+            raise ValueError(f"need 1 <= min_aspects <= max_aspects, got {min_aspects}, {max_aspects}")
+        self.metrics_lm, self.judge_lm = metrics_lm, judge_lm
+        self.catalogue = catalogue or AspectCatalogue()
+        self.meter = meter or Meter()
+        self.min_aspects, self.max_aspects = min_aspects, max_aspects
+        self._select = dspy.Predict(SelectAspectsStrict if strict else SelectAspects)
+        self._judge = dspy.Predict(JudgeResponseStrict if strict else JudgeResponse)
+        self._cache: dict[str, dict[str, Any]] = dict(cache or {})
+        self.budget = budget
+        self._lock = threading.Lock()
+        self._inflight: dict[str, threading.Event] = {}
+
+    # -- aspect selection ----------------------------------------------------------------------------
+    def cache_key(self, query: str) -> str:
+        return f"{self.metrics_lm.model}\x1f{query}"
+
+    @property
+    def cache(self) -> dict[str, dict[str, Any]]:
+        """The metrics cache: ``{model + U+001F + query: selection}`` (JSON-able)."""
+        with self._lock:
+            return dict(self._cache)
+
+    def preload(self, cache: dict[str, dict[str, Any]]) -> None:
+        """Reuse aspect selections saved by an earlier run (``metrics_cache.json``)."""
+        if not isinstance(cache, dict):
+            raise ValueError("a metrics cache must be a JSON object")
+        for key, value in cache.items():
+            try:  # validates the shape before anything is used
+                selection = AspectSelection.from_dict(value)
+                if not selection.aspects or not all(isinstance(a, str) and a.strip() for a in selection.aspects):
+                    raise ValueError("no aspect names")
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise ValueError(f"the metrics cache entry {key!r:.80} is corrupt ({type(exc).__name__}: {exc}); "
+                                 "delete metrics_cache.json to select the aspects again") from exc
+        with self._lock:
+            self._cache.update(cache)
+
+    def select(self, query: str) -> AspectSelection:
+        """The aspects to judge ``query`` on; one metrics call per distinct (query, model)."""
+        key = self.cache_key(query)
+        while True:
+            with self._lock:
+                if key in self._cache:
+                    return AspectSelection.from_dict(self._cache[key])
+                waiter = self._inflight.get(key)
+                if waiter is None:
+                    self._inflight[key] = threading.Event()
+                    break
+            waiter.wait()  # another thread is selecting for this query: reuse its answer
+        try:
+            selection = self._select_uncached(query)
+            with self._lock:
+                self._cache[key] = selection.to_dict()
+            return selection
+        finally:
+            with self._lock:
+                self._inflight.pop(key).set()
+
+    def _select_uncached(self, query: str) -> AspectSelection:
+        menu = self.catalogue.render_menu()
+        signature = self._select.signature
+        if adapter_for(self.metrics_lm) is not None:  # schema-enforcing provider: only catalogue names can come out
+            signature = selector_signature(signature, tuple(self.catalogue.names))
+        try:
+            with guarded(self.budget, self.metrics_lm, len(query) + len(menu)), self.meter.usage("metrics"):
+                pred = call_typed(self._select, self.metrics_lm, {"temperature": 0.0},
+                                  query=neutralize_field_markers(query), aspect_catalogue=menu, signature=signature)
+            names = [n for n in (pred.selected_aspects or []) if isinstance(n, str) and n.strip()]
+            proposed = getattr(pred, "proposed_aspect", None)
+            if proposed and str(proposed).strip():
+                cleaned = clean_proposed_aspect(str(proposed))
+                if cleaned is None:
+                    self.meter.record_failure("metrics", "proposed_aspect_rejected")
+                elif cleaned not in self.catalogue:
+                    names.append(cleaned)
+        except BudgetExhausted:
+            raise
+        except Exception as exc:  # parse failures and LM errors are data, not crashes
+            self.meter.record_failure("metrics", _failure_kind(exc))
+            logger.warning("aspect selection failed (%s); using default aspects", _failure_kind(exc))
+            return AspectSelection(list(FALLBACK_ASPECTS[: max(self.min_aspects, 3)]), fallback=True)
+        return AspectSelection(self._repair(names), str(pred.reasoning or ""), str(pred.query_analysis or ""))
+
+    def _repair(self, names: list[str]) -> list[str]:
+        chosen: list[str] = []
+        for name in names:
+            canonical = self.catalogue.get(name).name
+            if normalize_aspect_name(canonical) not in {normalize_aspect_name(c) for c in chosen}:
+                chosen.append(canonical)
+        if len(chosen) > self.max_aspects:
+            self.meter.record_failure("metrics", "too_many_aspects")
+            chosen = chosen[: self.max_aspects]
+        if len(chosen) < self.min_aspects:
+            self.meter.record_failure("metrics", "too_few_aspects")
+            for fallback in FALLBACK_ASPECTS:
+                if len(chosen) >= self.min_aspects:
+                    break
+                if fallback not in chosen:
+                    chosen.append(fallback)
+        return chosen
+
+    # -- judging -------------------------------------------------------------------------------------
+    def judge(self, query: str, response: str, selection: AspectSelection) -> Judgment:
+        """Score ``response`` on the selected aspects."""
+        aspects = [self.catalogue.get(name) for name in selection.aspects]
+        rubrics = "\n\n".join(a.render() for a in aspects)
+        names = tuple(a.name for a in aspects)
+        try:
+            with guarded(self.budget, self.judge_lm, len(query) + len(response) + len(rubrics)), \
+                    self.meter.usage("judge"):
+                pred = call_typed(
+                    self._judge, self.judge_lm, {"temperature": 0.0},
+                    query=neutralize_field_markers(query),
+                    response=neutralize_field_markers(response) if response.strip() else "(empty answer)",
+                    aspects=rubrics,
+                    selection_reasoning=neutralize_field_markers(selection.reasoning) or "(none given)",
+                    signature=judge_signature(self._judge.signature, names),
+                )
+            found = verdicts(pred.evaluations, names)
+        except BudgetExhausted:
+            raise
+        except Exception as exc:
+            kind = _failure_kind(exc)
+            self.meter.record_failure("judge", kind)
+            return Judgment(selection.aspects, failure=kind)
+        judgment = Judgment(list(names))
+        for name, verdict in found.items():
+            judgment.scores[name] = int(verdict.score)
+            judgment.rationales[name] = str(verdict.rationale)
+        if not judgment.scores:
+            judgment.failure = "no_listed_aspect_scored"
+            self.meter.record_failure("judge", judgment.failure)
+        elif len(judgment.scores) < len(selection.aspects):
+            self.meter.record_failure("judge", "some_aspects_unscored")
+        return judgment
+
+    def score(self, query: str, response: str) -> Judgment:
+        """Select aspects for ``query`` (cached) and judge ``response``."""
+        return self.judge(query, response, self.select(query))
+
+
+_REFUSAL = re.compile(
+    r"\b(I'?m sorry|I am sorry|I apologi[sz]e|I (?:cannot|can ?not|can't|won't|will not|must decline to|"
+    r"am unable to|'m unable to|am not able to|'m not able to)\b)", re.I)
+_SCORE_RANGE = re.compile(r"\bscore\s+Input should be (?:less|greater) than or equal to")
+_SCORE_TYPE = re.compile(r"\bscore\s+(?:Value error, )?Input should be a valid (?:integer|number)")
+
+
+def looks_like_refusal(text: str | None) -> bool:
+    """Whether an unreadable completion is a prose refusal ("I'm sorry, I can't grade this") rather than noise."""
+    text = (text or "").strip()
+    return bool(text) and text[0] not in "{[" and bool(_REFUSAL.search(text[:300]))
+
+
+def _failure_kind(exc: BaseException) -> str:
+    """The failure-count key for an exception raised by a typed LM call (see the module docstring)."""
+    from dspy.utils.exceptions import AdapterParseError
+
+    if isinstance(exc, AdapterParseError):
+        message = str(exc)
+        if _SCORE_RANGE.search(message):
+            return "score_out_of_range"
+        if _SCORE_TYPE.search(message):
+            return "score_not_an_integer"
+        if looks_like_refusal(getattr(exc, "lm_response", None)):
+            return "refusal"
+        return "parse_failure"
+    return f"lm_error:{type(exc).__name__}"

@@ -1,0 +1,1 @@
+"""Run directories, secrets redaction, input validation, query files, the search report."""

@@ -1,0 +1,1 @@
+"""The DRPO teleprompter: the beam search, its compilation, ICL optimisation, estimates."""

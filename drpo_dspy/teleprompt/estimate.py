@@ -1,0 +1,96 @@
+"""Dry run: how many calls, tokens and dollars a compile will take, per role, before anything runs.
+
+Counts are exact bounds of the search structure. ``upper`` assumes the longest search (every allowed depth
+increase, no skip saving a rewrite) and one JSON retry for every chat-adapter call; ``expected`` assumes the
+initial depth, no retries. Tokens are estimated from the text that will be sent (about 4 characters a token)
+and each role's ``max_tokens``; dollars come from litellm's offline price table (0 for local models).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drpo_dspy.adapters.typed_calls import adapter_for
+from drpo_dspy.clients.metering import price_per_token
+
+# Typical completion lengths (tokens) when no max_tokens is set, and the prompt overhead of each signature.
+_TYPICAL_COMPLETION = {"base": 400, "metrics": 200, "judge": 350, "optimizer": 600}
+_UPPER_COMPLETION = {"base": 2048, "metrics": 1024, "judge": 1024, "optimizer": 2048}
+_PROMPT_OVERHEAD_CHARS = {"base": 200, "metrics": 2600, "judge": 2600, "optimizer": 3000}
+
+
+def level_counts(n_levels: int, beam_size: int, n_actions: int) -> list[tuple[int, int]]:
+    """(parents expanded, children evaluated) per level when no node skips; level 1 is the root alone."""
+    counts, children = [], 1
+    for level in range(1, n_levels + 1):
+        if level == 1:
+            counts.append((0, 1))
+            continue
+        parents = min(beam_size, children)
+        children = parents * n_actions
+        counts.append((parents, children))
+    return counts
+
+
+def role_calls(n_levels: int, n_queries_distinct: int, beam_size: int, n_actions: int,
+               batched: bool = False) -> dict[str, int]:
+    """Role calls of a search of ``n_levels`` levels (no skips, no retries)."""
+    levels = level_counts(n_levels, beam_size, n_actions)
+    evaluated = sum(children for _, children in levels)
+    return {"base": evaluated, "metrics": n_queries_distinct, "judge": evaluated,
+            "optimizer": sum(parents * (1 if batched else n_actions) for parents, _ in levels)}
+
+
+def estimate(*, queries: list[str], roles: dict[str, Any], beam_size: int, n_actions: int, depth: int,
+             minibatch_size: int = 1,
+             max_depth_increase: int, k: int, batched: bool = False, instructions_chars: int = 1500,
+             example_chars: int = 1500) -> dict[str, Any]:
+    """Upper bound and expected calls, tokens and dollars per role."""
+    avg_query = sum(len(q) for q in queries) / len(queries)
+    report: dict[str, Any] = {"levels": {}, "roles": {}}
+    m = minibatch_size
+    for mode, n_levels in (("expected", min(depth, len(queries) // m)),
+                           ("upper", min(depth + max_depth_increase, len(queries) // m))):
+        distinct = len(set(queries[:n_levels * m]))
+        calls = role_calls(n_levels, distinct, beam_size, n_actions, batched)
+        calls["base"] *= m
+        calls["judge"] *= m
+        report["levels"][mode] = n_levels
+        for role, n in calls.items():
+            lm = roles.get(role)
+            # Upper: a chat-adapter call may be retried in JSON mode; a batched rewrite may need n single top-ups.
+            retries = 2 if mode == "upper" and role != "base" and adapter_for(lm) is None else 1
+            if mode == "upper" and role == "optimizer" and batched:
+                retries = 1 + n_actions
+            cap = (getattr(lm, "kwargs", {}) or {}).get("max_tokens")
+            completion = cap if mode == "upper" and cap else (
+                _UPPER_COMPLETION[role] if mode == "upper" else min(cap or 10**9, _TYPICAL_COMPLETION[role]))
+            prompt_chars = _PROMPT_OVERHEAD_CHARS[role] + avg_query + {
+                "base": instructions_chars + k * example_chars,
+                "optimizer": 6 * instructions_chars + _TYPICAL_COMPLETION["base"] * 4,
+                "judge": _TYPICAL_COMPLETION["base"] * 4,
+            }.get(role, 0)
+            requests = n * retries
+            prompt_tokens = int(requests * prompt_chars / 4)
+            completion_tokens = int(requests * completion * (n_actions if role == "optimizer" and batched else 1))
+            price_in, price_out = price_per_token(getattr(lm, "model", ""))
+            row = report["roles"].setdefault(role, {"model": getattr(lm, "model", None)})
+            row[mode] = {"lm_calls": requests, "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                         "cost_usd": round(prompt_tokens * price_in + completion_tokens * price_out, 4)}
+    for mode in ("expected", "upper"):
+        report[mode] = {key: sum(r[mode][key] for r in report["roles"].values())
+                        for key in ("lm_calls", "prompt_tokens", "completion_tokens", "cost_usd")}
+    return report
+
+
+def render(report: dict[str, Any]) -> str:
+    """A Markdown table of the estimate."""
+    lines = [f"Levels: expected {report['levels']['expected']}, at most {report['levels']['upper']}", "",
+             "| role | model | calls (expected / max) | tokens (expected / max) | USD (expected / max) |",
+             "|---|---|---|---|---|"]
+    for role, row in [*report["roles"].items(), ("total", {"model": "", **report})]:
+        e, u = row["expected"], row["upper"]
+        lines.append(f"| {role} | {row['model'] or ''} | {e['lm_calls']} / {u['lm_calls']} | "
+                     f"{e['prompt_tokens'] + e['completion_tokens']} / {u['prompt_tokens'] + u['completion_tokens']} | "
+                     f"{e['cost_usd']:.2f} / {u['cost_usd']:.2f} |")
+    return "\n".join(lines)
