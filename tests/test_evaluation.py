@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from drpo_dspy.cli.evaluate import add_evaluate_parser
 from drpo_dspy.evaluation import (
     BASE_INSTRUCTIONS,
     EVAL_ASPECTS,
@@ -24,7 +25,6 @@ from drpo_dspy.evaluation import (
     resolve_eval_set,
     urial_examples,
 )
-from drpo_dspy.cli.evaluate import add_evaluate_parser
 from drpo_dspy.testing import last_user_text, scripted_lm, system_text
 
 T5 = 2.5705818366  # t(0.975, 5)
@@ -380,8 +380,11 @@ def test_output_dir_not_writable(tmp_path: Path) -> None:
 
 
 def test_resolve_eval_set() -> None:
-    prompts, label = resolve_eval_set("all", limit=2)
-    assert label == "all" and [p["set"] for p in prompts] == ["regular"] * 2 + ["harmful"] * 2 + ["benign_risky"] * 2
+    prompts, label = resolve_eval_set("ours", limit=2)
+    assert label == "ours" and [p["set"] for p in prompts] == ["regular"] * 2 + ["harmful"] * 2 + ["benign_risky"] * 2
+    everything, _ = resolve_eval_set("all", limit=1)  # ours and the four public benchmarks
+    assert [p["set"] for p in everything] == ["regular", "harmful", "benign_risky", "xstest", "ifeval", "harmbench",
+                                              "mtbench"]
     assert len(resolve_eval_set("harmful")[0]) == 50
     with pytest.raises(ValueError, match="unknown evaluation set"):
         resolve_eval_set("nonsense")

@@ -30,7 +30,12 @@ def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "prompt with 3 fixed examples), program:PATH (a program.json from drpo optimize); "
                         "default: base,urial")
     p.add_argument("--eval-set", default="regular",
-                   help="regular | harmful | benign_risky | all | PATH.jsonl (one {\"instruction\": ...} per line); "
+                   help="our sets: regular | harmful | benign_risky | ours (the three); public benchmarks, bundled: "
+                        "xstest | ifeval | harmbench | mtbench | benchmarks (the four); all (everything); or a "
+                        "comma-separated list of these; or PATH: a file in a benchmark's own format (XSTest/HarmBench "
+                        "CSV, IFEval/MT-Bench JSONL) or JSONL with one {\"instruction\": ...} per line; or "
+                        "hf:OWNER/NAME[:SPLIT] (a Hugging Face dataset in a benchmark's format; needs network). "
+                        "IFEval is scored by its official checkers, XSTest and HarmBench also by string match; "
                         "default: regular")
     p.add_argument("--limit", type=int, help="only the first N prompts (of each set, with --eval-set all)")
     p.add_argument("--base-model", help=f"litellm model string the systems answer with (default: {EMBEDDED})")

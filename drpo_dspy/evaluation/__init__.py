@@ -4,12 +4,20 @@ Python API::
 
     from drpo_dspy.evaluation import evaluate, resolve_eval_set
 
-    prompts, label = resolve_eval_set("all", limit=20)
+    prompts, label = resolve_eval_set("ours", limit=20)
     result = evaluate(["base", "urial", "program:runs/x/program.json", ("mine", my_module)], prompts,
                       base_lm=base_lm, judge_lm=judge_lm, out_dir="runs/eval", eval_set_name=label)
     print(result.markdown)          # the tables; result.summary holds every number
+
+Public benchmarks (``xstest``, ``ifeval``, ``harmbench``, ``mtbench``; see :mod:`drpo_dspy.evaluation.benchmarks`)
+are scored by their own rules; IFEval and the string-match refusal scores need no judge::
+
+    prompts, label = resolve_eval_set("ifeval,xstest", sample=120, seed=0)   # stratified, seeded sample per set
+    result = evaluate(["base", "urial"], prompts, base_lm=base_lm, judge_lm=None, out_dir="runs/bench")
+    result.summary["benchmarks"]["ifeval"]["base"]["prompt_strict"]           # rate with its 95% interval
 """
 
+from drpo_dspy.evaluation.benchmarks import BENCHMARKS, load_benchmark, summarize_benchmarks
 from drpo_dspy.evaluation.judging import AnswerJudge, EvalJudgment, judge_version
 from drpo_dspy.evaluation.runner import (
     RECORDS_FILE,
@@ -35,6 +43,7 @@ from drpo_dspy.signatures.evaluation import EVAL_ASPECTS, EvaluateAnswer
 
 __all__ = [
     "BASE_INSTRUCTIONS",
+    "BENCHMARKS",
     "EVAL_ASPECTS",
     "RECORDS_FILE",
     "URIAL_INSTRUCTIONS",
@@ -50,12 +59,14 @@ __all__ = [
     "ensure_writable_dir",
     "evaluate",
     "judge_version",
+    "load_benchmark",
     "mean_ci",
     "parse_system_specs",
     "prepare_eval_set",
     "record_key",
     "resolve_eval_set",
     "summarize",
+    "summarize_benchmarks",
     "t_quantile",
     "urial_examples",
     "wilson",

@@ -168,10 +168,20 @@ def pairwise_chart(summary: dict[str, Any]) -> bytes | None:
 
 
 def render_charts(summary: dict[str, Any]) -> dict[str, bytes]:
-    """``{name: png bytes}`` for every chart that applies (``aspects``, ``length``, ``refusal``, ``pairwise``)."""
-    charts = {"aspects": aspects_chart(summary), "length": length_chart(summary),
-              "refusal": refusal_chart(summary)}
-    pair = pairwise_chart(summary)
-    if pair is not None:
-        charts["pairwise"] = pair
+    """``{name: png bytes}`` for every chart that applies (``aspects``, ``length``, ``refusal``, ``pairwise``, and
+    ``bench_<name>`` per public benchmark); a judge-free benchmark run gets only length and benchmark charts."""
+    from drpo_dspy.evaluation.report import judged_anything
+
+    judged = judged_anything(summary)
+    charts = {"aspects": aspects_chart(summary)} if judged else {}
+    charts["length"] = length_chart(summary)
+    if judged:
+        charts["refusal"] = refusal_chart(summary)
+        pair = pairwise_chart(summary)
+        if pair is not None:
+            charts["pairwise"] = pair
+    if summary.get("benchmarks"):
+        from drpo_dspy.evaluation.benchmarks.report import benchmark_charts
+
+        charts.update(benchmark_charts(summary["benchmarks"]))
     return charts

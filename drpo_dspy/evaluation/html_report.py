@@ -10,13 +10,14 @@ import base64
 from html import escape
 from typing import Any
 
-from drpo_dspy.evaluation.report import aspect_table, behaviour_table, pairwise_table
+from drpo_dspy.evaluation.report import aspect_table, behaviour_table, judged_anything, pairwise_table
 from drpo_dspy.runs.secrets import Redactor
 from drpo_dspy.signatures.evaluation import EVAL_ASPECTS
 
 MAX_SAMPLE_PROMPTS = 40
 CHART_TITLES = {"aspects": "Aspect scores", "length": "Answer length", "refusal": "Refusals",
-                "pairwise": "Pairwise comparison"}
+                "pairwise": "Pairwise comparison", "bench_ifeval": "IFEval", "bench_xstest": "XSTest",
+                "bench_harmbench": "HarmBench", "bench_mtbench": "MT-Bench"}
 
 _CSS = """
 body { font-family: -apple-system, "Segoe UI", Roboto, "DejaVu Sans", Arial, sans-serif; margin: 2rem auto;
@@ -51,9 +52,42 @@ def _table(header: list[str], rows: list[list[str]], caption: str = "") -> str:
 def _img(name: str, png: bytes) -> str:
     data = base64.b64encode(png).decode("ascii")
     title = CHART_TITLES.get(name, name)
-    wide = " class='wide'" if name == "aspects" else ""
+    wide = " class='wide'" if name == "aspects" or name.startswith("bench_") else ""
     return (f"<figure{wide}><img alt='{escape(title)} chart' src='data:image/png;base64,{data}'>"
             f"<figcaption>{escape(title)}</figcaption></figure>")
+
+
+def bench_verdict(row: dict[str, Any]) -> str:
+    """A benchmark answer's verdicts in a few words (IFEval checks, refusal detectors, MT-Bench ratings)."""
+    b = row.get("bench") or {}
+    parts = []
+    if "prompt_strict" in b:
+        followed = sum(1 for i in b.get("instructions", []) if i["strict"])
+        strict, loose = ("passes" if b[k] else "fails" for k in ("prompt_strict", "prompt_loose"))
+        parts.append(f"IFEval {followed}/{len(b.get('instructions', []))} instructions followed (strict), prompt "
+                     f"{strict} strict, {loose} loose")
+    if "strmatch_refusal" in b:
+        verdict = "refusal" if b["strmatch_refusal"] else "compliance"
+        parts.append(f"XSTest {b['label']} prompt; string match: {verdict}")
+    if "lexical_refusal" in b:
+        parts.append(f"lexical pre-check: {'refusal' if b['lexical_refusal'] else 'no refusal phrase'}")
+    if b.get("judged_refusal") is not None:
+        parts.append(f"judged: {'refusal' if b['judged_refusal'] else 'compliance'}")
+    if b.get("turns"):
+        parts.append("MT-Bench ratings " + ", ".join(str(t.get("rating") or t.get("failure")) for t in b["turns"]))
+    return " · ".join(parts)
+
+
+def _benchmark_section(summary: dict[str, Any], charts: dict[str, bytes]) -> list[str]:
+    from drpo_dspy.evaluation.benchmarks.report import NOTES, benchmark_tables
+
+    body = ["<h2>Public benchmarks</h2>"]
+    for name, title, tables in benchmark_tables(summary["benchmarks"]):
+        body += [f"<h3>{escape(title)}</h3>", f"<p class='note'>{escape(NOTES[name])}</p>"]
+        body += [_table(header, rows, caption=caption) for caption, header, rows in tables]
+        if f"bench_{name}" in charts:
+            body.append("<div class='charts'>" + _img(f"bench_{name}", charts[f"bench_{name}"]) + "</div>")
+    return body
 
 
 def _sample(rows: list[dict[str, Any]], systems: list[str], redactor: Redactor) -> str:
@@ -72,6 +106,8 @@ def _sample(rows: list[dict[str, Any]], systems: list[str], redactor: Redactor) 
                 verdict = f"<span class='fail'>no answer: {escape(redactor.text(str(r['error'])))}</span>"
             elif r.get("failure"):
                 verdict = f"<span class='fail'>judge failure: {escape(str(r['failure']))}</span>"
+            elif r.get("bench") is not None:
+                verdict = escape(bench_verdict(r))
             else:
                 verdict = " · ".join(f"{a} {scores.get(a, '?')}" for a in EVAL_ASPECTS)
                 verdict += " · refusal" if r.get("refusal") else ""
@@ -102,23 +138,30 @@ def render_html(summary: dict[str, Any], settings: dict[str, Any], rows: list[di
             f"· judge <b>{escape(str(judge.get('model', '?')))}</b> (prompt version "
             f"{escape(str(judge.get('prompt_version', '?')))}) · {escape(str(settings.get('created', '')))}")
     pair_rows = pairwise_table(summary)
+    judged = judged_anything(summary)
     body = [
         f"<h1>DRPO evaluation: {escape(', '.join(systems))}</h1>",
         f"<p class='meta'>{redactor.text(meta)}</p>",
         f"<p class='meta'>Systems: {escape(redactor.text('; '.join(described)))}</p>",
-        "<h2>Aspect scores</h2>",
-        _table(*aspect_table(summary), caption="Scores 1-5 from the judge, mean ± half-width of the 95% "
-                                               "Student-t confidence interval over answers."),
+    ]
+    if judged:
+        body += ["<h2>Aspect scores</h2>",
+                 _table(*aspect_table(summary), caption="Scores 1-5 from the judge, mean ± half-width of the 95% "
+                                                        "Student-t confidence interval over answers.")]
+    body += [
         "<h2>Length, refusals and failures</h2>",
         _table(*behaviour_table(summary), caption=f"Lengths: {summary['length_unit']}. Refusals are "
                "judged, not string-matched: refusal on harmful prompts (higher is safer), over-refusal on benign "
                "prompts that sound risky (lower is better)."),
     ]
-    if summary["pairwise"]:
+    if summary["pairwise"] and judged:
         body += ["<h2>Pairwise comparison</h2>",
                  _table(*pair_rows, caption="Per prompt, on the mean of the six aspects; only prompts judged for "
                                             "both systems count. Mean difference is the first minus the second.")]
-    body += ["<h2>Charts</h2>", "<div class='charts'>" + "".join(_img(n, png) for n, png in charts.items()) + "</div>",
+    if summary.get("benchmarks"):
+        body += _benchmark_section(summary, charts)
+    general = {n: png for n, png in charts.items() if not n.startswith("bench_")}
+    body += ["<h2>Charts</h2>", "<div class='charts'>" + "".join(_img(n, png) for n, png in general.items()) + "</div>",
              "<h2>Answers</h2>", _sample(rows, systems, redactor),
              f"<p class='note'>Intervals: {escape(summary['ci_method'])}. The judge saw only each query and answer, "
              "never a system's prompt.</p>"]

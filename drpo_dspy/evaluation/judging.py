@@ -14,9 +14,9 @@ from typing import Any
 
 import dspy
 
+from drpo_dspy.adapters.typed_calls import call_typed
 from drpo_dspy.clients.metering import Meter
 from drpo_dspy.signatures.evaluation import EVAL_ASPECTS, AnswerEvaluation, EvaluateAnswer
-from drpo_dspy.adapters.typed_calls import call_typed
 
 logger = logging.getLogger(__name__)
 

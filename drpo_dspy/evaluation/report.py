@@ -21,6 +21,7 @@ PAIRWISE_CSV = "pairwise.csv"
 JUDGMENTS_CSV = "judgments.csv"
 MARKDOWN_FILE = "report.md"
 HTML_FILE = "report.html"
+BENCHMARKS_CSV = "benchmarks.csv"
 
 
 # -- formatting ---------------------------------------------------------------------------------------------------
@@ -88,6 +89,13 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def judged_anything(summary: dict[str, Any]) -> bool:
+    """False for a benchmark-only, judge-free run: then the aspect and pairwise sections have nothing to show."""
+    if not summary.get("benchmarks"):
+        return True
+    return any(s["n_judged"] or s["refusal_all"]["n"] for s in summary["per_system"].values())
+
+
 def to_markdown(summary: dict[str, Any], settings: dict[str, Any]) -> str:
     systems = ", ".join(s["name"] for s in settings.get("systems", []))
     judge = settings.get("judge", {}).get("model", "?")
@@ -95,14 +103,21 @@ def to_markdown(summary: dict[str, Any], settings: dict[str, Any]) -> str:
         f"# Evaluation: {settings.get('eval_set', '?')} ({summary['n_prompts']} prompts)",
         f"Systems: {systems}. Judge: {judge}. Scores 1-5, mean ± half-width of the 95% Student-t confidence "
         f"interval over answers. Lengths: {summary['length_unit']}.",
-        "## Aspect scores", markdown_table(*aspect_table(summary)),
+    ]
+    if judged_anything(summary):
+        parts += ["## Aspect scores", markdown_table(*aspect_table(summary))]
+    parts += [
         "## Length, refusals and failures",
         "Refusal rate on harmful prompts (higher is safer) and over-refusal rate on benign prompts that sound "
         "risky (lower is better), as judged by the judge.",
         markdown_table(*behaviour_table(summary)),
     ]
-    if summary["pairwise"]:
+    if summary["pairwise"] and judged_anything(summary):
         parts += ["## Pairwise (per prompt, on the mean of the six aspects)", markdown_table(*pairwise_table(summary))]
+    if summary.get("benchmarks"):
+        from drpo_dspy.evaluation.benchmarks.report import benchmark_markdown
+
+        parts.append(benchmark_markdown(summary["benchmarks"]))
     return "\n\n".join(parts) + "\n"
 
 
@@ -157,6 +172,23 @@ def judgments_csv(rows: list[dict[str, Any]]) -> str:
     return _csv(out)
 
 
+def benchmarks_csv(rows: list[dict[str, Any]]) -> str:
+    """One line per benchmark answer: its judge-free and judged verdicts (IFEval: per-instruction results)."""
+    out: list[list[Any]] = [["system", "set", "category", "instruction", "ifeval_prompt_strict", "ifeval_prompt_loose",
+                             "ifeval_instructions", "strmatch_refusal", "lexical_refusal", "judged_refusal",
+                             "mtbench_ratings", "answer"]]
+    for r in rows:
+        b = r.get("bench")
+        if b is None:
+            continue
+        instructions = ";".join(f"{i['id']}={int(i['strict'])}{int(i['loose'])}" for i in b.get("instructions", []))
+        ratings = ";".join(str(t.get("rating")) for t in b.get("turns", []))
+        out.append([r["system"], r["set"], r["category"], r["instruction"], b.get("prompt_strict"),
+                    b.get("prompt_loose"), instructions, b.get("strmatch_refusal"), b.get("lexical_refusal"),
+                    b.get("judged_refusal"), ratings, r.get("answer")])
+    return _csv(out)
+
+
 # -- everything -----------------------------------------------------------------------------------------------------
 def write_reports(result: EvaluationResult, out: Path, redactor: Redactor | None = None) -> dict[str, str]:
     """Write every report file into ``out``; returns ``{kind: path}`` and fills ``result.files``/``markdown``."""
@@ -180,6 +212,8 @@ def write_reports(result: EvaluationResult, out: Path, redactor: Redactor | None
     write(SYSTEMS_CSV, systems_csv(summary))
     write(PAIRWISE_CSV, pairwise_csv(summary))
     write(JUDGMENTS_CSV, judgments_csv(result.rows))
+    if summary.get("benchmarks"):
+        write(BENCHMARKS_CSV, benchmarks_csv(result.rows))
     markdown = to_markdown(summary, settings)
     write(MARKDOWN_FILE, markdown)
     charts = render_charts(summary)

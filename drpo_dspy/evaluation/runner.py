@@ -22,10 +22,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from drpo_dspy.clients.metering import Meter
+from drpo_dspy.evaluation.benchmarks.loaders import MTBENCH
+from drpo_dspy.evaluation.benchmarks.mtbench import MTBenchJudge
+from drpo_dspy.evaluation.benchmarks.scoring import (
+    JUDGE_OPTIONAL,
+    answer_turns,
+    check_scorers,
+    is_benchmark_item,
+    judge_free_scores,
+    judge_scope,
+    rate_turns,
+    sets_needing_judge,
+)
 from drpo_dspy.evaluation.judging import AnswerJudge, EvalJudgment, judge_version
 from drpo_dspy.evaluation.stats import count_tokens, summarize
 from drpo_dspy.evaluation.systems import System, as_systems
-from drpo_dspy.clients.metering import Meter
 from drpo_dspy.runs.secrets import Redactor, describe_lm
 
 logger = logging.getLogger(__name__)
@@ -72,29 +84,40 @@ def prepare_eval_set(records: Any, *, limit: int | None = None, source: str = "e
     return items[:limit] if limit else items
 
 
-def resolve_eval_set(spec: str | os.PathLike[str], *, limit: int | None = None) -> tuple[list[dict], str]:
-    """Load prompts by name (``regular``, ``harmful``, ``benign_risky``, ``all``) or from a JSONL file.
+def resolve_eval_set(spec: str | os.PathLike[str], *, limit: int | None = None, sample: int | None = None,
+                     seed: int = 0) -> tuple[list[dict], str]:
+    """Load prompts by name, from a file, or from a Hugging Face dataset.
 
-    ``all`` concatenates the three packaged sets; ``limit`` then applies to each of them, so that harmful and
-    benign-risky prompts are still measured. A JSONL file (just-eval-instruct shape) needs an ``instruction`` on
-    every line. Returns ``(prompts, label)``.
+    Names (comma-separated lists allowed): our sets ``regular``, ``harmful``, ``benign_risky`` and ``ours`` (the
+    three); the bundled public benchmarks ``xstest``, ``ifeval``, ``harmbench``, ``mtbench`` and ``benchmarks`` (the
+    four); ``all`` (everything). ``limit`` (the first N) and ``sample`` (a stratified sample of N, by category,
+    seeded with ``seed``) apply to each named set, so every set of a group is measured. A path is read in a
+    benchmark's own format when its columns match one (XSTest or HarmBench CSV, IFEval or MT-Bench JSONL), else as
+    JSONL with an ``instruction`` per line (just-eval-instruct shape); ``hf:OWNER/NAME[:SPLIT]`` loads a Hugging Face
+    dataset in a benchmark's format (needs network). Returns ``(prompts, label)``.
     """
-    from drpo_dspy.datasets import EVAL_SETS, load_eval_set, load_instruction_jsonl
+    from drpo_dspy.datasets import load_instruction_jsonl
+    from drpo_dspy.evaluation.benchmarks.eval_sets import cut, resolve_names, set_names
+    from drpo_dspy.evaluation.benchmarks.loaders import BenchmarkFormatError
 
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise EvaluationInputError(f"limit must be a positive integer, got {limit!r}")
+    for name, value in (("limit", limit), ("sample", sample)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise EvaluationInputError(f"{name} must be a positive integer, got {value!r}")
     text = os.fspath(spec)
-    if text in EVAL_SETS:
-        return load_eval_set(text)[:limit], text
-    if text == "all":
-        return [r for name in EVAL_SETS for r in load_eval_set(name)[:limit]], "all"
+    try:
+        resolved = resolve_names(text, limit=limit, sample=sample, seed=seed)
+    except BenchmarkFormatError as exc:
+        raise EvaluationInputError(str(exc)) from exc
+    if resolved is not None:
+        return resolved
     path = Path(text).expanduser()
-    if path.suffix.lower() in (".jsonl", ".json") or path.exists():
+    if path.suffix.lower() in (".jsonl", ".json", ".csv") or path.exists():
         if not path.is_file():
             raise FileNotFoundError(f"evaluation file not found: {path}")
-        return load_instruction_jsonl(path)[:limit], path.name
-    raise EvaluationInputError(f"unknown evaluation set {text!r}: use one of {', '.join(EVAL_SETS)}, all, "
-                               "or a path to a .jsonl file with an 'instruction' field per line")
+        return cut(load_instruction_jsonl(path), limit=limit, sample=sample, seed=seed), path.name
+    raise EvaluationInputError(f"unknown evaluation set {text!r}: use one of {', '.join(set_names())} (or a "
+                               "comma-separated list), a path to a benchmark file or a .jsonl file with an "
+                               "'instruction' field per line, or hf:OWNER/NAME")
 
 
 def ensure_writable_dir(path: str | os.PathLike[str]) -> Path:
@@ -190,9 +213,17 @@ class EvaluationResult:
 
 
 def _row(system: System, item: dict, record: dict[str, Any]) -> dict[str, Any]:
-    return {"system": system.name, "instruction": item["instruction"], "set": item["set"],
-            "category": item["category"], **{k: record.get(k) for k in (
-                "key", "answer", "answer_length", "scores", "rationales", "refusal", "failure", "error")}}
+    row = {"system": system.name, "instruction": item["instruction"], "set": item["set"],
+           "category": item["category"], **{k: record.get(k) for k in (
+               "key", "answer", "answer_length", "scores", "rationales", "refusal", "failure", "error")}}
+    if is_benchmark_item(item):
+        bench = dict(record.get("bench") or {})
+        if record.get("answer") is not None:  # judge-free scores are recomputed: cheap, and a scorer fix applies
+            bench.update(judge_free_scores(item, record["answer"]))
+            if item["set"] in JUDGE_OPTIONAL:
+                bench["judged_refusal"] = record.get("refusal")
+        row.update({"bench": bench, "meta": item["meta"]})
+    return row
 
 
 def evaluate(
@@ -214,8 +245,10 @@ def evaluate(
     Args:
         systems: ``System`` objects, spec strings (``"base"``, ``"urial"``, ``"program:PATH"``), ``(name, module)``
             pairs, or a ``{name: module}`` dict; modules take ``query=`` and return ``.response``.
-        eval_set: Prompts: dicts with an ``instruction`` (and optional ``set``, ``category``) or strings.
-        judge_lm: The judge's ``dspy.LM`` (any litellm model).
+        eval_set: Prompts: dicts with an ``instruction`` (and optional ``set``, ``category``) or strings; benchmark
+            prompts from :func:`resolve_eval_set` also carry ``meta`` and are scored by their benchmark's rules.
+        judge_lm: The judge's ``dspy.LM`` (any litellm model); ``None`` when every prompt has a judge-free score
+            (IFEval; XSTest and HarmBench then get only their string-match refusal).
         base_lm: The LM the systems answer with, unless a ``System`` brings its own.
         out_dir: Where ``records.jsonl`` (resume state) and the reports go; ``None`` keeps everything in memory.
         num_threads: Concurrent (system, prompt) pairs.
@@ -228,17 +261,25 @@ def evaluate(
     # Everything that can be wrong with the input is checked here, before the first LM call.
     items = prepare_eval_set(eval_set, limit=limit)
     systems = as_systems(systems, base_lm=base_lm)
-    if judge_lm is None:
-        raise EvaluationInputError("judge_lm is required")
+    if judge_lm is None and sets_needing_judge(items):
+        raise EvaluationInputError(f"judge_lm is required for {', '.join(sets_needing_judge(items))}: only IFEval, "
+                                   "XSTest and HarmBench can be scored without a judge")
     if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
         raise EvaluationInputError(f"num_threads must be a positive integer, got {num_threads!r}")
+    check_scorers(items)
     out = ensure_writable_dir(out_dir) if out_dir is not None else None
     meter = meter or Meter()
-    lms = [judge_lm, *(s.lm for s in systems if s.lm is not None)]
+    lms = [lm for lm in (judge_lm, *(s.lm for s in systems)) if lm is not None]
     redactor = Redactor(lms)
     store = RecordStore(out / RECORDS_FILE, redactor) if out is not None else None
-    judge_id = f"{getattr(judge_lm, 'model', judge_lm)}|judge-{judge_version()}"
-    judge = AnswerJudge(meter.watch(judge_lm, "judge") if hasattr(judge_lm, "copy") else judge_lm, meter=meter)
+    judge_id = None if judge_lm is None else f"{getattr(judge_lm, 'model', judge_lm)}|judge-{judge_version()}"
+    watched_judge = meter.watch(judge_lm, "judge") if hasattr(judge_lm, "copy") else judge_lm
+    judge = None if judge_lm is None else AnswerJudge(watched_judge, meter=meter)
+    mt_judge = None if judge_lm is None else MTBenchJudge(watched_judge, meter=meter)
+
+    def key_of(system: System, item: dict) -> str:
+        scope = judge_scope(item, judge_id) if is_benchmark_item(item) else judge_id
+        return record_key(system.identity, item["instruction"], str(scope))
     watched = {id(s.lm): meter.watch(s.lm, "base") for s in systems if hasattr(s.lm, "copy")}
     answer_systems = {s.name: (System(s.name, s.module, watched.get(id(s.lm), s.lm), s.fingerprint,
                                       s.instructions, s.details)) for s in systems}
@@ -249,7 +290,7 @@ def evaluate(
     reused = 0
     for system in systems:
         for item in items:
-            key = record_key(system.identity, item["instruction"], judge_id)
+            key = key_of(system, item)
             saved = store.get(key) if store is not None else None
             if saved is not None:
                 records[key] = saved
@@ -263,10 +304,11 @@ def evaluate(
     def work(system: System, item: dict, key: str) -> dict[str, Any]:
         record: dict[str, Any] = {"key": key, "system": system.name, "system_identity": system.identity,
                                   "instruction": item["instruction"], "judge": judge_id}
+        benchmark = is_benchmark_item(item)
         started = time.perf_counter()
         try:
             with meter.usage("base"):
-                answer = system.answer(item["instruction"])
+                answers = answer_turns(system, item) if benchmark else [system.answer(item["instruction"])]
         except Exception as exc:
             logger.warning("system %s failed on %.60r: %s: %s", system.name, item["instruction"],
                            type(exc).__name__, exc)
@@ -274,11 +316,25 @@ def evaluate(
             return {**record, "error": redactor.text(f"{type(exc).__name__}: {exc}"), "answer": None,
                     "answer_length": None,
                     **EvalJudgment(failure="no_answer").to_dict()}
+        answer = answers[0]
         answered = time.perf_counter()
-        judgment = judge(item["instruction"], answer)
+        bench: dict[str, Any] = {}
+        if not benchmark:
+            judgment = judge(item["instruction"], answer)
+        elif item["set"] in JUDGE_OPTIONAL and judge is not None:
+            judgment = judge(item["instruction"], answer)
+        else:
+            judgment = EvalJudgment()
+        if benchmark and item["set"] == MTBENCH and mt_judge is not None:
+            bench = {"answers": answers, "turns": rate_turns(mt_judge, item, answers)}
+            lm_failures = [t["failure"] for t in bench["turns"] if t["failure"] not in _PERSISTED_FAILURES]
+            if lm_failures:  # an LM error on a turn: not saved, so the next run retries it
+                judgment.failure = lm_failures[0]
         record.update({"answer": answer, "answer_length": count_tokens(answer), **judgment.to_dict(),
                        "error": None, "answer_seconds": round(answered - started, 3),
                        "judge_seconds": round(time.perf_counter() - answered, 3), "created": time.time()})
+        if benchmark:
+            record["bench"] = bench
         if store is not None and judgment.failure in _PERSISTED_FAILURES:
             record = store.add(record)
         return record
@@ -302,13 +358,17 @@ def evaluate(
             raise
         pool.shutdown(wait=True)
 
-    rows = [_row(s, item, records[record_key(s.identity, item["instruction"], judge_id)])
-            for s in systems for item in items]
+    rows = [_row(s, item, records[key_of(s, item)]) for s in systems for item in items]
     summary = summarize(rows, [s.name for s in systems])
+    if any("bench" in r for r in rows):
+        from drpo_dspy.evaluation.benchmarks.summary import summarize_benchmarks
+
+        summary["benchmarks"] = summarize_benchmarks(rows, [s.name for s in systems])
     settings = redact_values(redactor, {
         "eval_set": eval_set_name,
         "n_prompts": len(items),
-        "judge": {**describe_lm(judge_lm), "prompt_version": judge_version()},
+        "judge": ({"model": "none (judge-free scores only)"} if judge_lm is None
+                  else {**describe_lm(judge_lm), "prompt_version": judge_version()}),
         "systems": [{"name": s.name, "identity": s.identity, "lm": describe_lm(s.lm), **s.details}
                     for s in systems],
         "num_threads": num_threads,
