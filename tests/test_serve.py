@@ -24,10 +24,11 @@ from litellm.types.utils import GenericStreamingChunk  # noqa: E402
 
 from drpo_dspy import AlignedResponder  # noqa: E402
 from drpo_dspy.adapters.drpo_layout import extract_answer  # noqa: E402
-from drpo_dspy.clients.embedded import register_custom_provider  # noqa: E402
+from drpo_dspy.clients.providers import register_custom_provider  # noqa: E402
 from drpo_dspy.retrievers.embedders import HashingEmbedder  # noqa: E402
 from drpo_dspy.serve import BackgroundServer, ProgramRegistry, ProgramSpec, ServeSettings, create_app  # noqa: E402
 from drpo_dspy.serve.conversation import Conversation, example_pairs, layout_messages  # noqa: E402
+from drpo_dspy.serve.decoding import program_defaults  # noqa: E402
 from drpo_dspy.testing import last_user_text, scripted_lm, system_text  # noqa: E402
 from drpo_dspy.testing.fault_injection import (  # noqa: E402
     always,
@@ -110,7 +111,7 @@ def test_chat_answer_is_the_programs_answer(served: Served, program_file: Path, 
     response = served.client.chat.completions.with_raw_response.create(
         model="aligned", messages=[{"role": "user", "content": query}], temperature=0, max_tokens=40)
     completion = response.parse()
-    expected = load(program_file)(query=query, lm=base.copy(temperature=0.0, max_tokens=40)).response
+    expected = load(program_file)(query=query, lm=base, config={"temperature": 0.0, "max_tokens": 40}).response
     assert completion.choices[0].message.content == expected
     assert "query=[How do I stop a Python process quickly?]" in expected and "after the end" not in expected
     program = served.registry.get("aligned")
@@ -136,7 +137,7 @@ def test_streaming_gives_the_same_answer(served: Served, program_file: Path, bas
     query = "How do I boil an egg well?"
     chunks = list(chat(served.client, query, temperature=0, stream=True, stream_options={"include_usage": True}))
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert text == load(program_file)(query=query, lm=base.copy(temperature=0.0)).response
+    assert text == load(program_file)(query=query, lm=base, config={"temperature": 0.0}).response
     assert chunks[0].choices[0].delta.role == "assistant"
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
     assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
@@ -207,7 +208,7 @@ def test_text_completion_endpoint_answers_the_prompt_as_a_query(served: Served, 
                                                                  base: dspy.LM) -> None:
     completion = served.client.completions.create(model="aligned", prompt="Name a prime number.", temperature=0,
                                                   max_tokens=30)
-    expected = load(program_file)(query="Name a prime number.", lm=base.copy(temperature=0.0)).response
+    expected = load(program_file)(query="Name a prime number.", lm=base, config={"temperature": 0.0}).response
     assert completion.choices[0].text == expected and completion.object == "text_completion"
     assert completion.system_fingerprint == served.registry.get("aligned").version
     streamed = served.client.completions.create(model="aligned", prompt="Name a prime number.", temperature=0,
@@ -231,7 +232,9 @@ def test_decoding_parameters_reach_the_base_model_within_limits(program_file: Pa
     assert first["temperature"] == 0.7 and first["top_p"] == 0.9 and first["seed"] == 3
     assert first["max_tokens"] == 99 and first["presence_penalty"] == 0.5
     assert first["stop"] == ["<END>", "<END", "<|eot_id|>", "STOP"]
-    assert default["max_tokens"] == 64 and "temperature" not in default
+    own = program_defaults(load(program_file))  # what the program sends in Python when the caller sets nothing
+    assert default["max_tokens"] == min(own.get("max_tokens") or 64, 100)
+    assert default.get("temperature") == own.get("temperature")
     assert [c.message.content for c in two.choices] == ["fine", "fine"]
 
 
@@ -498,3 +501,33 @@ def test_a_base_model_server_that_is_down_is_a_502(program_file: Path) -> None:
     python_lm = dspy.LM("openai/some-model", api_base=down, api_key="sk-down-test-0000000000", num_retries=0)
     with pytest.raises(Exception, match="Connection"):
         load(program_file)(query="Hi", lm=python_lm)
+
+
+def test_an_internal_failure_is_an_openai_500_with_a_redacted_log(served: Served, monkeypatch: pytest.MonkeyPatch,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+
+    def broken(name: str) -> None:
+        raise RuntimeError(f"lookup failed near {KEY}")
+
+    monkeypatch.setattr(served.registry, "get", broken)
+    response = served.http("POST", "/v1/chat/completions", json=ONE_TURN)
+    assert response.status_code == 500 and response.json()["error"]["type"] == "server_error"
+    assert KEY not in response.text
+    logged = "\n".join(r.getMessage() + (r.exc_text or "") for r in caplog.records)
+    assert "unhandled RuntimeError" in logged and KEY not in logged
+
+
+def test_the_programs_own_answer_cap_applies_when_the_client_sets_none(tmp_path: Path) -> None:
+    path = tmp_path / "capped.json"
+    AlignedResponder("Be brief.", EXAMPLES, k=1, embedder=HashingEmbedder(), max_tokens=48).save(str(path))
+    seen: list[dict[str, Any]] = []
+    base = scripted_lm(lambda messages, params: seen.append(params) or "ok\n<END>")
+    s = Served({"capped": path}, base, max_tokens_limit=40, default_max_tokens=32)
+    try:
+        s.client.chat.completions.create(model="capped", messages=[{"role": "user", "content": "Hi"}])
+        s.client.chat.completions.create(model="capped", messages=[{"role": "user", "content": "Hi"}], max_tokens=7)
+    finally:
+        s.server.stop()
+    load(path)(query="Hi", lm=base)
+    assert [p["max_tokens"] for p in seen] == [40, 7, 48]  # the program's 48, held to the server's limit of 40

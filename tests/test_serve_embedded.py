@@ -67,11 +67,12 @@ def greedy(**kwargs: object) -> dspy.LM:
 
 
 QUERY = "How do I make a good cup of tea?"
+GREEDY = {"temperature": 0.0, "max_tokens": MAX_TOKENS}  # the request's decoding, given to the program in Python
 
 
 @pytest.fixture(scope="module")
 def python_answer(program: AlignedResponder) -> str:
-    return program(query=QUERY, lm=greedy()).response
+    return program(query=QUERY, lm=greedy(), config=GREEDY).response
 
 
 def test_chat_equals_the_python_program(client: openai.OpenAI, python_answer: str) -> None:
@@ -107,7 +108,7 @@ def test_base_model_completion_equals_the_python_program(program_file: Path, pro
                                                temperature=0, max_tokens=MAX_TOKENS)
     finally:
         server.stop()
-    expected = program(query="Give me a tip for a calm morning.", lm=greedy(model_type="text")).response
+    expected = program(query="Give me a tip for a calm morning.", lm=greedy(model_type="text"), config=GREEDY).response
     assert completion.choices[0].text == expected and completion.object == "text_completion"
 
 

@@ -6,35 +6,49 @@ under ``drpo_dspy``, whose records pass the package's secret-redaction filter.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 access_logger = logging.getLogger("drpo_dspy.serve.access")
 prompt_logger = logging.getLogger("drpo_dspy.serve.prompts")
 
 
-class AccessLogMiddleware:
-    """Pure ASGI middleware: method, path, status, duration, client address, model and program version."""
+_INTERNAL_ERROR = json.dumps({"error": {"message": "Internal server error; the server log names the failure class.",
+                                         "type": "server_error", "param": None, "code": None}}).encode()
 
-    def __init__(self, app: Any):
-        self.app = app
+
+class AccessLogMiddleware:
+    """Pure ASGI middleware: logs method, path, status, duration, client address, model and program version, and
+    turns an unhandled exception into an OpenAI-style 500 whose log line is redacted (no traceback, which could
+    carry prompt text or a key in an exception message)."""
+
+    def __init__(self, app: Any, redact: Callable[[str], str] = str):
+        self.app, self.redact = app, redact
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 500
+        status, answered = 500, False
 
         async def send_and_note(message: dict) -> None:
-            nonlocal status
+            nonlocal status, answered
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, answered = message["status"], True
             await send(message)
 
         try:
             await self.app(scope, receive, send_and_note)
+        except Exception as exc:
+            access_logger.error("unhandled %s", self.redact(f"{type(exc).__name__}: {exc}")[:300])
+            if not answered:
+                await send({"type": "http.response.start", "status": 500,
+                            "headers": [(b"content-type", b"application/json")]})
+                await send({"type": "http.response.body", "body": _INTERNAL_ERROR})
         finally:
             state = scope.get("state") or {}
             client = scope.get("client") or ("-", 0)

@@ -51,7 +51,7 @@ def create_app(settings: ServeSettings, registry: ProgramRegistry, upstream: Ups
                     await task
 
     app = FastAPI(title="drpo serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.add_middleware(AccessLogMiddleware)
+    app.add_middleware(AccessLogMiddleware, redact=redactor.text)
     app.state.registry, app.state.settings, app.state.upstream = registry, settings, upstream
 
     def require_key(request: Request) -> None:
@@ -112,7 +112,7 @@ def create_app(settings: ServeSettings, registry: ProgramRegistry, upstream: Ups
         messages = await prompt_for(program, conversation)
         headers = program_headers(program)
         if decoding.stream:
-            deltas = await from_upstream(upstream.stream(messages, decoding.params))
+            deltas = await from_upstream(upstream.stream(messages, decoding.params, decoding.include_usage))
             return StreamingResponse(_events(kind, program, deltas, decoding, messages), headers=headers,
                                      media_type="text/event-stream")
         completion = await from_upstream(upstream.complete(messages, decoding.params))
@@ -158,7 +158,7 @@ def create_app(settings: ServeSettings, registry: ProgramRegistry, upstream: Ups
         body = await read_body(request)
         program = choose_program(request, body)
         conversation = parse_messages(body.get("messages"), max_messages=settings.max_messages)
-        decoding = parse_decoding(body, settings, allowed=CHAT_FIELDS)
+        decoding = parse_decoding(body, settings, allowed=CHAT_FIELDS, defaults=program.decoding)
         return await answer("chat", conversation, decoding, program)
 
     @app.post("/v1/completions", dependencies=[Depends(require_key)])
@@ -166,7 +166,7 @@ def create_app(settings: ServeSettings, registry: ProgramRegistry, upstream: Ups
         body = await read_body(request)
         program = choose_program(request, body)
         conversation = parse_prompt(body.get("prompt"))
-        decoding = parse_decoding(body, settings, allowed=COMPLETION_FIELDS)
+        decoding = parse_decoding(body, settings, allowed=COMPLETION_FIELDS, defaults=program.decoding)
         return await answer("text", conversation, decoding, program)
 
     @app.get("/v1/models", dependencies=[Depends(require_key)])
@@ -193,12 +193,6 @@ def create_app(settings: ServeSettings, registry: ProgramRegistry, upstream: Ups
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         error = APIError(exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None)
         return JSONResponse(error.body(), status_code=exc.status_code, headers=getattr(exc, "headers", None))
-
-    @app.exception_handler(Exception)
-    async def internal_error(_request: Request, exc: Exception) -> JSONResponse:
-        logger.error("internal error: %s", redactor.text(f"{type(exc).__name__}: {exc}")[:300])
-        error = APIError(500, "Internal server error; the server log has the failure class.", type="server_error")
-        return JSONResponse(error.body(), status_code=500)
 
     return app
 

@@ -37,7 +37,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--base-api-base", help="API base URL of the base model (vLLM, Ollama, a litellm proxy)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--api-key", dest="api_keys", action="append", default=[],
+    parser.add_argument("--api-key", dest="api_keys", action="append", default=[], metavar="KEY",
                         help=f"a key clients must send as 'Authorization: Bearer KEY' (repeatable; also "
                              f"${API_KEYS_ENV}, comma-separated)")
     parser.add_argument("--max-tokens-limit", type=int, default=2048, help="largest max_tokens a client may ask")

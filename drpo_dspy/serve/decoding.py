@@ -89,8 +89,24 @@ def _check_fields(body: dict[str, Any], allowed: set[str]) -> None:
                           code="unsupported_parameter")
 
 
-def parse_decoding(body: dict[str, Any], settings: ServeSettings, *, allowed: set[str]) -> Decoding:
-    """Validate the request's decoding parameters; the DRPO end markers always lead the stop list."""
+def program_defaults(responder: Any) -> dict[str, Any]:
+    """The decoding a program sends on its own in Python (its saved temperature and answer cap, where it has them);
+    the client's parameters override these, as ``config=`` does in ``responder(query=..., config=...)``."""
+    decoding = getattr(responder, "decoding", None)
+    if decoding is not None and callable(getattr(decoding, "config", None)):
+        return dict(decoding.config())
+    cap = getattr(responder, "max_tokens", None)
+    return {"max_tokens": cap} if cap else {}
+
+
+def parse_decoding(body: dict[str, Any], settings: ServeSettings, *, allowed: set[str],
+                   defaults: dict[str, Any] | None = None) -> Decoding:
+    """Validate the request's decoding parameters; the DRPO end markers always lead the stop list.
+
+    ``defaults`` (the program's own decoding) fill what the client leaves out; without any ``max_tokens`` the
+    server's default applies. A program's cap is held to the server's limit; a client's above it is a 400.
+    """
+    defaults = dict(defaults or {})
     _check_fields(body, allowed)
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
@@ -98,7 +114,7 @@ def parse_decoding(body: dict[str, Any], settings: ServeSettings, *, allowed: se
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise bad_request("'stream_options' must be an object", param="stream_options", code="invalid_type")
-    params: dict[str, Any] = {}
+    params: dict[str, Any] = {key: value for key, value in defaults.items() if key != "max_tokens"}
     for name, low, high, low_open in (("temperature", 0, 2, False), ("top_p", 0, 1, True),
                                       ("presence_penalty", -2, 2, False), ("frequency_penalty", -2, 2, False)):
         value = _number(body, name, low, high, low_open=low_open)
@@ -107,7 +123,7 @@ def parse_decoding(body: dict[str, Any], settings: ServeSettings, *, allowed: se
     max_tokens = _integer(body, "max_completion_tokens")
     max_tokens = _integer(body, "max_tokens") if max_tokens is None else max_tokens
     if max_tokens is None:
-        max_tokens = settings.default_max_tokens
+        max_tokens = min(defaults.get("max_tokens") or settings.default_max_tokens, settings.max_tokens_limit)
     elif max_tokens < 1:
         raise bad_request(f"'max_tokens' must be at least 1, got {max_tokens}", param="max_tokens")
     elif max_tokens > settings.max_tokens_limit:

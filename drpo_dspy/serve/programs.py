@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from drpo_dspy import AlignedResponder
+from drpo_dspy.serve.decoding import program_defaults
 from drpo_dspy.serve.settings import ProgramSpec
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class LoadedProgram:
     version: str
     stamp: FileStamp
     loaded_at: float
+    decoding: dict[str, Any]  # the program's own decoding settings (temperature, max_tokens) where it has them
 
 
 _MISSING = FileStamp(-1, -1, -1)
@@ -73,7 +75,8 @@ def load_program(spec: ProgramSpec) -> LoadedProgram:
         if responder.k:
             responder.retrieve("warm-up")  # build embeddings and index now, not on the first request
         if path.read_bytes() == before:
-            return LoadedProgram(spec.name, path, responder, content_version(before), stamp, time.time())
+            return LoadedProgram(spec.name, path, responder, content_version(before), stamp, time.time(),
+                                 program_defaults(responder))
     raise RuntimeError(f"program file {path} kept changing while it was loaded; try again once it is written")
 
 

@@ -84,13 +84,15 @@ class Upstream:
         choices = [Choice(choice.message.content or "", choice.finish_reason or "stop") for choice in response.choices]
         return Completion(choices, *_usage_numbers(response))
 
-    async def stream(self, messages: list[dict[str, str]], params: dict[str, Any]) -> AsyncIterator[Delta]:
+    async def stream(self, messages: list[dict[str, str]], params: dict[str, Any], include_usage: bool = False
+                     ) -> AsyncIterator[Delta]:
         """Open a stream. Failures to reach the model raise here, before the caller has answered anything."""
         if not self.streams:
             completion = await self.complete(messages, params)
             return _single(completion)
+        extra = {"stream_options": {"include_usage": True}} if include_usage else {}
         response = await litellm.acompletion(model=self.route, messages=messages, stream=True, **self.options,
-                                             **params)
+                                             **params, **extra)
         chunks = response.__aiter__()
         try:
             first = await chunks.__anext__()
