@@ -29,6 +29,7 @@ from drpo_dspy.retrievers.embedders import HashingEmbedder  # noqa: E402
 from drpo_dspy.serve import BackgroundServer, ProgramRegistry, ProgramSpec, ServeSettings, create_app  # noqa: E402
 from drpo_dspy.serve.conversation import Conversation, example_pairs, layout_messages  # noqa: E402
 from drpo_dspy.serve.decoding import program_defaults  # noqa: E402
+from drpo_dspy.serve.programs import content_version  # noqa: E402
 from drpo_dspy.testing import last_user_text, scripted_lm, system_text  # noqa: E402
 from drpo_dspy.testing.fault_injection import (  # noqa: E402
     always,
@@ -470,6 +471,8 @@ def test_serve_command(tmp_path: Path, program_file: Path, monkeypatch: pytest.M
     with pytest.raises(SystemExit):
         parser.parse_args(["serve", "--program", "no-equals-sign"])
     assert command.run(parser.parse_args(["serve"])) == 2  # nothing to serve
+    unknown = parser.parse_args(["serve", str(program_file), "--base-model", "nonsense-provider/model"])
+    assert command.run(unknown) == 2 and "names no litellm provider" in capsys.readouterr().err
 
 
 def test_models_and_health(served: Served) -> None:
@@ -531,3 +534,40 @@ def test_the_programs_own_answer_cap_applies_when_the_client_sets_none(tmp_path:
         s.server.stop()
     load(path)(query="Hi", lm=base)
     assert [p["max_tokens"] for p in seen] == [40, 7, 48]  # the program's 48, held to the server's limit of 40
+
+
+def test_requests_under_load_survive_repeated_swaps(tmp_path: Path) -> None:
+    path = write_program(tmp_path / "program.json", "You are version 0.")
+    s = Served({"aligned": path}, scripted_lm(echo, latency=0.01))
+    versions = {s.registry.get("aligned").version}
+    answers: list[Any] = []
+    failures: list[BaseException] = []
+
+    def client_loop() -> None:
+        try:
+            answers.extend(chat(s.client, "Hi") for _ in range(15))
+        except BaseException as exc:  # collected and asserted below
+            failures.append(exc)
+
+    try:
+        workers = [threading.Thread(target=client_loop) for _ in range(4)]
+        for worker in workers:
+            worker.start()
+        for version in range(1, 5):
+            write_program(tmp_path / "next.json", f"You are version {version}.").replace(path)
+            s.registry.reload_changed()
+            versions.add(s.registry.get("aligned").version)
+            time.sleep(0.05)
+        for worker in workers:
+            worker.join(timeout=60)
+    finally:
+        s.server.stop()
+    assert not failures and len(answers) == 60 and len(versions) == 5
+    for answer in answers:  # every answer is whole and consistent with the version it names
+        assert answer.system_fingerprint in versions
+        number = answer.choices[0].message.content.split("You are version ")[1][0]
+        assert answer.system_fingerprint == content_version(write_bytes(tmp_path, int(number)))
+
+
+def write_bytes(tmp_path: Path, version: int) -> bytes:
+    return write_program(tmp_path / f"check-{version}.json", f"You are version {version}.").read_bytes()

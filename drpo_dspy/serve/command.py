@@ -75,16 +75,19 @@ def run(args: argparse.Namespace) -> int:
 
     from drpo_dspy.serve.app import create_app
     from drpo_dspy.serve.programs import ProgramRegistry
+    from drpo_dspy.serve.upstream import Upstream
 
+    litellm.suppress_debug_info = True  # no "Give Feedback / Get Help" banner on every upstream failure
     try:
         settings, specs = settings_from_args(args)
         registry = ProgramRegistry(specs)
+        upstream = Upstream(settings)  # checks the base model string (and the embedded runtime) first: cheap
         registry.load_all()
+        app = create_app(settings, registry, upstream)
     except (ValueError, OSError, ImportError) as exc:
         print(f"drpo serve: {exc}", file=sys.stderr)
         return 2
     logging.getLogger("drpo_dspy.serve").setLevel(logging.INFO)
-    litellm.suppress_debug_info = True  # no "Give Feedback / Get Help" banner on every upstream failure
     if not settings.loopback_only and not settings.requires_key:
         print(f"drpo serve: WARNING: listening on {settings.host} with no API key: anyone who can reach this "
               f"port can use the base model; pass --api-key or set {API_KEYS_ENV}", file=sys.stderr)
@@ -92,6 +95,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"serving {program.name} = {program.path} ({program.version})", file=sys.stderr)
     print(f"base model {settings.base_model} ({settings.base_model_type}); OpenAI API at "
           f"http://{settings.host}:{settings.port}/v1", file=sys.stderr)
-    app = create_app(settings, registry)
     uvicorn.run(app, host=settings.host, port=settings.port, access_log=False, log_level="warning")
     return 0

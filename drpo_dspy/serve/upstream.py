@@ -15,7 +15,7 @@ from typing import Any
 import litellm
 from litellm import CustomLLM
 
-from drpo_dspy.clients.embedded import EMBEDDED_PROVIDER, register_embedded_provider
+from drpo_dspy.clients.embedded import EMBEDDED_PROVIDER, ensure_embedded_runtime, register_embedded_provider
 from drpo_dspy.clients.raw_text import RAW_TEXT_PROVIDER, register_raw_text_provider
 from drpo_dspy.serve.settings import ServeSettings
 
@@ -65,7 +65,14 @@ class Upstream:
     def __init__(self, settings: ServeSettings):
         self.model = settings.base_model
         if self.model.startswith(f"{EMBEDDED_PROVIDER}/"):
+            ensure_embedded_runtime()  # ImportError with the pip command, at startup rather than per request
             register_embedded_provider()
+        try:
+            litellm.get_llm_provider(self.model)
+        except Exception:
+            raise ValueError(f"--base-model {self.model!r} names no litellm provider; use a litellm model string such "
+                             "as openai/gpt-4o-mini, hosted_vllm/<model>, ollama_chat/<model> or "
+                             "embedded/smollm2-135m") from None
         if settings.base_model_type == "text":
             register_raw_text_provider()
             self.route = f"{RAW_TEXT_PROVIDER}/{self.model}"
