@@ -571,3 +571,40 @@ def test_requests_under_load_survive_repeated_swaps(tmp_path: Path) -> None:
 
 def write_bytes(tmp_path: Path, version: int) -> bytes:
     return write_program(tmp_path / f"check-{version}.json", f"You are version {version}.").read_bytes()
+
+
+def test_requests_beyond_the_concurrency_limit_get_a_503(program_file: Path) -> None:
+    s = Served({"aligned": program_file}, scripted_lm(echo, latency=0.6), max_concurrent=2)
+    results: list[Any] = []
+
+    def slow(stream: bool) -> None:
+        if stream:
+            results.append("".join(c.choices[0].delta.content or "" for c in chat(s.client, "Hi", stream=True)
+                                   if c.choices))
+        else:
+            results.append(chat(s.client, "Hi").choices[0].message.content)
+
+    try:
+        workers = [threading.Thread(target=slow, args=(stream,)) for stream in (False, True)]
+        for worker in workers:
+            worker.start()
+        time.sleep(0.3)  # both are waiting on the base model
+        with pytest.raises(openai.APIStatusError) as caught:
+            chat(s.client, "Hi")
+        for worker in workers:
+            worker.join(timeout=30)
+        abandoned = s.client.chat.completions.create(model="aligned", stream=True,
+                                                     messages=[{"role": "user", "content": "Hi"}])
+        next(iter(abandoned))
+        abandoned.close()  # a client that hangs up mid-stream frees its slot too
+        admission = s.server.app.state.admission
+        deadline = time.monotonic() + 10
+        while admission.active and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert admission.active == 0
+        after = [chat(s.client, "Hi").choices[0].message.content for _ in range(2)]
+    finally:
+        s.server.stop()
+    assert caught.value.status_code == 503 and caught.value.response.headers["retry-after"] == "1"
+    assert caught.value.body["type"] == "server_busy" and len(results) == 2 and results[0] == results[1]
+    assert after == results

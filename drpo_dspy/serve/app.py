@@ -12,7 +12,8 @@ import contextlib
 import hmac
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -21,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from drpo_dspy.adapters.drpo_layout import extract_answer
 from drpo_dspy.serve.access_log import AccessLogMiddleware, log_exchange
+from drpo_dspy.serve.admission import Admission
 from drpo_dspy.serve.answer_stream import AnswerStream
 from drpo_dspy.serve.conversation import Conversation, example_pairs, layout_messages, parse_messages, parse_prompt
 from drpo_dspy.serve.decoding import CHAT_FIELDS, COMPLETION_FIELDS, Decoding, parse_decoding
@@ -37,6 +39,7 @@ def create_app(settings: ServeSettings, registry: ProgramRegistry, upstream: Ups
     """The app for already loaded programs; hot reload runs in the app's lifespan when ``reload_interval > 0``."""
     upstream = upstream or Upstream(settings)
     redactor = settings.redactor()
+    admission = Admission(settings.max_concurrent)
     keys = [key.encode() for key in settings.api_keys]
 
     @contextlib.asynccontextmanager
@@ -53,6 +56,7 @@ def create_app(settings: ServeSettings, registry: ProgramRegistry, upstream: Ups
     app = FastAPI(title="drpo serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(AccessLogMiddleware, redact=redactor.text)
     app.state.registry, app.state.settings, app.state.upstream = registry, settings, upstream
+    app.state.admission = admission
 
     def require_key(request: Request) -> None:
         if not keys:
@@ -109,13 +113,20 @@ def create_app(settings: ServeSettings, registry: ProgramRegistry, upstream: Ups
 
     async def answer(kind: str, conversation: Conversation,
                      decoding: Decoding, program: LoadedProgram) -> Any:
-        messages = await prompt_for(program, conversation)
-        headers = program_headers(program)
-        if decoding.stream:
-            deltas = await from_upstream(upstream.stream(messages, decoding.params, decoding.include_usage))
-            return StreamingResponse(_events(kind, program, deltas, decoding, messages), headers=headers,
-                                     media_type="text/event-stream")
-        completion = await from_upstream(upstream.complete(messages, decoding.params))
+        release, streaming = admission.enter(), False
+        try:
+            messages = await prompt_for(program, conversation)
+            headers = program_headers(program)
+            if decoding.stream:
+                deltas = await from_upstream(upstream.stream(messages, decoding.params, decoding.include_usage))
+                events = _events(kind, program, deltas, decoding, messages, release)
+                weakref.finalize(events, release)  # a stream dropped before it started still frees its slot
+                streaming = True
+                return StreamingResponse(events, headers=headers, media_type="text/event-stream")
+            completion = await from_upstream(upstream.complete(messages, decoding.params))
+        finally:
+            if not streaming:
+                release()
         answers = [(extract_answer(choice.text), choice.finish_reason) for choice in completion.choices]
         if settings.log_prompts:
             log_exchange(program.name, program.version, messages, [text for text, _ in answers])
@@ -123,7 +134,15 @@ def create_app(settings: ServeSettings, registry: ProgramRegistry, upstream: Ups
         return JSONResponse(completion_body(kind, program, answers, tokens), headers=headers)
 
     async def _events(kind: str, program: LoadedProgram, deltas: AsyncIterator[Delta], decoding: Decoding,
-                      messages: list[dict[str, str]]) -> AsyncIterator[str]:
+                      messages: list[dict[str, str]], release: Callable[[], None]) -> AsyncIterator[str]:
+        try:
+            async for event in _event_stream(kind, program, deltas, decoding, messages):
+                yield event
+        finally:
+            release()
+
+    async def _event_stream(kind: str, program: LoadedProgram, deltas: AsyncIterator[Delta], decoding: Decoding,
+                            messages: list[dict[str, str]]) -> AsyncIterator[str]:
         writer, stream, finish = ChunkWriter(kind, program), AnswerStream(), "stop"
         tokens = (0, 0)
         if kind == "chat":

@@ -45,6 +45,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--max-n", type=int, default=4, help="largest n (choices per request)")
     parser.add_argument("--max-request-bytes", type=int, default=1_000_000, help="largest request body")
     parser.add_argument("--max-messages", type=int, default=200, help="most messages in one chat request")
+    parser.add_argument("--max-concurrent", type=int, default=64,
+                        help="requests answered at once; more get 503 with Retry-After (protects the base model)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the base model")
     parser.add_argument("--upstream-retries", type=int, default=0,
                         help="retries of a failed base-model call (clients also retry on Retry-After)")
@@ -63,7 +65,8 @@ def settings_from_args(args: argparse.Namespace) -> tuple[ServeSettings, list[Pr
         base_model=args.base_model, base_model_type=args.base_model_type, base_api_base=args.base_api_base,
         host=args.host, port=args.port, api_keys=keys, max_request_bytes=args.max_request_bytes,
         max_tokens_limit=args.max_tokens_limit, default_max_tokens=args.default_max_tokens, max_n=args.max_n,
-        max_messages=args.max_messages, upstream_timeout=args.timeout, upstream_retries=args.upstream_retries,
+        max_messages=args.max_messages, max_concurrent=args.max_concurrent, upstream_timeout=args.timeout,
+        upstream_retries=args.upstream_retries,
         reload_interval=args.reload_interval, log_prompts=args.log_prompts)
     return settings, specs
 

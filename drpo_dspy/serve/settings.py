@@ -37,6 +37,7 @@ class ServeSettings:
     default_max_tokens: int = 512
     max_n: int = 4
     max_messages: int = 200
+    max_concurrent: int = 64  # requests answered at once; one more is a 503 with Retry-After
     upstream_timeout: float = 120.0
     upstream_retries: int = 0
     reload_interval: float = 2.0  # seconds between checks of the program files; 0 disables hot reload
@@ -45,7 +46,8 @@ class ServeSettings:
     def __post_init__(self) -> None:
         if self.base_model_type not in ("chat", "text"):
             raise ValueError(f"base_model_type must be 'chat' or 'text', got {self.base_model_type!r}")
-        for name in ("max_request_bytes", "max_tokens_limit", "default_max_tokens", "max_n", "max_messages"):
+        for name in ("max_request_bytes", "max_tokens_limit", "default_max_tokens", "max_n", "max_messages",
+                     "max_concurrent"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
