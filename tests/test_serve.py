@@ -279,6 +279,8 @@ def test_bad_request_through_the_openai_client(served: Served) -> None:
                          headers={"Content-Type": "application/json"})
     assert broken.status_code == 400 and "not valid JSON" in broken.json()["error"]["message"]
     assert served.http("POST", "/v1/completions", json={"model": "aligned", "prompt": ["a", "b"]}).status_code == 400
+    deep = served.http("POST", "/v1/chat/completions", content=b"[" * 100_000 + b"]" * 100_000)
+    assert deep.status_code == 400 and "nested too deeply" in deep.json()["error"]["message"]
 
 
 def test_request_size_is_limited(program_file: Path, base: dspy.LM) -> None:

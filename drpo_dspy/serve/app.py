@@ -81,6 +81,8 @@ def create_app(settings: ServeSettings, registry: ProgramRegistry, upstream: Ups
             body = json.loads(bytes(data))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise bad_request(f"The request body is not valid JSON ({exc}).", code="invalid_json") from None
+        except RecursionError:
+            raise bad_request("The request body is nested too deeply.", code="invalid_json") from None
         if not isinstance(body, dict):
             raise bad_request("The request body must be a JSON object.", code="invalid_json")
         return body
