@@ -190,13 +190,18 @@ def main(argv: list[str] | None = None) -> int:
                      "judge_model": judge_lm.model if judge_lm is not None else None,
                      "program": str(program.relative_to(ROOT) if program.is_relative_to(ROOT) else program),
                      "systems": {s.name: s.details for s in systems}},
-        "commands": {"bench": "nice python bench/bench_alignment.py " + " ".join(argv or sys.argv[1:]),
+        "commands": {"bench": " ".join(["nice python bench/bench_alignment.py",
+                                        *(a for a in (argv or sys.argv[1:]) if a != "--report-only")]),
                      "compile": " ".join(compile_cmd) if compile_cmd else None},
         "wall_seconds": {"compile": compile_s, "this_run": round(time.perf_counter() - started, 1),
                          "answering_per_system": {k: round(v, 1) for k, v in seconds.items()}},
         "benchmarks": summary["benchmarks"],
         "table_markdown": markdown,
     }
+    if args.report_only and args.results.is_file():  # keep the wall time of the run that answered
+        previous = json.loads(args.results.read_text(encoding="utf-8")).get("wall_seconds", {})
+        results["wall_seconds"]["this_run"] = previous.get("this_run")
+        results["wall_seconds"]["rescored"] = True
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(markdown)
