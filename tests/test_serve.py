@@ -610,3 +610,25 @@ def test_requests_beyond_the_concurrency_limit_get_a_503(program_file: Path) -> 
     assert caught.value.status_code == 503 and caught.value.response.headers["retry-after"] == "1"
     assert caught.value.body["type"] == "server_busy" and len(results) == 2 and results[0] == results[1]
     assert after == results
+
+
+def test_the_server_holds_a_slow_base_model_to_its_timeout(program_file: Path) -> None:
+    s = Served({"aligned": program_file}, scripted_lm(echo, latency=1.5), upstream_timeout=0.2)
+    try:
+        with pytest.raises(openai.APIStatusError) as caught:  # the model would answer (200), but too late
+            chat(s.client, "Hi")
+        streamed = s.http("POST", "/v1/chat/completions", json={**ONE_TURN, "stream": True})
+    finally:
+        s.server.stop()
+    assert caught.value.status_code == 504 == streamed.status_code
+    assert caught.value.response.headers["retry-after"] == "1"
+    assert "timeout" in caught.value.body["message"]
+
+
+def test_drpo_serve_is_a_drpo_command(program_file: Path) -> None:
+    from drpo_dspy.cli import build_parser
+    from drpo_dspy.serve import command
+
+    args = build_parser().parse_args(["serve", str(program_file), "--port", "8123"])
+    settings, specs = command.settings_from_args(args)
+    assert settings.port == 8123 and specs[0].path == program_file

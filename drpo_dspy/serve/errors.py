@@ -44,6 +44,7 @@ def too_large(limit: int) -> APIError:
 # litellm exception class name -> (HTTP status, error type, default Retry-After seconds or None)
 _UPSTREAM_STATUS: dict[str, tuple[int, str, float | None]] = {
     "Timeout": (504, "upstream_timeout", 1.0),
+    "TimeoutError": (504, "upstream_timeout", 1.0),  # the server's own deadline (asyncio.wait_for)
     "RateLimitError": (503, "upstream_rate_limited", 1.0),
     "ServiceUnavailableError": (503, "upstream_unavailable", 1.0),
     "APIConnectionError": (502, "upstream_unreachable", 1.0),
@@ -79,7 +80,7 @@ def upstream_error(exc: BaseException, redactor: Redactor) -> APIError:
     The message names the failure class and carries the upstream's words with every known secret masked.
     """
     names = _class_names(exc)
-    detail = redactor.text(str(exc))[:500]
+    detail = redactor.text(str(exc))[:500] or "no answer within the server's timeout"
     if "ContextWindowExceededError" in names:
         return bad_request(f"The conversation is too long for the base model: {detail}", param="messages",
                            code="context_length_exceeded")

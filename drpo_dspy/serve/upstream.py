@@ -8,6 +8,7 @@ their answer is streamed as it arrives from that call.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -78,6 +79,7 @@ class Upstream:
             self.route = f"{RAW_TEXT_PROVIDER}/{self.model}"
         else:
             self.route = self.model
+        self.timeout = settings.upstream_timeout
         self.options: dict[str, Any] = {"timeout": settings.upstream_timeout,
                                         "num_retries": settings.upstream_retries}
         if settings.base_api_base:
@@ -86,8 +88,14 @@ class Upstream:
             self.options["api_key"] = settings.base_api_key
         self.streams = provider_streams(self.route)
 
+    async def _call(self, **request: Any) -> Any:
+        """One litellm call, held to the timeout even where a provider ignores it (in-process and custom ones):
+        past it the caller gets ``TimeoutError`` (the provider's work, if any, finishes unobserved)."""
+        budget = self.timeout * (1 + self.options["num_retries"])
+        return await asyncio.wait_for(litellm.acompletion(model=self.route, **self.options, **request), budget)
+
     async def complete(self, messages: list[dict[str, str]], params: dict[str, Any]) -> Completion:
-        response = await litellm.acompletion(model=self.route, messages=messages, **self.options, **params)
+        response = await self._call(messages=messages, **params)
         choices = [Choice(choice.message.content or "", choice.finish_reason or "stop") for choice in response.choices]
         return Completion(choices, *_usage_numbers(response))
 
@@ -98,11 +106,10 @@ class Upstream:
             completion = await self.complete(messages, params)
             return _single(completion)
         extra = {"stream_options": {"include_usage": True}} if include_usage else {}
-        response = await litellm.acompletion(model=self.route, messages=messages, stream=True, **self.options,
-                                             **params, **extra)
+        response = await self._call(messages=messages, stream=True, **params, **extra)
         chunks = response.__aiter__()
         try:
-            first = await chunks.__anext__()
+            first = await asyncio.wait_for(chunks.__anext__(), self.timeout)
         except StopAsyncIteration:
             return _single(Completion([Choice("", "stop")]))
         return _deltas(first, chunks)
