@@ -55,6 +55,23 @@ def echo(messages: list[dict[str, Any]], params: dict[str, Any]) -> str:
            "\n<END>\nthis text is after the end marker"
 
 
+class Gate:
+    """A base model that holds every answer until the test opens the gate; ``wait_for(n)`` waits for n callers."""
+
+    def __init__(self) -> None:
+        self.arrived = threading.Semaphore(0)
+        self.open = threading.Event()
+
+    def script(self, messages: list[dict[str, Any]], params: dict[str, Any]) -> str:
+        self.arrived.release()
+        self.open.wait(timeout=30)
+        return echo(messages, params)
+
+    def wait_for(self, callers: int) -> None:
+        for _ in range(callers):
+            assert self.arrived.acquire(timeout=30), "the request never reached the base model"
+
+
 def write_program(path: Path, instructions: str = "You are a careful, honest assistant.") -> Path:
     AlignedResponder(instructions, EXAMPLES, k=1, embedder=HashingEmbedder()).save(str(path))
     return path
@@ -393,8 +410,8 @@ def test_several_programs_one_model_name_each(tmp_path: Path, base: dspy.LM) -> 
 
 def test_hot_reload_swaps_without_dropping_a_request_in_flight(tmp_path: Path) -> None:
     path = write_program(tmp_path / "program.json", "You are version one.")
-    base = scripted_lm(echo, latency=0.5)
-    s = Served({"aligned": path}, base)
+    gate = Gate()
+    s = Served({"aligned": path}, scripted_lm(gate.script))
     results: dict[str, Any] = {}
 
     def slow_request() -> None:
@@ -404,9 +421,10 @@ def test_hot_reload_swaps_without_dropping_a_request_in_flight(tmp_path: Path) -
         old = s.registry.get("aligned").version
         worker = threading.Thread(target=slow_request)
         worker.start()
-        time.sleep(0.15)  # the request has its program and is waiting on the base model
+        gate.wait_for(1)  # the request has its program and is waiting on the base model
         write_program(tmp_path / "next.json", "You are version two.").replace(path)
         assert s.registry.reload_changed() == ["aligned"]
+        gate.open.set()
         worker.join(timeout=30)
         after = chat(s.client, "Hi")
     finally:
@@ -576,7 +594,8 @@ def write_bytes(tmp_path: Path, version: int) -> bytes:
 
 
 def test_requests_beyond_the_concurrency_limit_get_a_503(program_file: Path) -> None:
-    s = Served({"aligned": program_file}, scripted_lm(echo, latency=0.6), max_concurrent=2)
+    gate = Gate()
+    s = Served({"aligned": program_file}, scripted_lm(gate.script), max_concurrent=2)
     results: list[Any] = []
 
     def slow(stream: bool) -> None:
@@ -590,9 +609,10 @@ def test_requests_beyond_the_concurrency_limit_get_a_503(program_file: Path) -> 
         workers = [threading.Thread(target=slow, args=(stream,)) for stream in (False, True)]
         for worker in workers:
             worker.start()
-        time.sleep(0.3)  # both are waiting on the base model
+        gate.wait_for(2)  # both are waiting on the base model
         with pytest.raises(openai.APIStatusError) as caught:
             chat(s.client, "Hi")
+        gate.open.set()
         for worker in workers:
             worker.join(timeout=30)
         abandoned = s.client.chat.completions.create(model="aligned", stream=True,
