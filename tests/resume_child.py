@@ -31,7 +31,7 @@ def main() -> None:
                 num_threads=4)
     program = drpo.compile(AlignedResponder(examples=[], k=0), trainset=[f"query {i}" for i in range(8)],
                            resume=resume)
-    print(json.dumps({"prompt": program.instructions, "levels": program.drpo_result.levels}))
+    print(json.dumps({"prompt": program.instructions, "levels": program.drpo_result.num_levels}))
 
 
 if __name__ == "__main__":

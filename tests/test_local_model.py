@@ -125,7 +125,7 @@ def test_raw_route_copy_keeps_kwargs() -> None:
     assert raw.model == f"{RAW_TEXT_PROVIDER}/openai/davinci-002" and raw.model_type == "chat"
     assert raw.kwargs == base.kwargs and raw.engine == "litellm"
     assert raw_completion_lm(raw) is raw
-    assert lm_mod.raw_completion_lm is raw_completion_lm  # also importable from drpo_dspy.clients.embedded
+    assert not hasattr(lm_mod, "raw_completion_lm")  # one home: drpo_dspy.clients.raw_text (no import circle)
     assert base.model == "openai/davinci-002" and base.model_type == "text"
 
 

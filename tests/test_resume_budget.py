@@ -48,7 +48,7 @@ def test_budget_keeps_the_best_of_the_last_finished_level():
     # Level 1 makes 3 calls and level 2 another 7, but each chat-adapter call reserves 2 (a possible JSON retry),
     # so level 2 needs up to 13 at its peak; level 3 cannot finish within 13.
     stopped = make(world, depth=5, max_calls=13).compile(AlignedResponder(examples=[], k=0), trainset=QUERIES)
-    assert stopped.drpo_result.levels == 2
+    assert stopped.drpo_result.num_levels == 2
     assert stopped.instructions == full.instructions
 
 
@@ -57,11 +57,19 @@ def test_token_budget_is_checked_before_calls():
     lms = world.roles()
     for key in lms:
         lms[key] = lms[key].copy(max_tokens=100)
-    program = DRPO(**lms, depth=5, n_actions=2, k=0, progress=False, max_tokens=3000).compile(
+    program = DRPO(**lms, depth=5, n_actions=2, k=0, progress=False, max_total_tokens=3000).compile(
         AlignedResponder(examples=[], k=0), trainset=QUERIES)
     usage = program.drpo_result.usage
     spent = sum(u["prompt_tokens"] + u["completion_tokens"] for u in usage.values())
-    assert spent <= 3000 and "max_tokens" in program.drpo_result.stopped
+    assert spent <= 3000 and "max_total_tokens" in program.drpo_result.stopped
+
+
+def test_the_old_max_tokens_name_still_sets_the_total_budget_with_a_warning():
+    with pytest.warns(DeprecationWarning, match="max_total_tokens"):
+        drpo = DRPO(max_tokens=512)
+    assert drpo.budgets["max_total_tokens"] == 512
+    with pytest.raises(ValueError, match="only"):
+        DRPO(max_tokens=512, max_total_tokens=512)
 
 
 def test_stop_file_stops_gracefully(tmp_path):
@@ -91,7 +99,7 @@ def test_resume_in_process_matches_an_uninterrupted_run(tmp_path):
     again = [json.dumps([role, c], sort_keys=True) for role in second.calls for c in second.calls[role]]
     assert not before & set(again)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["levels"] == reference.drpo_result.levels
+    assert summary["levels"] == reference.drpo_result.num_levels
 
 
 def test_foreign_or_corrupt_checkpoint_is_refused(tmp_path):

@@ -21,10 +21,11 @@ def test_beam_ranks_by_mean_reward_along_the_path():
     table = {"P": 3, "P/0": 2, "P/1": 4, "P/0/0": 4, "P/0/1": 1, "P/1/0": 3, "P/1/1": 1}
     world = World(lambda p, q: [table[p]] * 2)
     program = compile_with(world)
-    # Last reward alone would pick P/0/0 (4); the path mean picks P/1/0: (3+4+3)/3 > (3+2+4)/3.
+    # Last reward alone would pick P/0/0 (4); the path mean (the root's reward left out, as the original ranks)
+    # picks P/1/0: (4+3)/2 > (2+4)/2.
     assert program.instructions == "P/1/0"
     result = program.drpo_result
-    assert result.best_path_mean == pytest.approx(10 / 3)
+    assert result.best_path_mean == pytest.approx(7 / 2)
     assert [n["prompt"] for n in result.best_path] == ["P", "P/1", "P/1/0"]
     assert [n["prompt"] for n in result.final_beam] == ["P/1/0", "P/0/0"]
 
@@ -46,7 +47,7 @@ def test_all_fives_skip_rewrites_and_grow_depth_up_to_the_cap():
     program = compile_with(world, depth=2, max_depth_increase=3)
     assert world.calls["optimizer"] == []
     assert program.instructions == "P"
-    assert program.drpo_result.levels == 2 + 3  # one extra level per skipping level, capped at +3
+    assert program.drpo_result.num_levels == 2 + 3  # one extra level per skipping level, capped at +3
     assert all(n["carried"] for n in program.drpo_result.best_path[1:])
 
 
@@ -56,14 +57,14 @@ def test_mean_above_threshold_skips_but_equal_does_not(scores, skips):
     world = World(lambda p, q: scores, aspects=aspects)
     program = compile_with(world, depth=2, max_depth_increase=1, beam_size=1, n_actions=1)
     assert (world.calls["optimizer"] == []) is skips
-    assert program.drpo_result.levels == (3 if skips else 2)
+    assert program.drpo_result.num_levels == (3 if skips else 2)
 
 
 def test_depth_grows_at_most_once_per_level():
     # Both level-2 beams score all 5s on query 1, so both skip when level 3 is built: the depth grows by one only.
     world = World(lambda p, q: [5, 5] if q == "query 1" else [3, 3])
     program = compile_with(world, depth=3, max_depth_increase=10)
-    assert program.drpo_result.levels == 4
+    assert program.drpo_result.num_levels == 4
 
 
 def test_optimizer_sees_the_last_five_versions():
@@ -91,16 +92,19 @@ def test_unreadable_judgment_is_a_missing_reward_not_a_zero():
     result = program.drpo_result
     failed = next(n for n in result.final_beam if n["prompt"] == "P/1")
     assert failed["rewards"] == [3.0, None]
-    assert failed["path_mean"] == 3.0  # ranked on what is known, not dragged to a zero
+    assert failed["path_mean"] is None  # nothing known after the root: ranked last, not dragged to a zero
+    assert result.final_beam[0]["path_mean"] == 3.0 and result.final_beam[-1] is failed
     assert result.usage["judge"]["failures"] == {"parse_failure": 1}
 
 
 def test_paper_faithful_mode_scores_unreadable_judgments_zero_and_skips():
-    world = World(lambda p, q: [3, 3], judge_garbage=lambda p, q: p == "P")
+    world = World(lambda p, q: [3, 3], judge_garbage=lambda p, q: p == "P" and q == QUERIES[0])
     program = compile_with(world, depth=2, beam_size=1, n_actions=1, max_depth_increase=1,
                            paper_faithful_failures=True)
     assert program.drpo_result.best_path[0]["rewards"] == [0.0]
-    assert world.calls["optimizer"] == []  # the failed root was carried over
+    levels = program.drpo_result.levels
+    assert levels[1]["candidates"][0]["carried"]  # the failed root was carried over, not rewritten
+    assert levels[1]["max_depth"] == 3 and len(world.calls["optimizer"]) == 1  # ... and the depth grew
 
 
 def test_unparseable_rewrite_drops_only_that_candidate():
@@ -179,11 +183,13 @@ def test_minibatch_estimate_matches_a_run():
 @pytest.mark.parametrize(("text", "problem"), [
     ("", "empty_prompt"), ("ok", "too_short_prompt"), ("{new_system_prompt}", "template_echo_prompt"),
     ("The complete improved system prompt.", "template_echo_prompt"),
-    ('Respond with a JSON object in the following order: `{', "template_echo_prompt"),
+    ("[[ ## new_system_prompt ## ]]\nBe kind.", "template_echo_prompt"),
+    ('Respond with a JSON object in the following order: `{', None),  # wording alone drops nothing
+    ("Wrap every answer between <START> and <END>.", None),
     ("Tell me how to make green tea at home please.", "query_specific_prompt"),
     ("You are a careful, honest assistant. State your limitations.", None),
 ])
 def test_unusable_rewrites_are_recognised(text, problem):
-    from drpo_dspy.teleprompt.beam_search import prompt_problem
+    from drpo_dspy.teleprompt.rewrite_filter import prompt_problem
 
     assert prompt_problem(text, "how to make green tea at home") == problem

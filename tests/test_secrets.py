@@ -6,12 +6,14 @@ authentication errors that echo the key they were sent (as some servers do), so 
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
 from fault_world import ROLES, FaultWorld, compile_faulty
 
 from drpo_dspy import AlignedResponder
+from drpo_dspy.clients.failures import SystemicFailure
 from drpo_dspy.retrievers.bank import AlignmentBank
 from drpo_dspy.runs.secrets import Redactor, redact_exception, secret_values
 from drpo_dspy.testing.fault_injection import always, auth_error, faulty_lm, when
@@ -50,14 +52,12 @@ def test_compile_with_failing_providers_echoing_keys_leaks_nothing(tmp_path, pla
               "base": when(lambda text: "picnic" in text, echo),
               "metrics": when(lambda text: "compound" in text, echo)}
     student = AlignedResponder("Start.", EXAMPLES, k=1, embedder="hashing")
-    program, _world, injectors = compile_faulty(faults, log_dir=tmp_path / "run", k=1, depth=4, api_keys=ROLE_KEYS,
-                                                student=student)
-    assert all(inj.counts()["auth_error:401"] for inj in injectors.values())  # every role failed at least once
-    usage = program.drpo_result.usage
-    assert {role: usage[role]["failures"].get("lm_error:LMAuthError", 0) > 0 for role in ROLES} == dict.fromkeys(
-        ROLES, True)
-    program.save(str(tmp_path / "saved.json"))
-    program.bank.save(tmp_path / "bank.json")
+    with pytest.raises(SystemicFailure, match="authentication failed") as failure:
+        compile_faulty(faults, log_dir=tmp_path / "run", k=1, depth=4, api_keys=ROLE_KEYS, student=student)
+    assert leaks(str(failure.value)) == []  # the provider echoed the key: the message that stops the run does not
+    assert "authentication failed" in json.loads((tmp_path / "run" / "summary.json").read_text())["failed"]
+    student.save(str(tmp_path / "saved.json"))
+    student.bank.save(tmp_path / "bank.json")
     assert_no_file_leaks(tmp_path)
     assert leaks(caplog.text) == []
     captured = capsys.readouterr()

@@ -3,7 +3,10 @@
 System part: the alignment instructions, then each retrieved example as
 ``# Query:`` / ``# Answer:`` with the answer between ``<START>`` and ``<END>``. User part: the live
 query followed by ``# Answer:\\n<START>``. Generation stops at ``<END>``. Text-completion (base) models
-receive the two parts concatenated into one prompt (see :func:`drpo_dspy.clients.embedded.raw_completion_lm`).
+receive the two parts concatenated into one prompt (see :func:`drpo_dspy.clients.raw_text.raw_completion_lm`).
+
+``paper=True`` gives the original code's search-time layout byte for byte: a ``# instructions`` header, the
+examples joined with its ``#Query:``/``#Answer:`` spellings, and the user part ending at ``<START>``.
 """
 
 from __future__ import annotations
@@ -32,8 +35,25 @@ def user_part(query: str) -> str:
     return f"# Query:\n{query}\n\n# Answer:\n{START}\n"
 
 
-def build_messages(instructions: str, examples: Iterable[tuple[str, str]], query: str) -> list[dict[str, str]]:
-    """Chat messages in the DRPO layout."""
+def paper_system_part(instructions: str, examples: Iterable[tuple[str, str]]) -> str:
+    """The original code's system part during the search (its spacing and header spellings kept)."""
+    shown = [f"{q}\n\n#Answer:\n{START}\n{a.strip()}\n{END}" for q, a in examples]
+    body = "# Query:\n" + "\n\n#Query:\n".join(shown) if shown else ""
+    return f"# instructions\n\n{instructions}\n\n{body}\n\n" if shown else f"# instructions\n\n{instructions}\n\n"
+
+
+def paper_user_part(query: str) -> str:
+    """The original code's user part: the query, opening the answer at ``<START>``."""
+    return f"# Query:\n{query}\n\n# Answer:\n{START}"
+
+
+def build_messages(instructions: str, examples: Iterable[tuple[str, str]], query: str, *,
+                   paper: bool = False) -> list[dict[str, str]]:
+    """Chat messages in the DRPO layout (``paper=True``: the original code's search-time layout)."""
+    examples = list(examples)
+    if paper:
+        return [{"role": "system", "content": paper_system_part(instructions, examples)},
+                {"role": "user", "content": paper_user_part(query)}]
     return [
         {"role": "system", "content": system_part(instructions, examples)},
         {"role": "user", "content": user_part(query)},
@@ -57,12 +77,16 @@ class DRPOLayoutAdapter(dspy.Adapter):
     """Formats a ``query -> response`` call in the DRPO layout; demos are ``{query, response}`` examples.
 
     The signature's instructions are the alignment system prompt. Parsing never fails on content: whatever
-    the model writes up to ``<END>`` is the response.
+    the model writes up to ``<END>`` is the response. ``paper=True`` uses the original search-time layout.
     """
+
+    def __init__(self, *, paper: bool = False, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.paper = paper
 
     def format(self, signature: type[dspy.Signature], demos: list[Mapping[str, Any]], inputs: Mapping[str, Any]):
         examples = [(str(d["query"]), str(d.get("response", d.get("answer", "")))) for d in demos]
-        return build_messages(signature.instructions, examples, str(inputs["query"]))
+        return build_messages(signature.instructions, examples, str(inputs["query"]), paper=self.paper)
 
     def parse(self, signature: type[dspy.Signature], completion: str) -> dict[str, Any]:
         return {"response": extract_answer(completion)}

@@ -25,9 +25,8 @@ def judge_signature(base: type[dspy.Signature], aspects: tuple[str, ...]) -> typ
         for i, name in enumerate(aspects)
     }
     model = create_model("AspectVerdicts", __config__=ConfigDict(populate_by_name=True, extra="ignore"), **fields)
-    return base.with_updated_fields(
-        "evaluations", type_=model, desc="One verdict per listed aspect, under the aspect's exact name."
-    )
+    # Only the type is narrowed; the field's description stays the one written in signatures/judge.py.
+    return base.with_updated_fields("evaluations", type_=model)
 
 
 def verdicts(evaluations: object, aspects: tuple[str, ...]) -> dict[str, AspectVerdict]:
@@ -47,11 +46,22 @@ def selector_signature(base: type[dspy.Signature], names: tuple[str, ...]) -> ty
 
 
 _ASPECT_NAME = re.compile(r"^[A-Za-z][A-Za-z \-]{1,38}[A-Za-z]$")
+# Answers that mean "no new aspect": a selector asked to leave the field empty often writes one of these instead.
+_NOTHING = re.compile(r"^(?:none|nothing|null|nil|n/?a|no|nope|empty|not (?:needed|required|applicable|necessary)|"
+                      r"no (?:new )?aspects?(?: (?:needed|required|proposed|necessary))?|none (?:needed|required|"
+                      r"proposed|necessary)|no need|not any)$")
+
+
+def means_nothing(text: str | None) -> bool:
+    """Whether a proposed-aspect answer says there is none ("None", "none.", "N/A", "Not needed", ...)."""
+    squashed = re.sub(r"[^a-z/ ]+", " ", (text or "").lower())
+    squashed = re.sub(r"\s+", " ", squashed).strip()
+    return not squashed or bool(_NOTHING.match(squashed))
 
 
 def clean_proposed_aspect(text: str | None) -> str | None:
-    """A proposed aspect name if it looks like one (1-3 words of letters), else None."""
+    """A proposed aspect name if it looks like one (1-3 words of letters), else None (also for "None", "N/A"...)."""
     text = (text or "").strip().strip(".\"'")
-    if not text or len(text.split()) > 3 or not _ASPECT_NAME.match(text):
+    if not text or means_nothing(text) or len(text.split()) > 3 or not _ASPECT_NAME.match(text):
         return None
     return text

@@ -23,13 +23,26 @@ class SchemaJSONAdapter(dspy.JSONAdapter):
         return "\n".join(lines)
 
 
-def adapter_for(lm: Any) -> dspy.Adapter | None:
-    """A schema-constrained JSON adapter when the LM supports response schemas, else None (the configured one)."""
+def supports_schema(lm: Any) -> bool:
+    """Whether the provider enforces JSON response schemas (the embedded model does, by grammar)."""
     try:
-        supports = bool(getattr(lm, "supports_response_schema", False))
+        return bool(getattr(lm, "supports_response_schema", False))
     except Exception:
-        supports = False
-    return SchemaJSONAdapter() if supports else None
+        return False
+
+
+def adapter_for(lm: Any, *, single_request: bool = False) -> dspy.Adapter | None:
+    """A schema-constrained JSON adapter when the LM supports response schemas; else, with ``single_request``, a chat
+    adapter without DSPy's JSON retry (one request per call, as the original code makes); else None (the
+    configured adapter, which retries an unreadable chat reply once in JSON mode)."""
+    if supports_schema(lm):
+        return SchemaJSONAdapter()
+    return dspy.ChatAdapter(use_json_adapter_fallback=False) if single_request else None
+
+
+def requests_per_call(lm: Any, *, single_request: bool = False) -> int:
+    """The most provider requests one typed call can make (two when DSPy's JSON retry may follow a chat reply)."""
+    return 1 if single_request or supports_schema(lm) else 2
 
 
 def sampling_config(lm: Any, *, temperature: float, sample: int, seed: int) -> dict[str, Any]:
@@ -40,9 +53,10 @@ def sampling_config(lm: Any, *, temperature: float, sample: int, seed: int) -> d
     return config
 
 
-def call_typed(predictor: dspy.Predict, lm: Any, config: dict[str, Any], **inputs: Any) -> dspy.Prediction:
+def call_typed(predictor: dspy.Predict, lm: Any, config: dict[str, Any], *, single_request: bool = False,
+               **inputs: Any) -> dspy.Prediction:
     """Run a typed predictor on ``lm`` with the adapter best suited to it."""
-    adapter = adapter_for(lm)
+    adapter = adapter_for(lm, single_request=single_request)
     if adapter is None:
         return predictor(lm=lm, config=config, **inputs)
     with dspy.context(adapter=adapter):
@@ -72,7 +86,7 @@ class TolerantJSONAdapter(_TolerantParsing, SchemaJSONAdapter):
 def call_typed_samples(predictor: dspy.Predict, lm: Any, config: dict[str, Any], n: int,
                        **inputs: Any) -> list[dspy.Prediction | None]:
     """One request for ``n`` samples; each unreadable sample becomes ``None`` (the others survive)."""
-    adapter = TolerantJSONAdapter() if adapter_for(lm) is not None else TolerantChatAdapter()
+    adapter = TolerantJSONAdapter() if supports_schema(lm) else TolerantChatAdapter(use_json_adapter_fallback=False)
     with dspy.context(adapter=adapter):
         pred = predictor(lm=lm, config={**config, "n": n}, **inputs)
     completions = pred.completions

@@ -22,6 +22,10 @@ class BudgetExhausted(RuntimeError):
     """Raised before a call that could take the run over one of its budgets."""
 
 
+class StopRequested(BudgetExhausted):
+    """Raised before a call when a stop was requested (STOP file, Ctrl-C, ``StopSignal.request``)."""
+
+
 @dataclass
 class Reservation:
     calls: int
@@ -32,25 +36,41 @@ class Reservation:
 class Budget:
     """Limits across all roles; ``None`` means unlimited."""
 
-    def __init__(self, meter: Meter, *, max_calls: int | None = None, max_tokens: int | None = None,
-                 max_cost_usd: float | None = None):
-        for name, value in (("max_calls", max_calls), ("max_tokens", max_tokens), ("max_cost_usd", max_cost_usd)):
+    def __init__(self, meter: Meter, *, max_calls: int | None = None, max_total_tokens: int | None = None,
+                 max_cost_usd: float | None = None, stop: StopSignal | None = None):
+        for name, value in (("max_calls", max_calls), ("max_total_tokens", max_total_tokens),
+                            ("max_cost_usd", max_cost_usd)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
                                       or not math.isfinite(value) or value <= 0):
                 raise ValueError(f"{name} must be a positive number or None, got {value!r}")
         self.meter = meter
-        self.max_calls, self.max_tokens, self.max_cost_usd = max_calls, max_tokens, max_cost_usd
+        self.max_calls, self.max_total_tokens, self.max_cost_usd = max_calls, max_total_tokens, max_cost_usd
+        self.stop = stop
         self._lock = threading.Lock()
         self._reserved = Reservation(0, 0, 0.0)
         self.exhausted: str | None = None
 
     @property
     def limited(self) -> bool:
-        return any(v is not None for v in (self.max_calls, self.max_tokens, self.max_cost_usd))
+        return any(v is not None for v in (self.max_calls, self.max_total_tokens, self.max_cost_usd))
+
+    @property
+    def limits(self) -> dict[str, Any]:
+        return {"max_calls": self.max_calls, "max_total_tokens": self.max_total_tokens,
+                "max_cost_usd": self.max_cost_usd}
 
     @contextmanager
     def spend(self, lm: Any, *, requests: int = 1, prompt_chars: int = 0):
-        """Reserve the worst case of one role call for the duration of the call."""
+        """Reserve the worst case of one role call for the duration of the call.
+
+        Refused before anything is sent when the run has a systemic failure (``SystemicFailure``), when a stop was
+        requested (``StopRequested``) or when the call could exceed a budget (``BudgetExhausted``).
+        """
+        self.meter.policy.raise_if_tripped()
+        reason = self.stop() if self.stop is not None else None
+        if reason:
+            self.exhausted = self.exhausted or reason
+            raise StopRequested(reason)
         if not self.limited:
             yield
             return
@@ -79,8 +99,8 @@ class Budget:
         if self.max_calls is not None and self.meter.total_requests() + self._reserved.calls + r.calls > self.max_calls:
             return f"the call budget (max_calls={self.max_calls}) is reached"
         tokens = self.meter.total_tokens() + self._reserved.tokens + r.tokens
-        if self.max_tokens is not None and tokens > self.max_tokens:
-            return f"the token budget (max_tokens={self.max_tokens}) is reached"
+        if self.max_total_tokens is not None and tokens > self.max_total_tokens:
+            return f"the token budget (max_total_tokens={self.max_total_tokens}) is reached"
         if self.max_cost_usd is not None and (
                 self.meter.total_cost() + self._reserved.cost + r.cost > self.max_cost_usd):
             return f"the cost budget (max_cost_usd={self.max_cost_usd}) is reached"
@@ -103,12 +123,14 @@ class StopSignal:
         return self._reason
 
 
-def guarded(budget: Budget | None, lm: Any, prompt_chars: int):
+def guarded(budget: Budget | None, lm: Any, prompt_chars: int, *, requests: int | None = None):
     """``budget.spend`` for one typed role call (two requests when a JSON retry is possible), or a no-op."""
     if budget is None:
         from contextlib import nullcontext
 
         return nullcontext()
-    from drpo_dspy.adapters.typed_calls import adapter_for
+    if requests is None:
+        from drpo_dspy.adapters.typed_calls import requests_per_call
 
-    return budget.spend(lm, requests=1 if adapter_for(lm) is not None else 2, prompt_chars=prompt_chars)
+        requests = requests_per_call(lm)
+    return budget.spend(lm, requests=requests, prompt_chars=prompt_chars)

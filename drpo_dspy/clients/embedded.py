@@ -19,16 +19,14 @@ import os
 import random
 import threading
 import time
-import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import dspy
 import litellm
 from litellm import CustomLLM, ModelResponse
-from litellm.types.utils import Choices, Message, Usage
+
+from drpo_dspy.clients.providers import Sample, message_text, model_response, register_custom_provider
 
 logger = logging.getLogger(__name__)
 
@@ -93,15 +91,6 @@ def ensure_embedded_runtime() -> Path:
     if _find_spec("llama_cpp") is None:
         raise ImportError(f"The embedded model needs llama-cpp-python: {INSTALL_HINT}")
     return gguf_path()
-
-
-@dataclass
-class Sample:
-    """One generated completion."""
-
-    text: str
-    finish_reason: str
-    completion_tokens: int
 
 
 class EmbeddedRuntime:
@@ -239,14 +228,6 @@ def get_runtime() -> EmbeddedRuntime:
     return _runtime
 
 
-def message_text(message: dict[str, Any]) -> str:
-    """The text of a chat message whose content is a string or a list of content parts."""
-    content = message.get("content") or ""
-    if isinstance(content, str):
-        return content
-    return "".join(part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text")
-
-
 @functools.lru_cache(maxsize=64)
 def _grammar(schema_json: str | None) -> Any:
     from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
@@ -301,30 +282,6 @@ def sampling_options(params: dict[str, Any], mode: str) -> dict[str, Any]:
     return options
 
 
-def model_response(
-    model: str,
-    samples: Sequence[Sample],
-    prompt_tokens: int,
-    response: ModelResponse | None = None,
-    completion_tokens: int | None = None,
-) -> ModelResponse:
-    """A chat-style ``litellm.ModelResponse`` with one choice per sample and token usage."""
-    response = response if response is not None else ModelResponse()
-    response.id = f"chatcmpl-{uuid.uuid4().hex}"
-    response.created = int(time.time())
-    response.model = model
-    response.object = "chat.completion"
-    response.choices = [
-        Choices(index=i, finish_reason=s.finish_reason, message=Message(content=s.text, role="assistant"))
-        for i, s in enumerate(samples)
-    ]
-    completion = sum(s.completion_tokens for s in samples) if completion_tokens is None else completion_tokens
-    response.usage = Usage(
-        prompt_tokens=prompt_tokens, completion_tokens=completion, total_tokens=prompt_tokens + completion
-    )
-    return response
-
-
 def complete_embedded(
     messages: list[dict[str, Any]] | None,
     params: dict[str, Any],
@@ -373,16 +330,6 @@ class EmbeddedLLM(CustomLLM):
         return await asyncio.to_thread(self.completion, model, messages, *args, **kwargs)
 
 
-def register_custom_provider(provider: str, handler_factory: Callable[[], CustomLLM]) -> None:
-    """Add ``provider`` to ``litellm.custom_provider_map`` once (thread-safe) and refresh litellm's provider list."""
-    with _register_lock:
-        if not any(item.get("provider") == provider for item in litellm.custom_provider_map):
-            litellm.custom_provider_map.append({"provider": provider, "custom_handler": handler_factory()})
-        from litellm.utils import custom_llm_setup
-
-        custom_llm_setup()
-
-
 def register_embedded_provider() -> None:
     """Register the ``embedded`` litellm provider and its model info (idempotent, thread-safe, loads nothing)."""
     register_custom_provider(EMBEDDED_PROVIDER, EmbeddedLLM)
@@ -400,12 +347,3 @@ def embedded_lm(**kwargs: Any) -> dspy.LM:
     kwargs.setdefault("temperature", 0.0)
     kwargs.setdefault("max_tokens", 512)
     return dspy.LM(kwargs.pop("model", EMBEDDED_MODEL), **kwargs)
-
-
-def __getattr__(name: str) -> Any:
-    """``raw_completion_lm`` lives in :mod:`drpo_dspy.clients.raw_text`; re-exported lazily (no import cycle)."""
-    if name == "raw_completion_lm":
-        from drpo_dspy.clients.raw_text import raw_completion_lm
-
-        return raw_completion_lm
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,6 +15,8 @@ from typing import Any
 import dspy
 from dspy.utils.callback import BaseCallback
 
+from drpo_dspy.clients.failures import FailurePolicy
+
 ROLES = ("base", "metrics", "judge", "optimizer")
 
 
@@ -27,9 +29,10 @@ class _CallCounter(BaseCallback):
 
 
 class Meter:
-    """Counts requests, tokens and failures per role."""
+    """Counts requests, tokens and failures per role; its ``policy`` decides when failures must stop the run."""
 
-    def __init__(self) -> None:
+    def __init__(self, policy: FailurePolicy | None = None) -> None:
+        self.policy = policy or FailurePolicy()
         self._lock = threading.Lock()
         self.requests: Counter[str] = Counter()
         self.prompt_tokens: Counter[str] = Counter()
@@ -41,6 +44,8 @@ class Meter:
         """A copy of ``lm`` whose requests are counted under ``role`` (the original is untouched)."""
         copied = lm.copy()
         copied.callbacks = [*(getattr(lm, "callbacks", None) or []), _CallCounter(self, role)]
+        copied.history = lm.history  # the calls stay visible in the user's own lm.history / inspect_history()
+        self.policy.describe(role, str(getattr(lm, "model", type(lm).__name__)))
         return copied
 
     def count_request(self, role: str) -> None:
@@ -50,6 +55,19 @@ class Meter:
     def record_failure(self, role: str, kind: str) -> None:
         with self._lock:
             self.failures[role][kind] += 1
+
+    def record_error(self, role: str, exc: BaseException, kind: str | None = None) -> None:
+        """Count an exception from a role's call; raises ``SystemicFailure`` when the run must stop."""
+        self.record_failure(role, kind or f"lm_error:{type(exc).__name__}")
+        self.policy.record_error(role, exc)
+
+    def record_unreadable(self, role: str, kind: str) -> None:
+        """Count an output that could not be read; raises ``SystemicFailure`` if the role never produced one."""
+        self.record_failure(role, kind)
+        self.policy.record_unreadable(role, kind)
+
+    def record_success(self, role: str) -> None:
+        self.policy.record_success(role)
 
     @contextmanager
     def usage(self, role: str):

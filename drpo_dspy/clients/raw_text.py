@@ -4,7 +4,7 @@
 ``raw_completion_lm(lm)`` returns a chat-type copy of ``lm`` whose model is ``drpo_text/<model>``: the ``drpo_text``
 litellm provider concatenates the message contents exactly (``"".join``) and sends that one prompt to the embedded
 model without a chat template, or to ``litellm.text_completion`` for any other model. Calls stay inside dspy.LM
-(cache, history, callbacks) and litellm.
+(cache, history, callbacks) and litellm, and are recorded in the user's own LM's history.
 """
 
 from __future__ import annotations
@@ -17,15 +17,8 @@ import dspy
 import litellm
 from litellm import CustomLLM, ModelResponse
 
-from drpo_dspy.clients.embedded import (
-    EMBEDDED_PROVIDER,
-    Sample,
-    complete_embedded,
-    message_text,
-    model_response,
-    register_custom_provider,
-    register_embedded_provider,
-)
+from drpo_dspy.clients.embedded import EMBEDDED_PROVIDER, complete_embedded, register_embedded_provider
+from drpo_dspy.clients.providers import Sample, message_text, model_response, register_custom_provider
 
 RAW_TEXT_PROVIDER = "drpo_text"
 # OpenAI text-completion parameters forwarded to litellm.text_completion.
@@ -141,4 +134,6 @@ def raw_completion_lm(lm: dspy.LM) -> dspy.LM:
     register_raw_text_provider()
     if lm.model.startswith(f"{EMBEDDED_PROVIDER}/"):
         register_embedded_provider()
-    return lm.copy(model=f"{RAW_TEXT_PROVIDER}/{lm.model}", model_type="chat", engine="litellm")
+    raw = lm.copy(model=f"{RAW_TEXT_PROVIDER}/{lm.model}", model_type="chat", engine="litellm")
+    raw.history = lm.history  # the calls show in the user's own lm.history and lm.inspect_history()
+    return raw

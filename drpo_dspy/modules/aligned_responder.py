@@ -19,6 +19,8 @@ from drpo_dspy.adapters.drpo_layout import STOP_SEQUENCES, DRPOLayoutAdapter
 logger = logging.getLogger(__name__)
 
 DEFAULT_INSTRUCTIONS = "You are a helpful assistant."
+DEFAULT_MAX_TOKENS = 1024  # an explicit answer cap: OpenAI-compatible /v1/completions servers default to 16 tokens
+DEFAULT_TEMPERATURE = 0.0  # greedy, as the paper decodes the base model; servers default to sampling at 1.0
 _STATE_VERSION = 1
 
 
@@ -66,6 +68,40 @@ class ExampleBank(Parameter):
         return ExampleBank(self.bank.copy() if hasattr(self.bank, "copy") else self.bank, self.k, self.fixed)
 
 
+class Decoding(Parameter):
+    """How the base model is decoded: temperature and answer cap, sent on every call and saved with the module."""
+
+    def __init__(self, temperature: float | None = DEFAULT_TEMPERATURE, max_tokens: int | None = DEFAULT_MAX_TOKENS):
+        _check_decoding(temperature, max_tokens)
+        self.temperature, self.max_tokens = temperature, max_tokens
+
+    def reset(self) -> None:  # learned settings, not a trace
+        pass
+
+    def config(self) -> dict[str, Any]:
+        """The per-call settings (a ``None`` setting is left to the LM and its server)."""
+        return {k: v for k, v in (("temperature", self.temperature), ("max_tokens", self.max_tokens)) if v is not None}
+
+    def dump_state(self, json_mode: bool = True) -> dict[str, Any]:
+        return {"temperature": self.temperature, "max_tokens": self.max_tokens}
+
+    def load_state(self, state: dict[str, Any]) -> Decoding:
+        if not isinstance(state, dict):
+            raise ValueError("not an AlignedResponder decoding state (expected temperature and max_tokens)")
+        temperature, max_tokens = state.get("temperature"), state.get("max_tokens")
+        _check_decoding(temperature, max_tokens)
+        self.temperature, self.max_tokens = temperature, max_tokens
+        return self
+
+
+def _check_decoding(temperature: Any, max_tokens: Any) -> None:
+    if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, int | float)
+                                    or not 0 <= temperature <= 2):
+        raise ValueError(f"temperature must be a number from 0 to 2 or None, got {temperature!r}")
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
+        raise ValueError(f"max_tokens must be a positive integer or None, got {max_tokens!r}")
+
+
 def _check_k(k: Any, bank_size: int) -> None:
     if isinstance(k, bool) or not isinstance(k, int) or k < 0:
         raise ValueError(f"k must be a non-negative integer, got {k!r}")
@@ -84,7 +120,10 @@ class AlignedResponder(dspy.Module):
             "answer"}`` dicts. ``None`` uses the package's built-in seed examples; ``[]`` means none.
         k: How many examples to retrieve per query (0 disables retrieval).
         embedder: Sentence-transformers model name or path (default all-MiniLM-L6-v2, shipped offline).
-        max_tokens: Optional cap on the answer length, passed to the LM.
+        max_tokens: Cap on the answer length, sent on every call (default 1024; ``None`` leaves it to the LM's
+            settings and the server, which for ``/v1/completions`` servers is often 16 tokens).
+        temperature: Decoding temperature of the answers (default 0: greedy, as the paper; ``None`` leaves it to
+            the LM's settings and the server).
         fixed_examples: Use the first ``k`` examples in bank order for every query instead of retrieving the most
             similar ones (a static, URIAL-style prompt).
 
@@ -98,8 +137,9 @@ class AlignedResponder(dspy.Module):
         *,
         k: int = 2,
         embedder: Any = None,
-        max_tokens: int | None = None,
+        max_tokens: int | None = DEFAULT_MAX_TOKENS,
         fixed_examples: bool = False,
+        temperature: float | None = DEFAULT_TEMPERATURE,
     ):
         super().__init__()
         from drpo_dspy.retrievers.bank import AlignmentBank
@@ -110,11 +150,9 @@ class AlignedResponder(dspy.Module):
             examples = _default_examples()
         bank = examples if isinstance(examples, AlignmentBank) else AlignmentBank(examples, embedder=embedder)
         _check_k(k, len(bank))
-        if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
-            raise ValueError(f"max_tokens must be a positive integer, got {max_tokens!r}")
+        self.decoding = Decoding(temperature, max_tokens)
         self.respond = dspy.Predict(AlignedAnswer.with_instructions(instructions))
         self.examples = ExampleBank(bank, k, fixed=fixed_examples)
-        self.max_tokens = max_tokens
         self._raw_lms: dict[int, dspy.LM] = {}
         self._raw_lock = threading.Lock()
 
@@ -132,6 +170,24 @@ class AlignedResponder(dspy.Module):
     @property
     def bank(self) -> Any:
         return self.examples.bank
+
+    @property
+    def max_tokens(self) -> int | None:
+        return self.decoding.max_tokens
+
+    @max_tokens.setter
+    def max_tokens(self, value: int | None) -> None:
+        _check_decoding(self.decoding.temperature, value)
+        self.decoding.max_tokens = value
+
+    @property
+    def temperature(self) -> float | None:
+        return self.decoding.temperature
+
+    @temperature.setter
+    def temperature(self, value: float | None) -> None:
+        _check_decoding(value, self.decoding.max_tokens)
+        self.decoding.temperature = value
 
     @property
     def k(self) -> int:
@@ -177,19 +233,18 @@ class AlignedResponder(dspy.Module):
                 raw = self._raw_lms[id(lm)] = raw_completion_lm(lm)
         return raw
 
-    def _call(self, query: str, instructions: str | None, lm: Any, config: dict | None) -> tuple[str, list[Any]]:
+    def _call(self, query: str, instructions: str | None, lm: Any, config: dict | None,
+              paper_layout: bool = False) -> tuple[str, list[Any]]:
         if not isinstance(query, str) or not query.strip():
             raise ValueError("query must be a non-empty string")
         examples = self.retrieve(query)
         demos = [{"query": e.query, "response": e.answer} for e in examples]
-        call_config: dict[str, Any] = {"stop": list(STOP_SEQUENCES)}
-        if self.max_tokens is not None:
-            call_config["max_tokens"] = self.max_tokens
+        call_config: dict[str, Any] = {"stop": list(STOP_SEQUENCES), **self.decoding.config()}
         call_config.update(config or {})
         signature = self.respond.signature
         if instructions is not None:
             signature = signature.with_instructions(instructions)
-        with dspy.context(adapter=DRPOLayoutAdapter()):
+        with dspy.context(adapter=DRPOLayoutAdapter(paper=paper_layout)):
             try:
                 pred = self.respond(query=query, demos=demos, lm=self._lm_for_call(lm), config=call_config,
                                     signature=signature)
@@ -202,9 +257,10 @@ class AlignedResponder(dspy.Module):
         response, examples = self._call(query, None, lm, config)
         return dspy.Prediction(response=response, examples=[e.query for e in examples])
 
-    def respond_with(self, instructions: str, query: str, *, lm: Any = None) -> str:
-        """Answer ``query`` under other ``instructions`` without changing this module (used by the search)."""
-        return self._call(query, instructions, lm, None)[0]
+    def respond_with(self, instructions: str, query: str, *, lm: Any = None, paper_layout: bool = False) -> str:
+        """Answer ``query`` under other ``instructions`` without changing this module (used by the search);
+        ``paper_layout`` formats the prompt as the original code does during its search."""
+        return self._call(query, instructions, lm, None, paper_layout)[0]
 
     # -- saving and loading --------------------------------------------------------------------------------
     def dump_state(self, json_mode: bool = True) -> dict[str, Any]:
@@ -216,6 +272,13 @@ class AlignedResponder(dspy.Module):
             if isinstance(value, dict) and isinstance(value.get("lm"), dict):
                 value["lm"] = strip_secret_settings(value["lm"])
         return state
+
+    def load_state(self, state: dict[str, Any], *, allow_unsafe_lm_state: bool = False) -> AlignedResponder:
+        """DSPy's ``load_state``; a program saved before decoding settings were saved keeps this module's."""
+        if isinstance(state, dict) and "decoding" not in state:
+            state = {**state, "decoding": self.decoding.dump_state()}
+        super().load_state(state, allow_unsafe_lm_state=allow_unsafe_lm_state)
+        return self
 
     def load(self, path: str | os.PathLike, allow_pickle: bool = False, allow_unsafe_lm_state: bool = False):
         """Load a saved program; a missing, corrupt or foreign file raises an error that names the file and the fix."""

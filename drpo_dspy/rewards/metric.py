@@ -13,15 +13,19 @@ verdict on the answer. With ``on_failure="raise"`` it raises :class:`UnreadableJ
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import Counter, OrderedDict
+from pathlib import Path
 from typing import Any
 
 import dspy
 
+from drpo_dspy.clients.budget import Budget, StopSignal
+from drpo_dspy.clients.failures import DEFAULT_MAX_ERRORS, FailurePolicy
 from drpo_dspy.clients.metering import Meter
 from drpo_dspy.rewards.aspects import AspectCatalogue
-from drpo_dspy.rewards.reward_judge import AspectSelection, DynamicRewarder, Judgment
+from drpo_dspy.rewards.reward_judge import AspectSelection, Judgment, RewardJudge
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +78,11 @@ class DynamicReward:
         strict: Use the harsher critic prompts of the ICL stage.
         min_aspects, max_aspects: How many aspects the selection may hold (2-5, as published).
         memo_size: Judgments remembered per (query, answer), so GEPA's score and feedback calls judge once.
+        max_calls, max_total_tokens, max_cost_usd: Budgets over all of this metric's LM calls; a call that could
+            exceed one raises ``BudgetExhausted`` before it is sent (never a silent score).
+        max_errors: LM errors a role may have before calls raise ``SystemicFailure``; a systemic error (bad key,
+            unknown model) raises at once. ``None``: never on counts.
+        stop_file: A path whose existence stops further calls (``StopRequested``), as a run's ``STOP`` file does.
 
     The query is read from ``example.query`` (or ``example.instruction``), the answer from ``prediction.response``.
     ``metric.meter.summary()`` gives LM calls, tokens and failures per role.
@@ -81,7 +90,10 @@ class DynamicReward:
 
     def __init__(self, metrics_lm: dspy.BaseLM | None = None, judge_lm: dspy.BaseLM | None = None,
                  catalogue: AspectCatalogue | None = None, *, on_failure: str = "score", failure_score: float = 0.0,
-                 strict: bool = False, min_aspects: int = 2, max_aspects: int = 5, memo_size: int = 4096):
+                 strict: bool = False, min_aspects: int = 2, max_aspects: int = 5, memo_size: int = 4096,
+                 max_calls: int | None = None, max_total_tokens: int | None = None,
+                 max_cost_usd: float | None = None, max_errors: int | None = DEFAULT_MAX_ERRORS,
+                 stop_file: str | os.PathLike | None = None):
         if on_failure not in ON_FAILURE:
             raise ValueError(f"on_failure must be one of {ON_FAILURE}, got {on_failure!r}")
         if catalogue is not None and not isinstance(catalogue, AspectCatalogue):
@@ -95,16 +107,18 @@ class DynamicReward:
         self.on_failure, self.failure_score = on_failure, float(failure_score)
         self.strict, self.min_aspects, self.max_aspects = strict, min_aspects, max_aspects
         self.memo_size = memo_size
-        self.meter = Meter()
+        self.meter = Meter(FailurePolicy(max_errors))
+        self.budget = Budget(self.meter, max_calls=max_calls, max_total_tokens=max_total_tokens,
+                             max_cost_usd=max_cost_usd, stop=StopSignal(Path(stop_file)) if stop_file else None)
         self.calls = 0
         self.failures = 0
         self.failure_kinds: Counter[str] = Counter()
         self._lock = threading.Lock()
-        self._rewarders: dict[tuple[int, int], tuple[Any, Any, DynamicRewarder]] = {}
+        self._rewarders: dict[tuple[int, int], tuple[Any, Any, RewardJudge]] = {}
         self._memo: OrderedDict[tuple[str, str, str, str], tuple[Judgment, AspectSelection]] = OrderedDict()
 
     # -- judging ---------------------------------------------------------------------------------------------
-    def _rewarder(self) -> DynamicRewarder:
+    def _rewarder(self) -> RewardJudge:
         from drpo_dspy.runs.validation import resolve_lm
 
         metrics_lm, judge_lm = resolve_lm("metrics", self.metrics_lm), resolve_lm("judge", self.judge_lm)
@@ -114,9 +128,10 @@ class DynamicReward:
             if entry is None:  # keeps the LMs referenced, so their ids stay theirs
                 watched = {role: self.meter.watch(lm, role) if isinstance(lm, dspy.LM) else lm
                            for role, lm in (("metrics", metrics_lm), ("judge", judge_lm))}
-                rewarder = DynamicRewarder(metrics_lm=watched["metrics"], judge_lm=watched["judge"],
-                                           catalogue=self.catalogue, meter=self.meter, strict=self.strict,
-                                           min_aspects=self.min_aspects, max_aspects=self.max_aspects)
+                rewarder = RewardJudge(metrics_lm=watched["metrics"], judge_lm=watched["judge"],
+                                       catalogue=self.catalogue, meter=self.meter, strict=self.strict,
+                                       min_aspects=self.min_aspects, max_aspects=self.max_aspects,
+                                       budget=self.budget)
                 entry = self._rewarders[key] = (metrics_lm, judge_lm, rewarder)
         return entry[2]
 

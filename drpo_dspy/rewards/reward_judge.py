@@ -18,13 +18,25 @@ from typing import Any
 
 import dspy
 
-from drpo_dspy.adapters.exact_schemas import clean_proposed_aspect, judge_signature, selector_signature, verdicts
+from drpo_dspy.adapters.exact_schemas import (
+    clean_proposed_aspect,
+    judge_signature,
+    means_nothing,
+    selector_signature,
+    verdicts,
+)
 from drpo_dspy.adapters.field_markers import neutralize_field_markers
-from drpo_dspy.adapters.typed_calls import adapter_for, call_typed
+from drpo_dspy.adapters.typed_calls import call_typed, requests_per_call, supports_schema
 from drpo_dspy.clients.budget import Budget, BudgetExhausted, guarded
 from drpo_dspy.clients.metering import Meter
 from drpo_dspy.rewards.aspects import AspectCatalogue, normalize_aspect_name
-from drpo_dspy.signatures import JudgeResponse, JudgeResponseStrict, SelectAspects, SelectAspectsStrict
+from drpo_dspy.signatures import (
+    JudgeResponse,
+    JudgeResponsePaper,
+    JudgeResponseStrict,
+    SelectAspects,
+    SelectAspectsStrict,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -94,8 +106,13 @@ class Judgment:
         return cls(list(data["aspects"]), scores, dict(data.get("rationales", {})), data.get("failure"))
 
 
-class DynamicRewarder:
-    """Aspect selection (cached per query and model) plus judging, with failures counted in a ``Meter``."""
+class RewardJudge:
+    """Aspect selection (cached per query and model) plus judging, with failures counted in a ``Meter``.
+
+    ``paper_mode`` uses the original code's judge wording and one request per call (no JSON retry of an
+    unreadable reply). An LM error is counted and, when systemic, stops the run (``SystemicFailure``); an
+    unreadable judgment is a missing reward, counted.
+    """
 
     def __init__(
         self,
@@ -109,6 +126,7 @@ class DynamicRewarder:
         strict: bool = False,
         cache: dict[str, dict[str, Any]] | None = None,
         budget: Budget | None = None,
+        paper_mode: bool = False,
     ):
         if not 1 <= min_aspects <= max_aspects:
             raise ValueError(f"need 1 <= min_aspects <= max_aspects, got {min_aspects}, {max_aspects}")
@@ -116,8 +134,10 @@ class DynamicRewarder:
         self.catalogue = catalogue or AspectCatalogue()
         self.meter = meter or Meter()
         self.min_aspects, self.max_aspects = min_aspects, max_aspects
+        self.paper_mode = paper_mode
         self._select = dspy.Predict(SelectAspectsStrict if strict else SelectAspects)
-        self._judge = dspy.Predict(JudgeResponseStrict if strict else JudgeResponse)
+        self._judge = dspy.Predict(JudgeResponseStrict if strict else JudgeResponsePaper if paper_mode
+                                   else JudgeResponse)
         self._cache: dict[str, dict[str, Any]] = dict(cache or {})
         self.budget = budget
         self._lock = threading.Lock()
@@ -172,15 +192,18 @@ class DynamicRewarder:
     def _select_uncached(self, query: str) -> AspectSelection:
         menu = self.catalogue.render_menu()
         signature = self._select.signature
-        if adapter_for(self.metrics_lm) is not None:  # schema-enforcing provider: only catalogue names can come out
+        if supports_schema(self.metrics_lm):  # schema-enforcing provider: only catalogue names can come out
             signature = selector_signature(signature, tuple(self.catalogue.names))
+        single = self.paper_mode
         try:
-            with guarded(self.budget, self.metrics_lm, len(query) + len(menu)), self.meter.usage("metrics"):
-                pred = call_typed(self._select, self.metrics_lm, {"temperature": 0.0},
+            with guarded(self.budget, self.metrics_lm, len(query) + len(menu),
+                         requests=requests_per_call(self.metrics_lm, single_request=single)), \
+                    self.meter.usage("metrics"):
+                pred = call_typed(self._select, self.metrics_lm, {"temperature": 0.0}, single_request=single,
                                   query=neutralize_field_markers(query), aspect_catalogue=menu, signature=signature)
             names = [n for n in (pred.selected_aspects or []) if isinstance(n, str) and n.strip()]
             proposed = getattr(pred, "proposed_aspect", None)
-            if proposed and str(proposed).strip():
+            if proposed and not means_nothing(str(proposed)):
                 cleaned = clean_proposed_aspect(str(proposed))
                 if cleaned is None:
                     self.meter.record_failure("metrics", "proposed_aspect_rejected")
@@ -188,10 +211,15 @@ class DynamicRewarder:
                     names.append(cleaned)
         except BudgetExhausted:
             raise
-        except Exception as exc:  # parse failures and LM errors are data, not crashes
-            self.meter.record_failure("metrics", _failure_kind(exc))
-            logger.warning("aspect selection failed (%s); using default aspects", _failure_kind(exc))
+        except Exception as exc:  # parse failures and transient LM errors are data, not crashes
+            kind = _failure_kind(exc)
+            if kind.startswith("lm_error:"):
+                self.meter.record_error("metrics", exc, kind)  # raises SystemicFailure when the role cannot work
+            else:
+                self.meter.record_failure("metrics", kind)
+            logger.warning("aspect selection failed (%s); using default aspects", kind)
             return AspectSelection(list(FALLBACK_ASPECTS[: max(self.min_aspects, 3)]), fallback=True)
+        self.meter.record_success("metrics")
         return AspectSelection(self._repair(names), str(pred.reasoning or ""), str(pred.query_analysis or ""))
 
     def _repair(self, names: list[str]) -> list[str]:
@@ -218,11 +246,13 @@ class DynamicRewarder:
         aspects = [self.catalogue.get(name) for name in selection.aspects]
         rubrics = "\n\n".join(a.render() for a in aspects)
         names = tuple(a.name for a in aspects)
+        single = self.paper_mode
         try:
-            with guarded(self.budget, self.judge_lm, len(query) + len(response) + len(rubrics)), \
+            with guarded(self.budget, self.judge_lm, len(query) + len(response) + len(rubrics),
+                         requests=requests_per_call(self.judge_lm, single_request=single)), \
                     self.meter.usage("judge"):
                 pred = call_typed(
-                    self._judge, self.judge_lm, {"temperature": 0.0},
+                    self._judge, self.judge_lm, {"temperature": 0.0}, single_request=single,
                     query=neutralize_field_markers(query),
                     response=neutralize_field_markers(response) if response.strip() else "(empty answer)",
                     aspects=rubrics,
@@ -234,7 +264,10 @@ class DynamicRewarder:
             raise
         except Exception as exc:
             kind = _failure_kind(exc)
-            self.meter.record_failure("judge", kind)
+            if kind.startswith("lm_error:"):
+                self.meter.record_error("judge", exc, kind)  # raises SystemicFailure when the role cannot work
+            else:
+                self.meter.record_unreadable("judge", kind)  # raises SystemicFailure if none was ever readable
             return Judgment(selection.aspects, failure=kind)
         judgment = Judgment(list(names))
         for name, verdict in found.items():
@@ -242,9 +275,11 @@ class DynamicRewarder:
             judgment.rationales[name] = str(verdict.rationale)
         if not judgment.scores:
             judgment.failure = "no_listed_aspect_scored"
-            self.meter.record_failure("judge", judgment.failure)
-        elif len(judgment.scores) < len(selection.aspects):
+            self.meter.record_unreadable("judge", judgment.failure)
+            return judgment
+        if len(judgment.scores) < len(selection.aspects):
             self.meter.record_failure("judge", "some_aspects_unscored")
+        self.meter.record_success("judge")
         return judgment
 
     def score(self, query: str, response: str) -> Judgment:
@@ -257,6 +292,9 @@ _REFUSAL = re.compile(
     r"am unable to|'m unable to|am not able to|'m not able to)\b)", re.I)
 _SCORE_RANGE = re.compile(r"\bscore\s+Input should be (?:less|greater) than or equal to")
 _SCORE_TYPE = re.compile(r"\bscore\s+(?:Value error, )?Input should be a valid (?:integer|number)")
+
+
+DynamicRewarder = RewardJudge  # the earlier name, kept for code written against it
 
 
 def looks_like_refusal(text: str | None) -> bool:

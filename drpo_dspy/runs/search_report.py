@@ -18,6 +18,9 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from drpo_dspy.runs.run_log import is_node_line
+from drpo_dspy.teleprompt.search_state import path_mean
+
 __all__ = ["best_path", "final_beam", "load_trace", "render_run", "reward_chart", "word_diff"]
 
 CHART_FILE = "reward_per_level.png"
@@ -76,6 +79,8 @@ def load_trace(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
             node = json.loads(line)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path} line {lineno} is not valid JSON: {exc.msg}") from exc
+        if isinstance(node, dict) and not is_node_line(node):
+            continue  # a dropped rewrite: recorded for the reader, not a node of the tree
         missing = [key for key in _REQUIRED if not isinstance(node, dict) or key not in node]
         if missing:
             raise ValueError(f"{path} line {lineno} is not a trace node (missing {', '.join(missing)})")
@@ -88,8 +93,7 @@ def load_trace(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
 def _path_mean(node: dict[str, Any]) -> float | None:
     if node.get("path_mean") is not None:
         return float(node["path_mean"])
-    known = [r for r in node.get("rewards") or [] if r is not None]
-    return sum(known) / len(known) if known else None
+    return path_mean(list(node.get("rewards") or []))
 
 
 def _reward(node: dict[str, Any]) -> float | None:

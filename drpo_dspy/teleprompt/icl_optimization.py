@@ -24,10 +24,11 @@ from typing import Any
 import dspy
 
 from drpo_dspy.adapters.typed_calls import call_typed
+from drpo_dspy.clients.budget import Budget, BudgetExhausted, guarded
 from drpo_dspy.clients.metering import Meter
 from drpo_dspy.retrievers.bank import AlignmentBank, ICLExample, strip_answer_markers
 from drpo_dspy.rewards.aspects import AspectCatalogue
-from drpo_dspy.rewards.reward_judge import AspectSelection, DynamicRewarder, Judgment, _failure_kind
+from drpo_dspy.rewards.reward_judge import AspectSelection, Judgment, RewardJudge, _failure_kind
 from drpo_dspy.signatures import RewriteResponse
 
 logger = logging.getLogger(__name__)
@@ -102,16 +103,32 @@ def _total(judgment: Judgment) -> int | None:
 class _ExampleOptimizer:
     """Runs the rewrite/judge loop for one example at a time; safe to share across threads."""
 
-    def __init__(self, rewarder: DynamicRewarder, rewriter_lm: Any, meter: Meter, rounds: int):
+    def __init__(self, rewarder: RewardJudge, rewriter_lm: Any, meter: Meter, rounds: int,
+                 budget: Budget | None = None):
         self.rewarder, self.rewriter_lm, self.meter, self.rounds = rewarder, rewriter_lm, meter, rounds
+        self.budget = budget
         self._rewrite = dspy.Predict(RewriteResponse)
 
     def __call__(self, example: ICLExample) -> ICLExample:
+        """The example with its best answer; a budget or stop request ends its rounds early (best kept)."""
         query = example.query
-        selection = self.rewarder.select(query)
-        seed_judgment = self.rewarder.judge(query, example.answer, selection)
+        try:
+            selection = self.rewarder.select(query)
+            seed_judgment = self.rewarder.judge(query, example.answer, selection)
+        except BudgetExhausted as exc:
+            logger.warning("ICL stage: example %.60r left as it is (%s)", query, exc)
+            return example
         state = _Progress(selection, example.answer, _total(seed_judgment), example.answer, seed_judgment)
-        self._record(state, 0, example.answer, seed_judgment, kept=True,
+        try:
+            self._rounds(query, selection, state, seed_judgment)
+        except BudgetExhausted as exc:
+            state.rounds.append({"stage": STAGE, "round": len(state.rounds), "stopped": str(exc), "kept": False,
+                                 "failure": "stopped", "answer": None, "scores": {}, "rationales": {},
+                                 "total": None, "max_total": state.max_total, "aspects": list(selection.aspects)})
+        return ICLExample(query, state.best_answer, [*example.provenance, *state.rounds])
+
+    def _rounds(self, query: str, selection: AspectSelection, state: _Progress, seed_judgment: Judgment) -> None:
+        self._record(state, 0, state.best_answer, seed_judgment, kept=True,
                      failure=_judge_failure(seed_judgment), reasoning=selection.reasoning,
                      fallback=selection.fallback)
         retry = 0  # how many rounds in a row failed on the same latest answer and critique
@@ -135,7 +152,6 @@ class _ExampleOptimizer:
             if kept:
                 state.best_answer, state.best_total = new_answer, total
             self._record(state, index, new_answer, judgment, kept=kept, failure=None)
-        return ICLExample(query, state.best_answer, [*example.provenance, *state.rounds])
 
     def _rewrite_once(self, query: str, answer: str, judgment: Judgment, retry: int) -> tuple[str | None, str | None]:
         """The rewriter's new answer, or ``(None, failure kind)``; failures are counted in the meter."""
@@ -143,13 +159,19 @@ class _ExampleOptimizer:
         if retry:  # these exact inputs led to a failed round: bypass the response cache for a fresh completion
             config["cache"] = False
         try:
-            with self.meter.usage(REWRITER_ROLE):
+            with guarded(self.budget, self.rewriter_lm, len(query) + 2 * len(answer) + 3000), \
+                    self.meter.usage(REWRITER_ROLE):
                 pred = call_typed(self._rewrite, self.rewriter_lm, config,
                                   query=query, response=answer, critique=judgment.render())
             text = clean_answer(str(pred.new_response or ""))
-        except Exception as exc:  # unreadable output or LM error: a failed round, not a crash
+        except BudgetExhausted:
+            raise
+        except Exception as exc:  # unreadable output or transient LM error: a failed round, not a crash
             kind = _failure_kind(exc)
-            self.meter.record_failure(REWRITER_ROLE, kind)
+            if kind.startswith("lm_error:"):
+                self.meter.record_error(REWRITER_ROLE, exc, kind)  # a systemic failure stops the stage
+            else:
+                self.meter.record_failure(REWRITER_ROLE, kind)
             logger.warning("ICL rewrite failed (%s) for query %.60r", kind, query)
             return None, f"rewriter:{kind}"
         if not text:
@@ -194,6 +216,7 @@ def optimize_examples(
     meter: Meter | None = None,
     catalogue: AspectCatalogue | None = None,
     progress: bool = False,
+    budget: Budget | None = None,
 ) -> list[ICLExample]:
     """Improve each example's answer with the strict critic and the rewriter; results in input order.
 
@@ -208,6 +231,9 @@ def optimize_examples(
         meter: Counts calls, tokens and failures under ``metrics``, ``judge`` and ``rewriter``.
         catalogue: Reward aspects (default: the built-in ones).
         progress: Show a progress bar.
+        budget: Limits (calls, tokens, dollars) and stop requests shared with the rest of the run; when one is
+            reached the examples keep their best answers so far. Without one, a budget-free ``Budget`` on
+            ``meter`` still applies the failure policy (systemic errors stop the stage).
 
     Returns:
         One ICLExample per input, holding the best answer and, appended to its provenance, one dict per round
@@ -221,11 +247,12 @@ def optimize_examples(
     items = [coerce_example(item, i) for i, item in enumerate(examples)]
     if not items:
         return []
-    meter = meter if meter is not None else Meter()
-    rewarder = DynamicRewarder(metrics_lm=_watched(metrics_lm, meter, "metrics"),
-                               judge_lm=_watched(judge_lm, meter, "judge"), catalogue=catalogue, meter=meter,
-                               min_aspects=MIN_ASPECTS, max_aspects=MAX_ASPECTS, strict=True)
-    worker = _ExampleOptimizer(rewarder, _watched(rewriter_lm, meter, REWRITER_ROLE), meter, rounds)
+    meter = meter if meter is not None else (budget.meter if budget is not None else Meter())
+    budget = budget if budget is not None else Budget(meter)
+    rewarder = RewardJudge(metrics_lm=_watched(metrics_lm, meter, "metrics"),
+                           judge_lm=_watched(judge_lm, meter, "judge"), catalogue=catalogue, meter=meter,
+                           min_aspects=MIN_ASPECTS, max_aspects=MAX_ASPECTS, strict=True, budget=budget)
+    worker = _ExampleOptimizer(rewarder, _watched(rewriter_lm, meter, REWRITER_ROLE), meter, rounds, budget)
     results: list[ICLExample | None] = [None] * len(items)
     bar = None
     if progress:

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from drpo_dspy.rewards.reward_judge import Judgment
-from drpo_dspy.teleprompt.beam_search import Node
+from drpo_dspy.teleprompt.search_state import Node
 
 
 def rescore(beam: Sequence[Node], valset: Sequence[str], evaluate: Callable[[str, str], tuple[str, Judgment]],

@@ -11,6 +11,9 @@ becomes in litellm, or *corrupts the content* of an otherwise normal completion:
     connection_reset()               litellm.APIConnectionError ("Connection reset by peer")
     auth_error()                     litellm.AuthenticationError (401), by default echoing the key it was sent
     context_window()                 litellm.ContextWindowExceededError
+    not_found()                      litellm.NotFoundError (404: an unknown model)
+    permission_denied()              litellm.PermissionDeniedError (403)
+    bad_request()                    litellm.BadRequestError (400)
     empty(), truncated_json(), prose(), refusal(), bad_score("6"), text("...")   content faults
 
 The plan (``faults=``) is a list (the i-th provider request gets the i-th entry, ``None`` = no fault), a
@@ -38,12 +41,13 @@ from typing import Any
 import dspy
 from litellm import CustomLLM, ModelResponse
 
-from drpo_dspy.clients.embedded import register_custom_provider
+from drpo_dspy.clients.providers import register_custom_provider
 from drpo_dspy.testing import Script, render_fields
 
 PROVIDER = "faulty"
 
-RAISING_KINDS = ("timeout", "rate_limit", "server_error", "connection_reset", "auth_error", "context_window")
+RAISING_KINDS = ("timeout", "rate_limit", "server_error", "connection_reset", "auth_error", "context_window",
+                 "not_found", "permission_denied", "bad_request")
 CONTENT_KINDS = ("empty", "truncated_json", "prose", "refusal", "bad_score", "text")
 
 PROSE = ("Overall this is a reasonable answer. It covers the main points, though it could say more about the "
@@ -94,6 +98,18 @@ def auth_error(message: str = "Incorrect API key provided: {api_key}. Check your
 
 def context_window(message: str = "This model's maximum context length is 4096 tokens") -> Fault:
     return Fault("context_window", status=400, message=message)
+
+
+def not_found(message: str = "The model `missing-model` does not exist or you do not have access to it.") -> Fault:
+    return Fault("not_found", message=message)
+
+
+def permission_denied(message: str = "You are not allowed to use this model.") -> Fault:
+    return Fault("permission_denied", message=message)
+
+
+def bad_request(message: str = "Unsupported parameter: 'temperature' is not supported with this model.") -> Fault:
+    return Fault("bad_request", message=message)
 
 
 def empty() -> Fault:
@@ -258,6 +274,12 @@ def _exception(fault: Fault, model: str, api_key: str | None) -> Exception:
         return litellm.APIConnectionError(message, llm_provider=PROVIDER, model=model, request=request)
     if fault.kind == "auth_error":
         return litellm.AuthenticationError(message, llm_provider=PROVIDER, model=model, response=response(401))
+    if fault.kind == "not_found":
+        return litellm.NotFoundError(message, model=model, llm_provider=PROVIDER, response=response(404))
+    if fault.kind == "permission_denied":
+        return litellm.PermissionDeniedError(message, model=model, llm_provider=PROVIDER, response=response(403))
+    if fault.kind == "bad_request":
+        return litellm.BadRequestError(message, model=model, llm_provider=PROVIDER, response=response(400))
     return litellm.ContextWindowExceededError(message, model=model, llm_provider=PROVIDER, response=response(400))
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import dspy
 from litellm import CustomLLM, ModelResponse
 
-from drpo_dspy.clients.embedded import register_custom_provider
+from drpo_dspy.clients.providers import register_custom_provider
 
 Script = Callable[[list[dict[str, Any]], dict[str, Any]], "str | dict[str, Any]"]
 

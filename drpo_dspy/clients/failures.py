@@ -1,0 +1,158 @@
+"""Telling systemic failures from transient ones, and stopping a run at once on the systemic kind.
+
+A *transient* failure (a timeout, a 429, a 5xx, a reset connection, one unreadable output) is retried by DSPy and
+litellm, then counted and survived. A *systemic* one cannot get better by trying again: a wrong key (401), no
+permission (403), an unknown model (404), a malformed request (400), a missing package, an embedder that cannot
+load. One systemic error, or a role whose errors pass ``max_errors``, or a role that has never produced a readable
+output after ``max_errors + 1`` tries, trips the policy: the call that saw it raises :class:`SystemicFailure`, and
+every later call of the run is refused before it is sent (``Budget.spend`` checks the policy), so no more money is
+spent on a run that cannot produce a reward.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from typing import Any
+
+DEFAULT_MAX_ERRORS = 10
+
+_SYSTEMIC_STATUS = {400: "bad request", 401: "authentication failed", 402: "billing or quota exhausted",
+                    403: "permission denied", 404: "model or endpoint not found",
+                    422: "request rejected as unprocessable"}
+# Exception classes (DSPy's LM errors and litellm's), most specific first; matched by name along the class's MRO.
+_SYSTEMIC_CLASSES = (
+    (("ContextWindowExceededError", "ContentPolicyViolationError"), None),  # tied to one input: counted
+    (("LMAuthError", "AuthenticationError"), "authentication failed"),
+    (("LMBillingError", "BudgetExceededError"), "billing or quota exhausted"),
+    (("PermissionDeniedError",), "permission denied"),
+    (("LMUnsupportedModelError", "NotFoundError"), "model or endpoint not found"),
+    (("LMNotConfiguredError", "LMConfigurationError"), "not configured"),
+    (("LMUnsupportedFeatureError",), "bad request"),
+)
+_HINTS = {
+    "authentication failed": "check the API key of this role's model (environment variable or api_key=).",
+    "permission denied": "check that the key may use this model.",
+    "model or endpoint not found": "check the model name (provider/model) and api_base of this role.",
+    "bad request": "check the model name, api_base and the decoding settings this model accepts.",
+    "request rejected as unprocessable": "check the decoding settings this model accepts.",
+    "billing or quota exhausted": "check the account's billing and quota for this provider.",
+    "not configured": "check the provider settings of this role's LM (model string, api_base, key).",
+    "missing package": "install the missing package (the message names the pip command).",
+    "embedder could not load": "install the embedder's package or pass a local model directory.",
+    "too many errors": "the provider failed repeatedly; check that the server is up and reachable, then resume.",
+    "no readable output": "this model never produced output DRPO could read; use a stronger model for this role.",
+}
+
+
+class SystemicFailure(RuntimeError):
+    """A role cannot work: the run stopped before spending more. ``role``, ``model`` and ``first_error`` say why."""
+
+    def __init__(self, role: str, model: str, reason: str, first_error: str, calls: int):
+        self.role, self.model, self.reason, self.first_error, self.calls = role, model, reason, first_error, calls
+        hint = _HINTS.get(reason, "")
+        when = "before any call" if calls == 0 else f"after {calls} call(s)"
+        super().__init__(
+            f"the {role} role ({model}) cannot work: {reason} {when}. First error: {first_error}. "
+            f"What to try: {hint} Finished levels are kept in the run directory; fix the cause and resume."
+        )
+
+
+def _status_of(exc: BaseException) -> int | None:
+    for obj in (exc, getattr(exc, "response", None)):
+        for name in ("status_code", "status"):
+            status = getattr(obj, name, None)
+            if isinstance(status, int):
+                return status
+    return None
+
+
+def systemic_reason(exc: BaseException) -> str | None:
+    """Why ``exc`` cannot be fixed by retrying (``"authentication failed"``, ...), or None when it may be transient."""
+    if isinstance(exc, ImportError):
+        return "missing package"
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if "EmbedderLoadError" in names:
+        return "embedder could not load"
+    per_input, *classes = _SYSTEMIC_CLASSES
+    if names.intersection(per_input[0]):
+        return None
+    status = _status_of(exc)
+    if status in (401, 402, 403, 404):  # the status is more precise than the class DSPy maps it to
+        return _SYSTEMIC_STATUS[status]
+    for class_names, reason in classes:
+        if names.intersection(class_names):
+            return reason
+    return _SYSTEMIC_STATUS.get(status)  # e.g. DSPy's LMInvalidRequestError(status=400)
+
+
+class FailurePolicy:
+    """Per-role error counts for one run; trips on the first systemic error or past ``max_errors``."""
+
+    def __init__(self, max_errors: int | None = DEFAULT_MAX_ERRORS, redact: Any = None):
+        if max_errors is not None and (isinstance(max_errors, bool) or not isinstance(max_errors, int)
+                                       or max_errors < 0):
+            raise ValueError(f"max_errors must be a non-negative integer or None, got {max_errors!r}")
+        self.max_errors = max_errors
+        self._redact = redact or (lambda text: text)
+        self._lock = threading.Lock()
+        self.errors: Counter[str] = Counter()
+        self.unreadable: Counter[str] = Counter()
+        self.successes: Counter[str] = Counter()
+        self.models: dict[str, str] = {}
+        self._first: dict[str, str] = {}
+        self.tripped: SystemicFailure | None = None
+
+    def set_redactor(self, redact: Any) -> None:
+        self._redact = redact
+
+    def describe(self, role: str, model: str) -> None:
+        self.models[role] = model
+
+    def _trip(self, role: str, reason: str) -> SystemicFailure:
+        calls = self.errors[role] + self.unreadable[role] + self.successes[role]
+        failure = SystemicFailure(role, self.models.get(role, "unknown model"), reason,
+                                  self._first.get(role, "(none recorded)"), calls)
+        if self.tripped is None:
+            self.tripped = failure
+        return failure
+
+    def record_error(self, role: str, exc: BaseException) -> None:
+        """Count an exception from a role's call; raise :class:`SystemicFailure` when the run must stop."""
+        text = f"{type(exc).__name__}: {self._redact(str(exc))[:300]}"
+        with self._lock:
+            self.errors[role] += 1
+            self._first.setdefault(role, text)
+            reason = systemic_reason(exc)
+            if reason is None and self.max_errors is not None and self.errors[role] > self.max_errors:
+                reason = "too many errors"
+            if reason is not None:
+                raise self._trip(role, reason)
+
+    def record_unreadable(self, role: str, kind: str) -> None:
+        """Count an output that could not be read; a role that never produced a readable one stops the run."""
+        with self._lock:
+            self.unreadable[role] += 1
+            self._first.setdefault(role, f"unreadable output ({kind})")
+            if (self.max_errors is not None and not self.successes[role]
+                    and self.unreadable[role] + self.errors[role] > self.max_errors):
+                raise self._trip(role, "no readable output")
+
+    def no_reward_failure(self) -> SystemicFailure:
+        """The failure to report when a run ends with no reward read: blamed on the base model if it never
+        answered, else on the judge."""
+        with self._lock:
+            role = "base" if self.errors["base"] and not self.successes["base"] else "judge"
+            self._first.setdefault(role, "no judgment on the kept paths could be read")
+            reason = "too many errors" if role == "base" else "no readable output"
+            return self._trip(role, reason)
+
+    def record_success(self, role: str) -> None:
+        with self._lock:
+            self.successes[role] += 1
+
+    def raise_if_tripped(self) -> None:
+        """Refuse a new call once the run has a systemic failure (a fresh exception per caller and thread)."""
+        t = self.tripped
+        if t is not None:
+            raise SystemicFailure(t.role, t.model, t.reason, t.first_error, t.calls)
