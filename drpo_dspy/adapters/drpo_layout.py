@@ -5,13 +5,17 @@ System part: the alignment instructions, then each retrieved example as
 query followed by ``# Answer:\\n<START>``. Generation stops at ``<END>``. Text-completion (base) models
 receive the two parts concatenated into one prompt (see :func:`drpo_dspy.clients.raw_text.raw_completion_lm`).
 
+Conversations: the earlier turns follow the system part as chat turns, each user turn laid out like the live
+query (``# Query:`` ... ``<START>``) and each assistant turn as the answer closed by ``<END>``, so a text model
+reading the concatenation sees one continuous DRPO document. Without history the layout is unchanged.
+
 ``paper=True`` gives the original code's search-time layout byte for byte: a ``# instructions`` header, the
 examples joined with its ``#Query:``/``#Answer:`` spellings, and the user part ending at ``<START>``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import dspy
@@ -35,6 +39,20 @@ def user_part(query: str) -> str:
     return f"# Query:\n{query}\n\n# Answer:\n{START}\n"
 
 
+def assistant_part(answer: str) -> str:
+    """An earlier assistant turn of a conversation: the answer, closed like an example's."""
+    return f"{answer.strip()}\n{END}\n\n"
+
+
+def history_messages(turns: Iterable[tuple[str, str]]) -> list[dict[str, str]]:
+    """Earlier ``(user, assistant)`` turns as chat messages in the DRPO layout."""
+    messages = []
+    for query, answer in turns:
+        messages.append({"role": "user", "content": user_part(query)})
+        messages.append({"role": "assistant", "content": assistant_part(answer)})
+    return messages
+
+
 def paper_system_part(instructions: str, examples: Iterable[tuple[str, str]]) -> str:
     """The original code's system part during the search (its spacing and header spellings kept)."""
     shown = [f"{q}\n\n#Answer:\n{START}\n{a.strip()}\n{END}" for q, a in examples]
@@ -48,14 +66,18 @@ def paper_user_part(query: str) -> str:
 
 
 def build_messages(instructions: str, examples: Iterable[tuple[str, str]], query: str, *,
-                   paper: bool = False) -> list[dict[str, str]]:
-    """Chat messages in the DRPO layout (``paper=True``: the original code's search-time layout)."""
+                   history: Sequence[tuple[str, str]] = (), paper: bool = False) -> list[dict[str, str]]:
+    """Chat messages in the DRPO layout: system part, earlier ``(user, assistant)`` turns of a conversation
+    (``history``), the live query (``paper=True``: the original code's search-time layout, single-turn only)."""
     examples = list(examples)
     if paper:
+        if history:
+            raise ValueError("the paper layout is single-turn: it has no place for a conversation's earlier turns")
         return [{"role": "system", "content": paper_system_part(instructions, examples)},
                 {"role": "user", "content": paper_user_part(query)}]
     return [
         {"role": "system", "content": system_part(instructions, examples)},
+        *history_messages(history),
         {"role": "user", "content": user_part(query)},
     ]
 
@@ -78,15 +100,18 @@ class DRPOLayoutAdapter(dspy.Adapter):
 
     The signature's instructions are the alignment system prompt. Parsing never fails on content: whatever
     the model writes up to ``<END>`` is the response. ``paper=True`` uses the original search-time layout.
+    ``history`` holds the earlier ``(user, assistant)`` turns of the conversation being answered.
     """
 
-    def __init__(self, *, paper: bool = False, **kwargs: Any):
+    def __init__(self, *, paper: bool = False, history: Sequence[tuple[str, str]] = (), **kwargs: Any):
         super().__init__(**kwargs)
         self.paper = paper
+        self.history = tuple(history)
 
     def format(self, signature: type[dspy.Signature], demos: list[Mapping[str, Any]], inputs: Mapping[str, Any]):
         examples = [(str(d["query"]), str(d.get("response", d.get("answer", "")))) for d in demos]
-        return build_messages(signature.instructions, examples, str(inputs["query"]), paper=self.paper)
+        return build_messages(signature.instructions, examples, str(inputs["query"]), history=self.history,
+                              paper=self.paper)
 
     def parse(self, signature: type[dspy.Signature], completion: str) -> dict[str, Any]:
         return {"response": extract_answer(completion)}

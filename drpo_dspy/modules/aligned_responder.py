@@ -1,9 +1,27 @@
-"""AlignedResponder: a DSPy module that answers in the DRPO layout with retrieved in-context examples."""
+"""AlignedResponder: a DSPy module that answers in the DRPO layout with retrieved in-context examples.
+
+Layout (see :mod:`drpo_dspy.adapters.drpo_layout`): the system message holds the alignment instructions and the
+in-context examples; the user message holds the live query opening the answer at ``<START>``.
+
+Conversations: with ``history`` (a ``dspy.History`` of earlier ``{"query", "response"}`` exchanges), the earlier
+turns come after the system message as chat turns (user: ``# Query:`` ... ``<START>``; assistant: the answer closed
+by ``<END>``) and the last turn, ``query``, is answered. Examples are retrieved for that last user turn. A text
+(base) model reads the concatenation as one continuous DRPO document. Without history the layout is the
+single-turn one, byte for byte.
+
+Demos set on ``responder.respond.demos`` by an outer optimizer or by hand are used as the module's
+``demo_mode`` says (see :mod:`drpo_dspy.modules.in_context`): "merge" shows them before the retrieved examples,
+"replace" shows them instead.
+
+Composes like a built-in module: ``acall``/``aforward`` (true async through ``dspy.LM.acall``, retrieval in a
+worker thread), ``named_predictors()`` (``respond``), ``deepcopy``, ``reset_copy``, ``save``/``load`` (JSON, or
+the whole program with ``save_program=True``), ``dspy.streamify`` and ``dspy.inspect_history``.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import copy
-import json
 import logging
 import os
 import threading
@@ -11,17 +29,29 @@ from pathlib import Path
 from typing import Any
 
 import dspy
-from dspy.predict.parameter import Parameter
 from dspy.utils.exceptions import AdapterParseError
 
 from drpo_dspy.adapters.drpo_layout import STOP_SEQUENCES, DRPOLayoutAdapter
+from drpo_dspy.modules.history import conversation_turns
+from drpo_dspy.modules.in_context import demo_pairs, in_context
+from drpo_dspy.modules.program_file import PROGRAM_FIX, check_program_file
+from drpo_dspy.modules.responder_state import (
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_TEMPERATURE,
+    Decoding,
+    ExampleBank,
+    check_decoding,
+    check_demo_mode,
+    check_k,
+)
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_INSTRUCTIONS = "You are a helpful assistant."
-DEFAULT_MAX_TOKENS = 1024  # an explicit answer cap: OpenAI-compatible /v1/completions servers default to 16 tokens
-DEFAULT_TEMPERATURE = 0.0  # greedy, as the paper decodes the base model; servers default to sampling at 1.0
-_STATE_VERSION = 1
+_check_decoding = check_decoding  # the name other modules import
+
+__all__ = ["DEFAULT_INSTRUCTIONS", "DEFAULT_MAX_TOKENS", "DEFAULT_TEMPERATURE", "AlignedAnswer", "AlignedResponder",
+           "Decoding", "ExampleBank"]
 
 
 class AlignedAnswer(dspy.Signature):
@@ -37,78 +67,9 @@ def _default_examples() -> list[dict]:
     return [{"query": e["query"], "answer": e["answer"]} for e in load_seed_examples()]
 
 
-class ExampleBank(Parameter):
-    """The responder's learned in-context state: the example bank and k, saved with the module as JSON."""
-
-    def __init__(self, bank: Any, k: int, fixed: bool = False):
-        self.bank = bank
-        self.k = k
-        self.fixed = fixed
-
-    def reset(self) -> None:  # an optimizer's reset_copy keeps the bank: it is data, not a trace
-        pass
-
-    def dump_state(self, json_mode: bool = True) -> dict[str, Any]:
-        return {"version": _STATE_VERSION, "k": self.k, "fixed": self.fixed, "bank": self.bank.to_state()}
-
-    def load_state(self, state: dict[str, Any]) -> ExampleBank:
-        from drpo_dspy.retrievers.bank import AlignmentBank
-
-        if not isinstance(state, dict) or "bank" not in state or "k" not in state:
-            raise ValueError("not an AlignedResponder example bank state (expected keys 'k' and 'bank')")
-        if state.get("version") != _STATE_VERSION:
-            raise ValueError(f"unsupported example bank state version {state.get('version')!r}")
-        bank = AlignmentBank.from_state(state["bank"])
-        _check_k(state["k"], len(bank))
-        self.bank, self.k, self.fixed = bank, state["k"], bool(state.get("fixed", False))
-        return self
-
-    def __deepcopy__(self, memo: dict) -> ExampleBank:
-        # The bank holds an embedding model and an index: share them, copy only the data.
-        return ExampleBank(self.bank.copy() if hasattr(self.bank, "copy") else self.bank, self.k, self.fixed)
-
-
-class Decoding(Parameter):
-    """How the base model is decoded: temperature and answer cap, sent on every call and saved with the module."""
-
-    def __init__(self, temperature: float | None = DEFAULT_TEMPERATURE, max_tokens: int | None = DEFAULT_MAX_TOKENS):
-        _check_decoding(temperature, max_tokens)
-        self.temperature, self.max_tokens = temperature, max_tokens
-
-    def reset(self) -> None:  # learned settings, not a trace
-        pass
-
-    def config(self) -> dict[str, Any]:
-        """The per-call settings (a ``None`` setting is left to the LM and its server)."""
-        return {k: v for k, v in (("temperature", self.temperature), ("max_tokens", self.max_tokens)) if v is not None}
-
-    def dump_state(self, json_mode: bool = True) -> dict[str, Any]:
-        return {"temperature": self.temperature, "max_tokens": self.max_tokens}
-
-    def load_state(self, state: dict[str, Any]) -> Decoding:
-        if not isinstance(state, dict):
-            raise ValueError("not an AlignedResponder decoding state (expected temperature and max_tokens)")
-        temperature, max_tokens = state.get("temperature"), state.get("max_tokens")
-        _check_decoding(temperature, max_tokens)
-        self.temperature, self.max_tokens = temperature, max_tokens
-        return self
-
-
-def _check_decoding(temperature: Any, max_tokens: Any) -> None:
-    if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, int | float)
-                                    or not 0 <= temperature <= 2):
-        raise ValueError(f"temperature must be a number from 0 to 2 or None, got {temperature!r}")
-    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
-        raise ValueError(f"max_tokens must be a positive integer or None, got {max_tokens!r}")
-
-
-def _check_k(k: Any, bank_size: int) -> None:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-        raise ValueError(f"k must be a non-negative integer, got {k!r}")
-    if k > bank_size:
-        raise ValueError(
-            f"k={k} is larger than the example bank ({bank_size} examples): lower k or add examples"
-        )
+def _check_query(query: Any) -> None:
+    if not isinstance(query, str) or not query.strip():
+        raise ValueError("query must be a non-empty string")
 
 
 class AlignedResponder(dspy.Module):
@@ -122,12 +83,16 @@ class AlignedResponder(dspy.Module):
         embedder: Sentence-transformers model name or path (default all-MiniLM-L6-v2, shipped offline).
         max_tokens: Cap on the answer length, sent on every call (default 1024; ``None`` leaves it to the LM's
             settings and the server, which for ``/v1/completions`` servers is often 16 tokens).
-        temperature: Decoding temperature of the answers (default 0: greedy, as the paper; ``None`` leaves it to
-            the LM's settings and the server).
         fixed_examples: Use the first ``k`` examples in bank order for every query instead of retrieving the most
             similar ones (a static, URIAL-style prompt).
+        temperature: Decoding temperature of the answers (default 0: greedy, as the paper; ``None`` leaves it to
+            the LM's settings and the server).
+        demo_mode: How demos on ``respond.demos`` (set by BootstrapFewShot, KNNFewShot, ... or by hand) join the
+            retrieved examples: "merge" (default: the demos first, then the retrieved examples) or "replace" (the
+            demos instead of the retrieved examples, when there are any).
 
-    Calling ``responder(query=...)`` returns ``dspy.Prediction(response=..., examples=[...])``.
+    Calling ``responder(query=..., history=None)`` returns ``dspy.Prediction(response=..., examples=[...])``,
+    ``examples`` being the queries of the in-context examples in prompt order.
     """
 
     def __init__(
@@ -140,19 +105,21 @@ class AlignedResponder(dspy.Module):
         max_tokens: int | None = DEFAULT_MAX_TOKENS,
         fixed_examples: bool = False,
         temperature: float | None = DEFAULT_TEMPERATURE,
+        demo_mode: str = "merge",
     ):
         super().__init__()
         from drpo_dspy.retrievers.bank import AlignmentBank
 
         if not isinstance(instructions, str) or not instructions.strip():
             raise ValueError("instructions must be a non-empty string")
+        check_demo_mode(demo_mode)
         if examples is None:
             examples = _default_examples()
         bank = examples if isinstance(examples, AlignmentBank) else AlignmentBank(examples, embedder=embedder)
-        _check_k(k, len(bank))
+        check_k(k, len(bank))
         self.decoding = Decoding(temperature, max_tokens)
         self.respond = dspy.Predict(AlignedAnswer.with_instructions(instructions))
-        self.examples = ExampleBank(bank, k, fixed=fixed_examples)
+        self.examples = ExampleBank(bank, k, fixed=fixed_examples, demo_mode=demo_mode)
         self._raw_lms: dict[int, dspy.LM] = {}
         self._raw_lock = threading.Lock()
 
@@ -177,7 +144,7 @@ class AlignedResponder(dspy.Module):
 
     @max_tokens.setter
     def max_tokens(self, value: int | None) -> None:
-        _check_decoding(self.decoding.temperature, value)
+        check_decoding(self.decoding.temperature, value)
         self.decoding.max_tokens = value
 
     @property
@@ -186,7 +153,7 @@ class AlignedResponder(dspy.Module):
 
     @temperature.setter
     def temperature(self, value: float | None) -> None:
-        _check_decoding(value, self.decoding.max_tokens)
+        check_decoding(value, self.decoding.max_tokens)
         self.decoding.temperature = value
 
     @property
@@ -195,8 +162,17 @@ class AlignedResponder(dspy.Module):
 
     @k.setter
     def k(self, value: int) -> None:
-        _check_k(value, len(self.examples.bank))
+        check_k(value, len(self.examples.bank))
         self.examples.k = value
+
+    @property
+    def demo_mode(self) -> str:
+        return self.examples.demo_mode
+
+    @demo_mode.setter
+    def demo_mode(self, mode: str) -> None:
+        check_demo_mode(mode)
+        self.examples.demo_mode = mode
 
     def with_state(self, *, instructions: str | None = None, bank: Any = None, k: int | None = None):
         """A copy of this responder with some of its learned state replaced."""
@@ -219,6 +195,9 @@ class AlignedResponder(dspy.Module):
             return self.examples.bank.examples[:k]
         return [example for example, _score in self.examples.bank.search(query, k)]
 
+    def _needs_retrieval(self, demos: list[tuple[str, str]]) -> bool:
+        return bool(self.k) and not (self.demo_mode == "replace" and demos)
+
     def _lm_for_call(self, lm: Any) -> Any:
         lm = lm or self.respond.lm or dspy.settings.lm
         if lm is None:
@@ -233,34 +212,83 @@ class AlignedResponder(dspy.Module):
                 raw = self._raw_lms[id(lm)] = raw_completion_lm(lm)
         return raw
 
-    def _call(self, query: str, instructions: str | None, lm: Any, config: dict | None,
-              paper_layout: bool = False) -> tuple[str, list[Any]]:
-        if not isinstance(query, str) or not query.strip():
-            raise ValueError("query must be a non-empty string")
-        examples = self.retrieve(query)
-        demos = [{"query": e.query, "response": e.answer} for e in examples]
-        call_config: dict[str, Any] = {"stop": list(STOP_SEQUENCES), **self.decoding.config()}
-        call_config.update(config or {})
+    def _request(self, query: str, turns: tuple, demos: list, retrieved: list, instructions: str | None,
+                 paper_layout: bool) -> tuple[DRPOLayoutAdapter, dict[str, Any], list[tuple[str, str]]]:
+        """The adapter and the predictor's arguments for one call (no LM chosen yet), and the examples shown."""
+        shown = in_context(demos, [(e.query, e.answer) for e in retrieved], self.demo_mode)
         signature = self.respond.signature
         if instructions is not None:
             signature = signature.with_instructions(instructions)
-        with dspy.context(adapter=DRPOLayoutAdapter(paper=paper_layout)):
+        arguments = {"query": query, "demos": [{"query": q, "response": a} for q, a in shown], "signature": signature}
+        return DRPOLayoutAdapter(paper=paper_layout, history=turns), arguments, shown
+
+    def _config(self, config: dict | None) -> dict[str, Any]:
+        return {"stop": list(STOP_SEQUENCES), **self.decoding.config(), **(config or {})}
+
+    def _prepare(self, query: str, history: Any, instructions: str | None, paper_layout: bool = False
+                 ) -> tuple[tuple, list]:
+        """Validate the call's inputs before any retrieval or LM call."""
+        _check_query(query)
+        if instructions is not None and (not isinstance(instructions, str) or not instructions.strip()):
+            raise ValueError("instructions must be a non-empty string")
+        turns = conversation_turns(history)
+        if turns and paper_layout:
+            raise ValueError("the paper layout is single-turn: it has no place for a conversation's earlier turns")
+        return turns, demo_pairs(self.respond.demos)
+
+    def messages_for(self, query: str, history: Any = None, *, instructions: str | None = None,
+                     paper_layout: bool = False) -> list[dict[str, str]]:
+        """Exactly the chat messages a call with these inputs sends (a text model gets their contents joined).
+
+        ``instructions`` lays the call out under other instructions, as :meth:`respond_with` answers.
+        """
+        turns, demos = self._prepare(query, history, instructions, paper_layout)
+        retrieved = self.retrieve(query) if self._needs_retrieval(demos) else []
+        adapter, arguments, _ = self._request(query, turns, demos, retrieved, instructions, paper_layout)
+        return adapter.format(arguments["signature"], arguments["demos"], {"query": query})
+
+    def _call(self, query: str, history: Any, instructions: str | None, lm: Any, config: dict | None,
+              paper_layout: bool = False) -> tuple[str, list[tuple[str, str]]]:
+        turns, demos = self._prepare(query, history, instructions, paper_layout)
+        retrieved = self.retrieve(query) if self._needs_retrieval(demos) else []
+        adapter, arguments, shown = self._request(query, turns, demos, retrieved, instructions, paper_layout)
+        with dspy.context(adapter=adapter):
             try:
-                pred = self.respond(query=query, demos=demos, lm=self._lm_for_call(lm), config=call_config,
-                                    signature=signature)
-                return pred.response or "", examples
+                pred = self.respond(**arguments, lm=self._lm_for_call(lm), config=self._config(config))
             except AdapterParseError:  # the model returned nothing at all
                 logger.warning("the model returned an empty completion for query %.60r", query)
-                return "", examples
+                return "", shown
+        return pred.response or "", shown
 
-    def forward(self, query: str, lm: Any = None, config: dict | None = None) -> dspy.Prediction:
-        response, examples = self._call(query, None, lm, config)
-        return dspy.Prediction(response=response, examples=[e.query for e in examples])
+    async def _acall(self, query: str, history: Any, instructions: str | None, lm: Any, config: dict | None,
+                     paper_layout: bool = False) -> tuple[str, list[tuple[str, str]]]:
+        turns, demos = self._prepare(query, history, instructions, paper_layout)
+        retrieved = await asyncio.to_thread(self.retrieve, query) if self._needs_retrieval(demos) else []
+        adapter, arguments, shown = self._request(query, turns, demos, retrieved, instructions, paper_layout)
+        lm = await asyncio.to_thread(self._lm_for_call, lm)  # a text model's raw route may register a provider
+        with dspy.context(adapter=adapter):
+            try:
+                pred = await self.respond.acall(**arguments, lm=lm, config=self._config(config))
+            except AdapterParseError:
+                logger.warning("the model returned an empty completion for query %.60r", query)
+                return "", shown
+        return pred.response or "", shown
 
-    def respond_with(self, instructions: str, query: str, *, lm: Any = None, paper_layout: bool = False) -> str:
+    def forward(self, query: str, history: Any = None, lm: Any = None, config: dict | None = None
+                ) -> dspy.Prediction:
+        response, shown = self._call(query, history, None, lm, config)
+        return dspy.Prediction(response=response, examples=[q for q, _ in shown])
+
+    async def aforward(self, query: str, history: Any = None, lm: Any = None, config: dict | None = None
+                       ) -> dspy.Prediction:
+        response, shown = await self._acall(query, history, None, lm, config)
+        return dspy.Prediction(response=response, examples=[q for q, _ in shown])
+
+    def respond_with(self, instructions: str, query: str, *, lm: Any = None, paper_layout: bool = False,
+                     history: Any = None) -> str:
         """Answer ``query`` under other ``instructions`` without changing this module (used by the search);
         ``paper_layout`` formats the prompt as the original code does during its search."""
-        return self._call(query, instructions, lm, None, paper_layout)[0]
+        return self._call(query, history, instructions, lm, None, paper_layout)[0]
 
     # -- saving and loading --------------------------------------------------------------------------------
     def dump_state(self, json_mode: bool = True) -> dict[str, Any]:
@@ -284,15 +312,14 @@ class AlignedResponder(dspy.Module):
         """Load a saved program; a missing, corrupt or foreign file raises an error that names the file and the fix."""
         path = Path(path)
         if path.suffix == ".json":
-            _check_program_file(path)
+            check_program_file(path)
         elif not path.is_file():
             raise FileNotFoundError(f"program file {path} does not exist")
         try:
             return super().load(path, allow_pickle=allow_pickle, allow_unsafe_lm_state=allow_unsafe_lm_state)
         except (KeyError, TypeError, ValueError) as exc:
             detail = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
-            raise ValueError(f"{path} is not a usable AlignedResponder program ({detail}); re-save it with "
-                             "AlignedResponder.save(...) or use the program.json of a finished DRPO run") from exc
+            raise ValueError(f"{path} is not a usable AlignedResponder program ({detail}); {PROGRAM_FIX}") from exc
 
     def __deepcopy__(self, memo: dict) -> AlignedResponder:
         new = copy.copy(self)
@@ -304,29 +331,12 @@ class AlignedResponder(dspy.Module):
         new._raw_lms, new._raw_lock = {}, threading.Lock()
         return new
 
+    def __getstate__(self) -> dict[str, Any]:  # pickling (save_program=True): the raw-route cache is rebuilt
+        state = super().__getstate__()
+        state.pop("_raw_lms", None)
+        state.pop("_raw_lock", None)
+        return state
 
-
-_PROGRAM_FIX = "re-save it with AlignedResponder.save(...) or use the program.json of a finished DRPO run"
-
-
-def _check_program_file(path: Path) -> None:
-    """Fail with a clear message when ``path`` cannot be a saved AlignedResponder (before DSPy reads it)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"program file {path} does not exist")
-    data = path.read_bytes()
-    if not data.strip():
-        raise ValueError(f"program file {path} is empty; {_PROGRAM_FIX}")
-    try:
-        state = json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"program file {path} is not UTF-8 JSON (byte {exc.start}); {_PROGRAM_FIX}") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"program file {path} is corrupt or truncated (not valid JSON at line {exc.lineno}, "
-                         f"column {exc.colno}: {exc.msg}); {_PROGRAM_FIX}") from None
-    if not isinstance(state, dict):
-        raise ValueError(f"program file {path} holds a JSON {type(state).__name__}, not a saved AlignedResponder "
-                         "(a JSON object with 'respond' and 'examples')")
-    missing = [key for key in ("respond", "examples") if key not in state]
-    if missing:
-        raise ValueError(f"program file {path} is not a saved AlignedResponder: it has no {' or '.join(missing)} "
-                         f"entry (saved from another DSPy program?); {_PROGRAM_FIX}")
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._raw_lms, self._raw_lock = {}, threading.Lock()

@@ -1,10 +1,11 @@
 """OpenAI chat messages -> a conversation -> the DRPO layout the compiled program answers in.
 
-A single-turn request gives exactly the messages ``AlignedResponder`` sends (``DRPOLayoutAdapter.format``):
-system = aligned instructions + the k examples retrieved for the query, user = the query opening ``<START>``.
-Earlier turns of a multi-turn conversation are laid out like examples (the user turn as ``# Query:``, the
-assistant turn as the answer closed by ``<END>``), so a text (base) model sees one continuous DRPO document.
-A client's own system message follows the aligned instructions, before the examples.
+The layout is the responder's own: :func:`conversation_messages` asks ``AlignedResponder.messages_for`` for exactly
+the messages the program sends for the conversation (its retrieval for the last user turn, its demos, its layout),
+and :func:`layout_messages` lays out given examples with the same ``build_messages``. System = aligned
+instructions + the in-context examples; earlier turns follow as chat turns (the user turn as ``# Query:``, the
+assistant turn as the answer closed by ``<END>``), so a text (base) model sees one continuous DRPO document; the
+last user turn opens ``<START>``. A client's own system message follows the aligned instructions, before the examples.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from drpo_dspy.adapters.drpo_layout import END, system_part, user_part
+import dspy
+
+from drpo_dspy.adapters.drpo_layout import build_messages
 from drpo_dspy.serve.errors import bad_request
 
 _SYSTEM_ROLES = ("system", "developer")
@@ -104,17 +107,27 @@ def parse_prompt(prompt: Any) -> Conversation:
     return Conversation(query=prompt)
 
 
+def _with_client_system(instructions: str, conversation: Conversation) -> str:
+    return f"{instructions.strip()}\n\n{conversation.system}" if conversation.system else instructions
+
+
+def conversation_history(conversation: Conversation) -> dspy.History:
+    """The conversation's finished turns as a ``dspy.History`` of ``{query, response}`` exchanges."""
+    return dspy.History(messages=[{"query": query, "response": answer} for query, answer in conversation.turns])
+
+
+def conversation_messages(responder: Any, conversation: Conversation) -> list[dict[str, str]]:
+    """Exactly what ``responder`` sends for ``conversation`` (``AlignedResponder.messages_for``); it retrieves, so
+    call it off the event loop."""
+    instructions = _with_client_system(responder.instructions, conversation) if conversation.system else None
+    return responder.messages_for(conversation.query, conversation_history(conversation), instructions=instructions)
+
+
 def layout_messages(instructions: str, examples: Iterable[tuple[str, str]], conversation: Conversation
                     ) -> list[dict[str, str]]:
     """The chat messages in the DRPO layout (for a text model the route concatenates their contents)."""
-    if conversation.system:
-        instructions = f"{instructions.strip()}\n\n{conversation.system}"
-    messages = [{"role": "system", "content": system_part(instructions, examples)}]
-    for query, answer in conversation.turns:
-        messages.append({"role": "user", "content": user_part(query)})
-        messages.append({"role": "assistant", "content": f"{answer.strip()}\n{END}\n\n"})
-    messages.append({"role": "user", "content": user_part(conversation.query)})
-    return messages
+    return build_messages(_with_client_system(instructions, conversation), examples, conversation.query,
+                          history=conversation.turns)
 
 
 def example_pairs(examples: Sequence[Any]) -> list[tuple[str, str]]:

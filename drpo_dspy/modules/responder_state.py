@@ -1,0 +1,99 @@
+"""The learned state of an AlignedResponder that DSPy saves with it: the example bank and k, and the decoding."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dspy.predict.parameter import Parameter
+
+DEFAULT_MAX_TOKENS = 1024  # an explicit answer cap: OpenAI-compatible /v1/completions servers default to 16 tokens
+DEFAULT_TEMPERATURE = 0.0  # greedy, as the paper decodes the base model; servers default to sampling at 1.0
+DEMO_MODES = ("merge", "replace")
+_STATE_VERSION = 1
+
+
+class ExampleBank(Parameter):
+    """The responder's learned in-context state: the example bank, k, and how predictor demos join them."""
+
+    def __init__(self, bank: Any, k: int, fixed: bool = False, demo_mode: str = "merge"):
+        check_demo_mode(demo_mode)
+        self.bank = bank
+        self.k = k
+        self.fixed = fixed
+        self.demo_mode = demo_mode
+
+    def reset(self) -> None:  # an optimizer's reset_copy keeps the bank: it is data, not a trace
+        pass
+
+    def dump_state(self, json_mode: bool = True) -> dict[str, Any]:
+        return {"version": _STATE_VERSION, "k": self.k, "fixed": self.fixed, "demo_mode": self.demo_mode,
+                "bank": self.bank.to_state()}
+
+    def load_state(self, state: dict[str, Any]) -> ExampleBank:
+        from drpo_dspy.retrievers.bank import AlignmentBank
+
+        if not isinstance(state, dict) or "bank" not in state or "k" not in state:
+            raise ValueError("not an AlignedResponder example bank state (expected keys 'k' and 'bank')")
+        if state.get("version") != _STATE_VERSION:
+            raise ValueError(f"unsupported example bank state version {state.get('version')!r}")
+        demo_mode = state.get("demo_mode", "merge")
+        check_demo_mode(demo_mode)
+        bank = AlignmentBank.from_state(state["bank"])
+        check_k(state["k"], len(bank))
+        self.bank, self.k, self.fixed = bank, state["k"], bool(state.get("fixed", False))
+        self.demo_mode = demo_mode
+        return self
+
+    def __deepcopy__(self, memo: dict) -> ExampleBank:
+        # The bank holds an embedding model and an index: share them, copy only the data.
+        return ExampleBank(self.bank.copy() if hasattr(self.bank, "copy") else self.bank, self.k, self.fixed,
+                           self.demo_mode)
+
+
+class Decoding(Parameter):
+    """How the base model is decoded: temperature and answer cap, sent on every call and saved with the module."""
+
+    def __init__(self, temperature: float | None = DEFAULT_TEMPERATURE, max_tokens: int | None = DEFAULT_MAX_TOKENS):
+        check_decoding(temperature, max_tokens)
+        self.temperature, self.max_tokens = temperature, max_tokens
+
+    def reset(self) -> None:  # learned settings, not a trace
+        pass
+
+    def config(self) -> dict[str, Any]:
+        """The per-call settings (a ``None`` setting is left to the LM and its server)."""
+        return {k: v for k, v in (("temperature", self.temperature), ("max_tokens", self.max_tokens)) if v is not None}
+
+    def dump_state(self, json_mode: bool = True) -> dict[str, Any]:
+        return {"temperature": self.temperature, "max_tokens": self.max_tokens}
+
+    def load_state(self, state: dict[str, Any]) -> Decoding:
+        if not isinstance(state, dict):
+            raise ValueError("not an AlignedResponder decoding state (expected temperature and max_tokens)")
+        temperature, max_tokens = state.get("temperature"), state.get("max_tokens")
+        check_decoding(temperature, max_tokens)
+        self.temperature, self.max_tokens = temperature, max_tokens
+        return self
+
+
+def check_decoding(temperature: Any, max_tokens: Any) -> None:
+    if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, int | float)
+                                    or not 0 <= temperature <= 2):
+        raise ValueError(f"temperature must be a number from 0 to 2 or None, got {temperature!r}")
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
+        raise ValueError(f"max_tokens must be a positive integer or None, got {max_tokens!r}")
+
+
+def check_k(k: Any, bank_size: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ValueError(f"k must be a non-negative integer, got {k!r}")
+    if k > bank_size:
+        raise ValueError(
+            f"k={k} is larger than the example bank ({bank_size} examples): lower k or add examples"
+        )
+
+
+def check_demo_mode(mode: Any) -> None:
+    if mode not in DEMO_MODES:
+        raise ValueError(f"demo_mode must be 'merge' (predictor demos, then retrieved examples) or 'replace' "
+                         f"(predictor demos instead of retrieved examples), got {mode!r}")
