@@ -92,12 +92,15 @@ def test_ivf_recall_on_20k_random_vectors():
     assert recall >= 0.99
 
 
-def test_auto_picks_by_size_and_falls_back_without_structure():
+def test_auto_picks_by_size_and_measured_recall():
     base, _ = clustered(3_000, 1, 64)
     assert VectorIndex.build(base, kind="auto", exact_max=5_000).kind == "exact"
-    assert VectorIndex.build(base, kind="auto", exact_max=1_000).kind == "ivf"
+    graph = VectorIndex.build(base, kind="auto", exact_max=1_000)
+    assert graph.kind == "hnsw" and graph.params["calibration_reached_target"] and "fallback" not in graph.params
     uniform = VectorIndex.build(random_unit(3_000, 64), kind="auto", exact_max=1_000)
-    assert uniform.kind == "exact" and "fallback" in uniform.params
+    assert uniform.kind == "hnsw"  # a graph needs no cluster structure to reach the target
+    unreachable = VectorIndex.build(base, kind="auto", exact_max=1_000, target_recall=1.01)
+    assert unreachable.kind == "exact" and "fallback" in unreachable.params
 
 
 def test_hnsw_recall_and_explicit_width():

@@ -3,13 +3,11 @@
 Answers are stored without the ``<START>``/``<END>`` markers; the prompt layout adds them. Embeddings are computed
 lazily (on the first search after a change) and the vector index is rebuilt or extended as needed. All public
 methods are thread-safe: one re-entrant lock guards the examples, the embeddings and the index; the live query is
-embedded outside it.
+embedded outside it, through a bounded LRU cache of query vectors (``query_cache``) shared by copies of the bank.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import threading
 import warnings
@@ -19,20 +17,19 @@ from typing import Any
 
 import numpy as np
 
-from drpo_dspy.retrievers.bank_io import atomic_write, read_bank_json
+from drpo_dspy.retrievers import bank_files
+from drpo_dspy.retrievers.bank_rules import admit, check_policy, check_search_args, dedupe_drops, progress_bar
 from drpo_dspy.retrievers.embedders import Embedder, canonical_embedder_name, l2_normalize, load_embedder
 from drpo_dspy.retrievers.examples import END, START, ICLExample, normalize_query, strip_answer_markers, to_example
-from drpo_dspy.retrievers.vector_index import EXACT_MAX, INDEX_KINDS, VectorIndex, mmr_select
+from drpo_dspy.retrievers.query_cache import DEFAULT_QUERY_CACHE_SIZE, QueryVectorCache
+from drpo_dspy.retrievers.vector_index import EXACT_MAX, INDEX_KINDS, VectorIndex, _check_vectors, mmr_select
 
-__all__ = [
-    "FORMAT_VERSION", "INDEX_SAVE_THRESHOLD", "AlignmentBank", "ICLExample", "normalize_query",
-    "strip_answer_markers",
-]
+__all__ = ["FORMAT_VERSION", "INDEX_SAVE_THRESHOLD", "AlignmentBank", "ICLExample", "normalize_query",
+           "strip_answer_markers"]
 
 FORMAT = "drpo-dspy/alignment-bank"
 FORMAT_VERSION = 1
 INDEX_SAVE_THRESHOLD = 10_000
-ON_DUPLICATE = ("error", "keep_last", "keep_first", "allow")
 
 
 class AlignmentBank:
@@ -41,18 +38,20 @@ class AlignmentBank:
     ``on_duplicate`` decides what a repeated (normalised) query does: "error" (ValueError naming it), "keep_last"
     (the new one replaces the old and moves to the end), "keep_first" (the new one is ignored) or "allow" (both
     are kept; ``dedupe`` removes them later). ``index_kind`` is passed to ``VectorIndex.build``.
+    ``query_cache_size`` bounds the LRU cache of live-query vectors (0 turns it off).
     """
 
     def __init__(self, examples: Iterable[ICLExample | Mapping[str, Any] | tuple[str, str]] = (), *,
                  embedder: str | Embedder | None = None, index_kind: str = "auto",
-                 on_duplicate: str = "error") -> None:
+                 on_duplicate: str = "error", query_cache_size: int = DEFAULT_QUERY_CACHE_SIZE) -> None:
+        QueryVectorCache(query_cache_size)  # validates the size
         if index_kind not in INDEX_KINDS:
             raise ValueError(f"index_kind must be one of {INDEX_KINDS}, got {index_kind!r}")
-        if on_duplicate not in ON_DUPLICATE:
-            raise ValueError(f"on_duplicate must be one of {ON_DUPLICATE}, got {on_duplicate!r}")
+        check_policy(on_duplicate)
         self._lock = threading.RLock()
         self._index_kind = index_kind
         self._on_duplicate = on_duplicate
+        self._query_cache_size = query_cache_size
         self._set_embedder(embedder)
         self._examples: list[ICLExample] = []
         self._keys: list[str] = []
@@ -66,6 +65,7 @@ class AlignmentBank:
         self._embedder_name = canonical_embedder_name(embedder)
         self._embedder_spec = embedder
         self._embedder: Embedder | None = None if embedder is None or isinstance(embedder, str) else embedder
+        self._query_cache = QueryVectorCache(self._query_cache_size)
         self._emb = np.zeros((0, 0), dtype=np.float32)  # rows for examples[:_emb_n]; capacity may be larger
         self._emb_n = 0
         self._index: VectorIndex | None = None
@@ -129,6 +129,16 @@ class AlignmentBank:
             return self._embedder
 
     @property
+    def query_cache(self) -> QueryVectorCache:
+        """The LRU cache of live-query vectors in the current embedder's space (``hits``, ``misses``, ``clear``)."""
+        return self._query_cache
+
+    @property
+    def index(self) -> VectorIndex | None:
+        """The vector index as last built (None before the first search); ``kind``, ``params``, ``memory_bytes``."""
+        return self._index
+
+    @property
     def index_kind(self) -> str:
         """The requested index kind ("auto", "exact", "ivf" or "hnsw")."""
         return self._index_kind
@@ -136,28 +146,9 @@ class AlignmentBank:
     # -- mutation ----------------------------------------------------------------------------------------------------
     def _insert(self, items: list[ICLExample], policy: str) -> int:
         with self._lock:
-            keys = [normalize_query(ex.query) for ex in items]
-            if policy == "error":
-                seen: set[str] = set()
-                for ex, key in zip(items, keys, strict=True):
-                    if key in self._counts or key in seen:
-                        raise ValueError(f"duplicate query {ex.query!r}: the bank already has it (pass "
-                                         "on_duplicate='keep_last'/'keep_first'/'allow', or remove it first)")
-                    seen.add(key)
-            elif policy == "keep_first":
-                kept, seen = [], set(self._counts)
-                for ex, key in zip(items, keys, strict=True):
-                    if key not in seen:
-                        kept.append((ex, key))
-                        seen.add(key)
-                items, keys = [ex for ex, _ in kept], [key for _, key in kept]
-            elif policy == "keep_last":
-                last = {key: i for i, key in enumerate(keys)}
-                items = [ex for i, ex in enumerate(items) if last[keys[i]] == i]
-                keys = [key for i, key in enumerate(keys) if last[key] == i]
-                replaced = set(keys) & set(self._counts)
-                if replaced:
-                    self._remove_positions([i for i, key in enumerate(self._keys) if key in replaced])
+            items, keys, replaced = admit(items, [normalize_query(ex.query) for ex in items], self._counts, policy)
+            if replaced:
+                self._remove_positions([i for i, key in enumerate(self._keys) if key in replaced])
             for ex, key in zip(items, keys, strict=True):
                 self._examples.append(ex)
                 self._keys.append(key)
@@ -184,10 +175,7 @@ class AlignmentBank:
             return added
 
     def _policy(self, on_duplicate: str | None) -> str:
-        policy = self._on_duplicate if on_duplicate is None else on_duplicate
-        if policy not in ON_DUPLICATE:
-            raise ValueError(f"on_duplicate must be one of {ON_DUPLICATE}, got {policy!r}")
-        return policy
+        return check_policy(self._on_duplicate if on_duplicate is None else on_duplicate)
 
     def remove(self, query: str) -> int:
         """Remove every example whose normalised query equals ``query``'s; KeyError if there is none."""
@@ -203,14 +191,8 @@ class AlignmentBank:
 
     def dedupe(self, keep: str = "last") -> int:
         """Drop examples whose normalised query repeats, keeping the "first" or "last"; returns how many went."""
-        if keep not in ("first", "last"):
-            raise ValueError(f"keep must be 'first' or 'last', got {keep!r}")
         with self._lock:
-            winner: dict[str, int] = {}
-            for i, key in enumerate(self._keys):
-                if keep == "last" or key not in winner:
-                    winner[key] = i
-            drop = [i for i, key in enumerate(self._keys) if winner[key] != i]
+            drop = dedupe_drops(self._keys, keep)
             self._remove_positions(drop)
             return len(drop)
 
@@ -247,8 +229,8 @@ class AlignmentBank:
         return self
 
     # -- embeddings and index ----------------------------------------------------------------------------------------
-    def _encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        embedder = self.embedder
+    def _encode(self, texts: list[str], batch_size: int = 64, embedder: Embedder | None = None) -> np.ndarray:
+        embedder = embedder or self.embedder
         vectors = l2_normalize(embedder.encode(texts, batch_size=batch_size))
         if vectors.shape[0] != len(texts):
             raise ValueError(f"embedder {self._embedder_name!r} gave {vectors.shape[0]} rows for {len(texts)} texts")
@@ -259,15 +241,7 @@ class AlignmentBank:
         if not pending:
             return
         self._unshare()
-        bar = None
-        if show_progress:
-            try:
-                from tqdm.auto import tqdm
-
-                bar = tqdm(total=len(pending), desc="embedding queries", unit="ex")
-            except ImportError:  # pragma: no cover - tqdm comes with dspy
-                bar = None
-        try:
+        with progress_bar(len(pending), show_progress) as bar:
             for start in range(0, len(pending), max(1, batch_size)):
                 vectors = self._encode(pending[start : start + batch_size], batch_size)
                 need = self._emb_n + len(vectors)
@@ -282,16 +256,15 @@ class AlignmentBank:
                 self._emb_n = need
                 if bar is not None:
                     bar.update(len(vectors))
-        finally:
-            if bar is not None:
-                bar.close()
 
     def _ensure_index(self) -> VectorIndex:
         self._embed_pending()
         n = len(self._examples)
         index = self._index
-        stale = index is None or (self._index_kind == "auto" and index.kind == "exact" and n > EXACT_MAX) or \
-            (index.kind != "exact" and n > 2 * self._index_built_n)
+        grown = n > 2 * self._index_built_n  # approximate indexes are rebuilt (and re-calibrated) as the bank doubles
+        stale = index is None or (index.kind != "exact" and grown) or (
+            self._index_kind == "auto" and index.kind == "exact" and n > EXACT_MAX and ("fallback" not in index.params
+                                                                                       or grown))
         if stale:
             self._index = VectorIndex.build(self._emb[:n], kind=self._index_kind)
             self._index_n = self._index_built_n = n
@@ -316,28 +289,16 @@ class AlignmentBank:
     def search_batch(self, queries: list[str], k: int, *,
                      mmr_lambda: float | None = None) -> list[list[tuple[ICLExample, float]]]:
         """``search`` for several queries at once (one embedding call)."""
-        if isinstance(queries, str):
-            raise TypeError("search_batch takes a list of queries; use search() for one")
-        queries = list(queries)
-        for query in queries:
-            if not isinstance(query, str):
-                raise TypeError(f"query must be a str, got {type(query).__name__}")
-            if not query.strip():
-                raise ValueError("query must not be empty")
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-            raise TypeError(f"k must be an int, got {type(k).__name__}")
-        if k < 0:
-            raise ValueError(f"k must be >= 0, got {k}")
-        if mmr_lambda is not None and not (isinstance(mmr_lambda, (int, float)) and 0.0 <= mmr_lambda <= 1.0):
-            raise ValueError(f"mmr_lambda must be a number in [0, 1] or None, got {mmr_lambda!r}")
+        queries = check_search_args(queries, k, mmr_lambda)
         self._check_k(k)
         if k == 0 or not queries:
             return [[] for _ in queries]
-        embedder = self.embedder
-        vectors = self._encode(queries)
+        with self._lock:
+            embedder, cache = self.embedder, self._query_cache
+        vectors = cache.encode(queries, lambda texts: self._encode(texts, embedder=embedder))
         with self._lock:
             if self._embedder is not embedder:  # re-embedded meanwhile: embed again in the new space
-                vectors = self._encode(queries)
+                vectors = self._query_cache.encode(queries, self._encode)
             n = self._check_k(k)
             index = self._ensure_index()
             fetch = k if mmr_lambda is None else min(n, max(4 * k, k + 16))
@@ -365,30 +326,12 @@ class AlignmentBank:
     @classmethod
     def from_state(cls, state: Mapping[str, Any], embedder: str | Embedder | None = None) -> AlignmentBank:
         """Rebuild a bank from ``to_state``; refuses an ``embedder`` other than the recorded one."""
-        if not isinstance(state, Mapping):
-            raise TypeError(f"bank state must be a mapping, got {type(state).__name__}")
-        if state.get("format") != FORMAT:
-            hint = " (it looks like the published {query: answer} format: use AlignmentBank.from_published_json)" \
-                if state and all(isinstance(v, str) for v in state.values()) and "format" not in state else ""
-            raise ValueError(f"not an alignment-bank state (format={state.get('format')!r}, expected {FORMAT!r}){hint}")
-        if state.get("version") != FORMAT_VERSION:
-            raise ValueError(f"unsupported alignment-bank format version {state.get('version')!r}")
-        recorded, examples = state.get("embedder"), state.get("examples")
-        if not isinstance(recorded, str) or not isinstance(examples, list):
-            raise ValueError("bank state needs 'embedder' (str) and 'examples' (list)")
-        if state.get("count", len(examples)) != len(examples):
-            raise ValueError(f"bank state says {state.get('count')} examples but holds {len(examples)} (truncated?)")
-        if embedder is not None and canonical_embedder_name(embedder) != recorded:
-            raise ValueError(
-                f"this bank was embedded with {recorded!r} but embedder {canonical_embedder_name(embedder)!r} was "
-                f"passed. Load it with embedder=None to use {recorded!r}, then call "
-                f"bank.reembed({canonical_embedder_name(embedder)!r}) to switch embedders.")
+        recorded, examples = bank_files.check_bank_state(state, FORMAT, FORMAT_VERSION, embedder)
         return cls(examples, embedder=recorded if embedder is None else embedder,
                    index_kind=state.get("index_kind", "auto"), on_duplicate=state.get("on_duplicate", "error"))
 
     def _fingerprint(self) -> str:
-        queries = [ex.query for ex in self._examples]
-        return hashlib.sha256(json.dumps(queries, ensure_ascii=False).encode("utf-8")).hexdigest()
+        return bank_files.queries_fingerprint([ex.query for ex in self._examples])
 
     def save(self, path: str | os.PathLike[str], *, save_index: bool | None = None) -> Path:
         """Write ``.json`` (one object) or ``.jsonl`` (header line + one example per line). With ``save_index``
@@ -397,31 +340,20 @@ class AlignmentBank:
         if target.suffix.lower() not in (".json", ".jsonl"):
             raise ValueError(f"bank path must end in .json or .jsonl, got {target}")
         with self._lock:
-            state = self.to_state()
-            if target.suffix.lower() == ".json":
-                text = json.dumps(state, ensure_ascii=False, indent=1) + "\n"
-            else:
-                header = {key: value for key, value in state.items() if key != "examples"}
-                text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in [header, *state["examples"]])
             target.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(target, text)
+            bank_files.atomic_write(target, bank_files.bank_file_text(self.to_state(), target.suffix))
             if save_index if save_index is not None else len(self) >= INDEX_SAVE_THRESHOLD:
                 if not len(self):
                     return target
-                folder = Path(str(target) + ".index")
-                index = self._ensure_index()
-                index.save(folder)
-                np.save(folder / "embeddings.npy", self._emb[: len(self)])
-                meta = {"embedder": self._embedder_name, "count": len(self), "dim": int(self._emb.shape[1]),
-                        "queries_sha256": self._fingerprint()}
-                atomic_write(folder / "meta.json", json.dumps(meta, indent=1))
+                bank_files.write_index_folder(Path(str(target) + ".index"), self._ensure_index(),
+                                              self._emb[: len(self)], self._embedder_name, self._fingerprint())
         return target
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], embedder: str | Embedder | None = None) -> AlignmentBank:
         """Read a bank written by ``save``; a matching ``<path>.index/`` is reused instead of re-embedding."""
         source = Path(path)
-        state = read_bank_json(source, "alignment bank file")
+        state = bank_files.read_bank_json(source, "alignment bank file")
         try:
             bank = cls.from_state(state, embedder=embedder)
         except (TypeError, ValueError) as exc:
@@ -434,47 +366,31 @@ class AlignmentBank:
         return bank
 
     def _attach_saved_index(self, folder: Path) -> str | None:
-        try:
-            meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-            n = len(self)
-            if meta.get("embedder") != self._embedder_name:
-                return f"embedded with {meta.get('embedder')!r}, the bank uses {self._embedder_name!r}"
-            if meta.get("count") != n or meta.get("queries_sha256") != self._fingerprint():
-                return f"it holds {meta.get('count')} embeddings for different queries than the {n} in the bank"
-            emb = np.load(folder / "embeddings.npy", allow_pickle=False)
-            index = VectorIndex.load(folder)
-        except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
-            return f"unreadable ({exc})"
-        if emb.shape != (n, meta.get("dim")) or emb.dtype != np.float32 or len(index) != n or index.dim != emb.shape[1]:
-            return f"embeddings {emb.shape} / index {len(index)} x {index.dim} do not match {n} examples"
         with self._lock:
-            self._emb, self._emb_n = np.ascontiguousarray(emb), n
-            self._index, self._index_n, self._index_built_n = index, n, n
-        return None
+            found = bank_files.read_index_folder(folder, self._embedder_name, len(self), self._fingerprint())
+            return found if isinstance(found, str) else self._attach(*found)
+
+    def _attach(self, embeddings: np.ndarray, index: VectorIndex | None) -> None:
+        with self._lock:
+            self._emb, self._emb_n, self._shared = embeddings, len(embeddings), False
+            self._index, self._index_n, self._index_built_n = index, len(embeddings) if index else 0, len(embeddings)
+
+    @classmethod
+    def from_vectors(cls, examples: Iterable[ICLExample | Mapping[str, Any] | tuple[str, str]], vectors: Any, *,
+                     embedder: str | Embedder | None = None, **options: Any) -> AlignmentBank:
+        """A bank whose queries are already embedded (``vectors``: one unit row per example, in ``embedder``'s
+        space, e.g. computed on a GPU); the index is built on the first search. ``options`` as for the bank."""
+        bank, rows = cls(examples, embedder=embedder, **options), _check_vectors(vectors, None)
+        if rows.shape[0] != len(bank):
+            raise ValueError(f"{rows.shape[0]} vectors for {len(bank)} examples (duplicates dropped?)")
+        bank._attach(rows, None)
+        return bank
 
     @classmethod
     def from_published_json(cls, path_or_dict: str | os.PathLike[str] | Mapping[str, str],
                             embedder: str | Embedder | None = None) -> AlignmentBank:
         """Import the original release's ``{query: "<START>\\n...\\n<END>"}`` file (or dict)."""
-        if isinstance(path_or_dict, Mapping):
-            data: Any = path_or_dict
-            source = "published ICL examples"
-        elif not isinstance(path_or_dict, (str, os.PathLike)):
-            raise TypeError(f"expected a path or a {{query: answer}} mapping, got {type(path_or_dict).__name__}")
-        else:
-            data = read_bank_json(Path(path_or_dict), "published ICL examples file")
-            source = str(path_or_dict)
-        if not isinstance(data, Mapping):
-            raise ValueError(f"{source}: expected an object mapping query -> '<START>...<END>' answer, "
-                             f"got {type(data).__name__}")
-        examples = []
-        for query, raw in data.items():
-            try:
-                answer = strip_answer_markers(raw)
-                examples.append(ICLExample(query, answer, [{"source": "published", "file": source}]))
-            except (TypeError, ValueError) as exc:
-                raise type(exc)(f"{source}: query {query!r}: {exc}") from exc
-        return cls(examples, embedder=embedder)
+        return cls(bank_files.read_published_examples(path_or_dict), embedder=embedder)
 
     def to_published_json(self) -> dict[str, str]:
         """Export in the original release's ``{query: "<START>\\n...\\n<END>"}`` shape."""

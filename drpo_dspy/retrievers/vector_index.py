@@ -1,47 +1,40 @@
-"""Cosine top-k search over L2-normalised float32 vectors: exact for small sets, FAISS IVF/HNSW for large ones.
+"""Cosine top-k search over L2-normalised float32 vectors: exact for small sets, FAISS HNSW/IVF for large ones.
 
 Ids are positions ``0..len-1`` in insertion order; ``remove_ids`` deletes like ``del list[i]`` (later ids shift down).
 Results are ordered by score, ties by id. ``search`` may run concurrently; ``add``/``remove_ids``/``save`` need
 exclusive access (the caller's lock).
 
-``kind="auto"`` uses exact search up to ``EXACT_MAX`` vectors and IVF-Flat above it. Approximate indexes calibrate
-their search width on the data itself (512 leave-one-out queries drawn from the indexed vectors, recall@10
-against exact search): the smallest width whose recall, less two standard errors, reaches the target. If IVF
-cannot reach it while scanning at most a quarter of the lists (data without neighbourhood structure), "auto"
-falls back to exact search (after paying for the IVF build).
+``kind="auto"`` uses exact search up to ``EXACT_MAX`` vectors and an HNSW graph above it, whose ``efSearch`` is
+calibrated on the data itself (see ``index_builders``): the smallest width whose measured recall@10 reaches the
+target. HNSW reaches it on clustered and on structure-free (uniform) data alike, where IVF had to scan most lists;
+only if no width up to 2048 reaches it does "auto" fall back to exact search. HNSW removals are tombstones (a
+filter at search time) until a quarter of the graph is dead, then the graph is rebuilt from the live vectors.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from drpo_dspy.retrievers.exact_search import exact_topk, mmr_select
+from drpo_dspy.retrievers.index_builders import build_hnsw, build_ivf, faiss_module, new_hnsw
 
 __all__ = ["EXACT_MAX", "INDEX_KINDS", "TARGET_RECALL", "VectorIndex", "exact_topk", "mmr_select"]
 
 EXACT_MAX = 10_000  # measured (bench_retrieval.py, 2 busy cores, d=384): exact p50 ~0.7 ms at 10k, ~1.5 ms at 20k
 TARGET_RECALL = 0.99
 INDEX_KINDS = ("auto", "exact", "hnsw", "ivf")
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 80
 _FORMAT = "drpo-dspy/vector-index"
 _VERSION = 1
-_CALIB_QUERIES = 512
-_CALIB_K = 10
 _NORM_TOL = 1e-3
-_CHUNK_FLOATS = 1 << 25  # ~128 MB of scores per exact-search chunk
-_FEW_QUERIES = 8
-
-
-def _faiss() -> Any:
-    try:
-        import faiss
-    except ImportError as exc:  # pragma: no cover - faiss-cpu is a dependency
-        raise ImportError("approximate vector search needs faiss: `pip install faiss-cpu`") from exc
-    return faiss
+_MAX_DEAD_FRACTION = 0.25
 
 
 def _check_vectors(vectors: Any, dim: int | None) -> np.ndarray:
@@ -54,11 +47,12 @@ def _check_vectors(vectors: Any, dim: int | None) -> np.ndarray:
         raise ValueError("vectors must have dimension >= 1")
     if not np.isfinite(arr).all():
         raise ValueError("vectors contain NaN or infinite values")
-    if arr.shape[0]:
-        norms = np.linalg.norm(arr, axis=1)
+    for start in range(0, arr.shape[0], 65_536):  # chunked: no full-size temporary for a million rows
+        norms = np.linalg.norm(arr[start : start + 65_536], axis=1)
         bad = np.flatnonzero(np.abs(norms - 1.0) > _NORM_TOL)
         if bad.size:
-            raise ValueError(f"vectors must be L2-normalised; row {int(bad[0])} has norm {float(norms[bad[0]]):.4f}")
+            raise ValueError(f"vectors must be L2-normalised; row {start + int(bad[0])} has norm "
+                             f"{float(norms[bad[0]]):.4f}")
     return arr
 
 
@@ -72,109 +66,25 @@ def _check_k(k: int, n: int) -> int:
     return int(k)
 
 
-def _inner_products(queries: np.ndarray, base: np.ndarray) -> np.ndarray:
-    """``queries @ base.T``. A few queries go through faiss's single-threaded SIMD kernel: multi-threaded BLAS on
-    one query is no faster here and collapses (10x slower) when other threads or processes compete for the cores."""
-    if len(queries) > _FEW_QUERIES or not len(base):
-        return queries @ base.T
-    try:
-        import faiss
-    except ImportError:  # pragma: no cover - faiss-cpu is a dependency
-        return queries @ base.T
-    out = np.empty((len(queries), len(base)), dtype=np.float32)
-    base = np.ascontiguousarray(base)
-    for i, q in enumerate(np.ascontiguousarray(queries)):
-        faiss.fvec_inner_products_ny(faiss.swig_ptr(out[i]), faiss.swig_ptr(q), faiss.swig_ptr(base), base.shape[1],
-                                     len(base))
-    return out
-
-
-def exact_topk(queries: np.ndarray, base: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k inner products of ``queries`` (m, d) against ``base`` (n, d); ties broken by lower id."""
-    m, n = queries.shape[0], base.shape[0]
-    scores_out = np.empty((m, k), dtype=np.float32)
-    ids_out = np.empty((m, k), dtype=np.int64)
-    step = max(1, _CHUNK_FLOATS // max(n, 1))
-    for start in range(0, m, step):
-        scores = _inner_products(queries[start : start + step], base)
-        if k == n:
-            order = np.argsort(-scores, axis=1, kind="stable")
-        else:
-            part = np.sort(np.argpartition(-scores, k - 1, axis=1)[:, :k], axis=1)
-            order = np.take_along_axis(part, np.argsort(-np.take_along_axis(scores, part, 1), 1, kind="stable"), 1)
-            kth = np.take_along_axis(scores, order[:, -1:], 1)
-            for r in np.flatnonzero((scores >= kth).sum(axis=1) > k):  # a tie straddles the k-th place
-                cand = np.flatnonzero(scores[r] >= kth[r, 0])
-                order[r] = cand[np.lexsort((cand, -scores[r, cand]))[:k]]
-        ids_out[start : start + step] = order
-        scores_out[start : start + step] = np.take_along_axis(scores, order, 1)
-    return scores_out, ids_out
-
-
-def mmr_select(vectors: np.ndarray, relevance: np.ndarray, k: int, lam: float) -> list[int]:
-    """Greedy maximal-marginal-relevance: pick ``k`` of the candidate rows, each maximising
-    ``lam * relevance - (1 - lam) * (max similarity to the rows already picked)``; returns picks in order."""
-    chosen: list[int] = []
-    redundancy = np.full(len(relevance), -np.inf, dtype=np.float64)
-    for _ in range(k):
-        score = relevance.astype(np.float64) if not chosen else lam * relevance - (1.0 - lam) * redundancy
-        score[chosen] = -np.inf
-        pick = int(np.argmax(score))
-        chosen.append(pick)
-        redundancy = np.maximum(redundancy, vectors @ vectors[pick])
-    return chosen
-
-
-def _default_nlist(n: int) -> int:
-    return max(1, min(int(4 * math.sqrt(n)), n // 39, 65_536))
-
-
-def _loo_truth(vectors: np.ndarray, sample: np.ndarray, k: int) -> np.ndarray:
-    """Exact top-k neighbours of ``vectors[sample]`` among ``vectors``, excluding each query itself."""
-    kk = min(k + 1, len(vectors))
-    _, ids = exact_topk(vectors[sample], vectors, kk)
-    return np.stack([row[row != s][:k] if (row == s).any() else row[:k] for row, s in zip(ids, sample, strict=True)])
-
-
-def _calibrate(vectors: np.ndarray, search: Callable[[np.ndarray, int, int], np.ndarray], widths: list[int],
-               target: float, seed: int) -> tuple[int, float, bool]:
-    """Smallest width in ``widths`` whose leave-one-out recall@k reaches ``target``: (width, recall, reached).
-
-    Misses cluster on a few queries (a topic split across cells), so the test is on a lower confidence bound:
-    mean per-query recall minus two standard errors."""
-    n = len(vectors)
-    k = min(_CALIB_K, n - 1)
-    rng = np.random.default_rng(seed)
-    sample = np.sort(rng.choice(n, size=min(_CALIB_QUERIES, n), replace=False))
-    truth = _loo_truth(vectors, sample, k)
-    recall = 0.0
-    for width in widths:
-        found = search(vectors[sample], k + 1, width)
-        per_query = np.array([len(set(t.tolist()) & set(f[(f != s) & (f >= 0)][:k].tolist())) / k
-                              for t, f, s in zip(truth, found, sample, strict=True)])
-        recall = float(per_query.mean())
-        if recall - 2 * float(per_query.std()) / math.sqrt(len(per_query)) >= target:
-            return width, recall, True
-    return widths[-1], recall, False
-
-
 class VectorIndex:
     """Inner-product (cosine) top-k index; create it with ``VectorIndex.build`` or ``VectorIndex.load``."""
 
     def __init__(self, kind: str, dim: int, params: dict[str, Any], *, base: np.ndarray | None = None,
-                 index: Any = None) -> None:
+                 index: Any = None, positions: np.ndarray | None = None) -> None:
         self._kind = kind
         self._dim = int(dim)
         self._params = params
         self._buf = base if base is not None else np.zeros((0, dim), dtype=np.float32)
         self._n = len(self._buf) if base is not None else 0
         self._index = index
+        self._set_positions(positions)
 
     # -- construction ---------------------------------------------------------------------------------------------
     @classmethod
     def build(cls, vectors: Any, *, kind: str = "auto", seed: int = 0, exact_max: int = EXACT_MAX,
               target_recall: float = TARGET_RECALL, nlist: int | None = None, nprobe: int | None = None,
-              hnsw_m: int = 32, ef_construction: int = 80, ef_search: int | None = None) -> VectorIndex:
+              hnsw_m: int = HNSW_M, ef_construction: int = HNSW_EF_CONSTRUCTION,
+              ef_search: int | None = None) -> VectorIndex:
         """Index ``vectors`` (n, d) with unit rows. ``kind``: "auto", "exact", "ivf" or "hnsw"; search widths
         (``nprobe``/``ef_search``) left ``None`` are calibrated to ``target_recall``."""
         if kind not in INDEX_KINDS:
@@ -186,49 +96,18 @@ class VectorIndex:
             return cls("exact", dim, params, base=base.copy())
         if n < 2:
             raise ValueError(f"an approximate ({kind!r}) index needs at least 2 vectors, got {n}")
-        faiss = _faiss()
-        if kind == "hnsw":
-            index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
-            index.hnsw.efConstruction = ef_construction
-            index.add(base)
-
-            def hnsw_search(q: np.ndarray, kk: int, width: int) -> np.ndarray:
-                return index.search(q, kk, params=faiss.SearchParametersHNSW(efSearch=width))[1]
-
-            if ef_search is None:
-                widths = [16, 32, 64, 128, 256, 512, 1024, 2048]
-                ef_search, params["calibrated_recall"], params["calibration_reached_target"] = _calibrate(
-                    base, hnsw_search, widths, target_recall, seed)
-            index.hnsw.efSearch = ef_search
-            params.update(M=hnsw_m, ef_construction=ef_construction, ef_search=ef_search)
-            return cls("hnsw", dim, params, index=index)
-        nlist = nlist or _default_nlist(n)
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.cp.seed = seed
-        index.cp.spherical = True
-        rng = np.random.default_rng(seed)
-        train = base if n <= 50 * nlist else base[np.sort(rng.choice(n, 50 * nlist, replace=False))]
-        index.train(train)
-        index.add(base)
-        index.make_direct_map()
-
-        def ivf_search(q: np.ndarray, kk: int, width: int) -> np.ndarray:
-            return index.search(q, kk, params=faiss.SearchParametersIVF(nprobe=width))[1]
-
-        params["nlist"] = nlist
-        if nprobe is None:
-            widths = sorted({min(nlist, 2**i) for i in range(int(math.log2(nlist)) + 2)})
-            if kind == "auto":  # scanning more than a quarter of the data, exact search is about as fast
-                widths = [w for w in widths if w <= max(1, nlist // 4)]
-            found, recall, reached = _calibrate(base, ivf_search, widths, target_recall, seed)
-            params.update(calibrated_recall=recall, calibration_reached_target=reached)
-            if kind == "auto" and not reached:
-                params["fallback"] = f"IVF recall@{_CALIB_K} was {recall:.4f} at nprobe={found}/{nlist}; using exact"
-                return cls("exact", dim, params, base=base.copy())
-            nprobe = found
-        index.nprobe = nprobe
-        params["nprobe"] = nprobe
-        return cls("ivf", dim, params, index=index)
+        if kind == "ivf":
+            index, built, _ = build_ivf(base, seed=seed, target_recall=target_recall, nlist=nlist, nprobe=nprobe)
+            return cls("ivf", dim, {**params, **built}, index=index)
+        index, built, reached = build_hnsw(base, seed=seed, target_recall=target_recall, m=hnsw_m,
+                                           ef_construction=ef_construction, ef_search=ef_search)
+        params.update(built)
+        if kind == "auto" and not reached:
+            params["fallback"] = (f"HNSW recall@10 was {built['calibrated_recall']:.4f} at efSearch="
+                                  f"{built['ef_search']}; using exact")
+            del index
+            return cls("exact", dim, params, base=base.copy())
+        return cls("hnsw", dim, params, index=index)
 
     # -- properties -------------------------------------------------------------------------------------------------
     @property
@@ -243,11 +122,24 @@ class VectorIndex:
 
     @property
     def params(self) -> dict[str, Any]:
-        """Build parameters (a copy), e.g. nlist/nprobe, calibrated recall, or why "auto" fell back to exact."""
+        """Build parameters (a copy), e.g. efSearch/nprobe, calibrated recall, or why "auto" fell back to exact."""
         return dict(self._params)
 
+    def memory_bytes(self) -> int:
+        """Bytes held by the vectors and the index structure (graph links, list ids), without Python overhead."""
+        if self._kind == "exact":
+            return int(self._buf.nbytes)
+        stored = int(self._index.ntotal) * self._dim * 4
+        if self._kind == "hnsw":
+            hnsw = self._index.hnsw
+            links = hnsw.neighbors.size() * 4 + hnsw.offsets.size() * 8 + hnsw.levels.size() * 4
+            return stored + links + (self._positions.nbytes * 2 if self._positions is not None else 0)
+        return stored + int(self._index.ntotal) * 16 + int(self._params["nlist"]) * self._dim * 4
+
     def __len__(self) -> int:
-        return self._n if self._kind == "exact" else int(self._index.ntotal)
+        if self._kind == "exact":
+            return self._n
+        return len(self._positions) if self._positions is not None else int(self._index.ntotal)
 
     def __repr__(self) -> str:
         return f"VectorIndex(kind={self._kind!r}, dim={self._dim}, count={len(self)})"
@@ -256,7 +148,27 @@ class VectorIndex:
         """A copy of every indexed vector, in id order."""
         if self._kind == "exact":
             return self._buf[: self._n].copy()
-        return self._index.reconstruct_n(0, len(self)) if len(self) else np.zeros((0, self._dim), np.float32)
+        if not len(self):
+            return np.zeros((0, self._dim), np.float32)
+        stored = self._index.reconstruct_n(0, int(self._index.ntotal))
+        return stored if self._positions is None else stored[self._positions]
+
+    # -- HNSW tombstones --------------------------------------------------------------------------------------------
+    def _set_positions(self, positions: np.ndarray | None) -> None:
+        """``positions[i]`` is the faiss id of position ``i`` (None: the same); a selector hides the dead ids."""
+        self._positions = positions
+        self._faiss_to_position: np.ndarray | None = None
+        self._selector: tuple[Any, ...] | None = None
+        if positions is None:
+            return
+        total = int(self._index.ntotal)
+        lookup = np.full(total, -1, dtype=np.int64)
+        lookup[positions] = np.arange(len(positions))
+        self._faiss_to_position = lookup
+        faiss = faiss_module()
+        dead = np.flatnonzero(lookup < 0).astype(np.int64)
+        inner = faiss.IDSelectorBatch(len(dead), faiss.swig_ptr(dead))
+        self._selector = (faiss.IDSelectorNot(inner), inner, dead)  # keep what the selector points to alive
 
     # -- search -----------------------------------------------------------------------------------------------------
     def search(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -275,16 +187,25 @@ class VectorIndex:
         if self._kind == "exact":
             return exact_topk(q, self._buf[:n], k)
         fetch = min(n, 2 * k + 8)  # over-fetch so equal scores can be re-ordered by id
-        scores, ids = self._index.search(q, fetch)
+        scores, ids = self._approximate(q, fetch)
         short = np.flatnonzero((ids[:, :k] < 0).any(axis=1))
         if short.size:  # too few candidates in the probed cells: widen the search for those rows
             scores[short], ids[short] = self._wide_search(q[short], fetch)
         order = np.lexsort((ids, -scores), axis=-1)[:, :k]
         return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
 
+    def _approximate(self, q: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._selector is None:
+            return self._index.search(q, fetch)
+        faiss = faiss_module()
+        params = faiss.SearchParametersHNSW(efSearch=self._index.hnsw.efSearch, sel=self._selector[0])
+        scores, ids = self._index.search(q, fetch, params=params)
+        assert self._faiss_to_position is not None
+        return scores, np.where(ids >= 0, self._faiss_to_position[np.maximum(ids, 0)], -1)
+
     def _wide_search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self._kind == "ivf":
-            faiss = _faiss()
+            faiss = faiss_module()
             return self._index.search(q, k, params=faiss.SearchParametersIVF(nprobe=self._params["nlist"]))
         return exact_topk(q, self.vectors(), k)
 
@@ -295,7 +216,10 @@ class VectorIndex:
         if not len(new):
             return
         if self._kind != "exact":
+            start = int(self._index.ntotal)
             self._index.add(new)
+            if self._positions is not None:
+                self._set_positions(np.concatenate([self._positions, np.arange(start, start + len(new))]))
             return
         need = self._n + len(new)
         if need > len(self._buf):
@@ -306,7 +230,8 @@ class VectorIndex:
         self._n = need
 
     def remove_ids(self, ids: Iterable[int]) -> None:
-        """Delete the given ids; later ids shift down. Approximate kinds re-add the rest (IVF keeps its centroids)."""
+        """Delete the given ids; later ids shift down. IVF re-adds the rest (keeping its centroids); HNSW hides
+        them until a quarter of the graph is dead, then rebuilds it."""
         n = len(self)
         drop = np.unique(np.asarray(list(ids), dtype=np.int64))
         if drop.size and (drop[0] < 0 or drop[-1] >= n):
@@ -315,25 +240,30 @@ class VectorIndex:
             return
         keep = np.ones(n, dtype=bool)
         keep[drop] = False
+        if self._kind == "hnsw":
+            current = self._positions if self._positions is not None else np.arange(n, dtype=np.int64)
+            alive = current[keep]
+            if len(alive) >= (1 - _MAX_DEAD_FRACTION) * int(self._index.ntotal):
+                self._set_positions(alive)
+                return
+            rest = self.vectors()[keep]
+            p = self._params
+            self._index = new_hnsw(self._dim, p["M"], p["ef_construction"], p["ef_search"])
+            self._index.add(rest)
+            self._set_positions(None)
+            return
         rest = self.vectors()[keep]
         if self._kind == "exact":
             self._buf, self._n = rest, len(rest)
-        elif self._kind == "ivf":
+        else:
             self._index.reset()
             self._index.add(rest)
-        else:
-            faiss = _faiss()
-            index = faiss.IndexHNSWFlat(self._dim, self._params["M"], faiss.METRIC_INNER_PRODUCT)
-            index.hnsw.efConstruction = self._params["ef_construction"]
-            index.hnsw.efSearch = self._params["ef_search"]
-            index.add(rest)
-            self._index = index
 
     # -- persistence ------------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write ``index.faiss`` (faiss.write_index) and ``index.json`` (kind, params, dim, count) into directory
-        ``path``."""
-        faiss = _faiss()
+        """Write ``index.faiss`` (faiss.write_index), ``index.json`` (kind, params, dim, count) and, for an HNSW
+        graph with removed vectors, ``index.positions.npy`` into directory ``path``."""
+        faiss = faiss_module()
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
         index = self._index
@@ -343,8 +273,16 @@ class VectorIndex:
         tmp = folder / "index.faiss.tmp"
         faiss.write_index(index, str(tmp))
         os.replace(tmp, folder / "index.faiss")
+        positions = folder / "index.positions.npy"
+        if self._positions is not None:
+            with open(folder / "index.positions.tmp", "wb") as handle:
+                np.save(handle, self._positions)
+            os.replace(folder / "index.positions.tmp", positions)
+        elif positions.exists():
+            positions.unlink()
         meta = {"format": _FORMAT, "version": _VERSION, "kind": self._kind, "dim": self._dim, "count": len(self),
-                "params": self._params, "faiss_version": getattr(faiss, "__version__", "unknown")}
+                "stored": int(index.ntotal), "params": self._params,
+                "faiss_version": getattr(faiss, "__version__", "unknown")}
         (folder / "index.json.tmp").write_text(json.dumps(meta, indent=2), encoding="utf-8")
         os.replace(folder / "index.json.tmp", folder / "index.json")
         return folder
@@ -352,7 +290,7 @@ class VectorIndex:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> VectorIndex:
         """Read an index written by ``save``; the sidecar is checked against the faiss file."""
-        faiss = _faiss()
+        faiss = faiss_module()
         folder = Path(path)
         meta_path, index_path = folder / "index.json", folder / "index.faiss"
         for p in (meta_path, index_path):
@@ -367,14 +305,15 @@ class VectorIndex:
         if meta.get("version") != _VERSION:
             raise ValueError(f"{meta_path}: unsupported index format version {meta.get('version')!r}")
         kind, dim, count, params = meta.get("kind"), meta.get("dim"), meta.get("count"), meta.get("params")
+        stored = meta.get("stored", count)
         if kind not in ("exact", "ivf", "hnsw") or not isinstance(dim, int) or not isinstance(count, int) or \
-                not isinstance(params, dict):
+                not isinstance(params, dict) or not isinstance(stored, int):
             raise ValueError(f"{meta_path}: missing or invalid kind/dim/count/params")
         try:
             index = faiss.read_index(str(index_path))
         except RuntimeError as exc:
             raise ValueError(f"{index_path}: unreadable faiss index: {exc}") from exc
-        if index.d != dim or index.ntotal != count:
+        if index.d != dim or index.ntotal != stored or (kind != "hnsw" and count != stored):
             raise ValueError(f"{index_path}: has {index.ntotal} x {index.d} vectors, the sidecar says {count} x {dim}")
         if kind == "exact":
             base = faiss.rev_swig_ptr(index.get_xb(), count * dim).reshape(count, dim).copy() if count else None
@@ -383,6 +322,11 @@ class VectorIndex:
             index.nprobe = int(params["nprobe"])
             if count:
                 index.make_direct_map()
-        else:
-            index.hnsw.efSearch = int(params["ef_search"])
-        return cls(kind, dim, params, index=index)
+            return cls(kind, dim, params, index=index)
+        index.hnsw.efSearch = int(params["ef_search"])
+        positions = None
+        if stored != count:
+            positions = np.load(folder / "index.positions.npy", allow_pickle=False).astype(np.int64)
+            if positions.shape != (count,) or (count and (positions.min() < 0 or positions.max() >= stored)):
+                raise ValueError(f"{folder / 'index.positions.npy'}: does not match {count} of {stored} vectors")
+        return cls(kind, dim, params, index=index, positions=positions)
