@@ -77,7 +77,8 @@ def compile_program(args: argparse.Namespace) -> tuple[Path, float | None, list[
         return args.program, None, None
     run_dir = args.out / "drpo-quick"
     program = run_dir / "program.json"
-    command = ["drpo", "optimize", "--quick", "--seed", str(args.seed), "--log-dir", str(run_dir), "--no-progress"]
+    command = ["drpo", "optimize", "--quick", "--seed", str(args.seed), "--log-dir", relative(run_dir),
+               "--no-progress"]
     if args.base_model:
         command += ["--base-model", args.base_model]
     if program.is_file():
@@ -128,10 +129,11 @@ def pct(stat: dict[str, Any] | None) -> str:
     return f"{100 * stat['rate']:.1f} [{100 * stat['ci_low']:.1f}, {100 * stat['ci_high']:.1f}]"
 
 
-def table(bench: dict[str, Any], systems: list[str], seconds: dict[str, float], counts: dict[str, int]) -> str:
+def table(bench: dict[str, Any], systems: list[str], seconds: dict[str, float], counts: dict[str, int],
+          empty: dict[str, int]) -> str:
     header = ["System", "IFEval prompt strict", "prompt loose", "instruction strict", "instruction loose",
               "XSTest over-refusal, safe (string match) ↓", "XSTest compliance, unsafe (string match) ↓",
-              "answers", "answer time"]
+              "answers (empty)", "answer latency, summed"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for name in systems:
         ife = bench.get("ifeval", {}).get(name, {})
@@ -139,8 +141,23 @@ def table(bench: dict[str, Any], systems: list[str], seconds: dict[str, float], 
         lines.append("| " + " | ".join([
             name, pct(ife.get("prompt_strict")), pct(ife.get("prompt_loose")), pct(ife.get("instruction_strict")),
             pct(ife.get("instruction_loose")), pct(xs.get("over_refusal_safe")), pct(xs.get("compliance_unsafe")),
-            str(counts.get(name, 0)), f"{seconds.get(name, 0.0) / 60:.1f} min"]) + " |")
+            f"{counts.get(name, 0)} ({empty.get(name, 0)})", f"{seconds.get(name, 0.0) / 60:.1f} min"]) + " |")
     return "\n".join(lines)
+
+
+def effective_command(args: argparse.Namespace) -> str:
+    """The command line that reproduces this run, defaults spelled out."""
+    parts = ["nice python bench/bench_alignment.py", "--sets", args.sets]
+    parts += ["--full"] if args.full else ["--sample", str(args.sample)]
+    parts += ["--seed", str(args.seed), "--max-tokens", str(args.max_tokens)]
+    for flag in ("program", "base_model", "base_api_base", "base_model_type", "judge_model", "judge_api_base"):
+        if getattr(args, flag):
+            parts += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    return " ".join(parts)
+
+
+def relative(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_absolute() and path.is_relative_to(ROOT) else str(path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = {"benchmarks": summarize_benchmarks(rows, names)}
     seconds = answer_seconds(eval_dir / "records.jsonl", {r["key"] for r in rows})
     counts = {n: sum(1 for r in rows if r["system"] == n) for n in names}
-    markdown = table(summary["benchmarks"], names, seconds, counts)
+    empty = {n: sum(1 for r in rows if r["system"] == n and not (r.get("answer") or "").strip()) for n in names}
+    markdown = table(summary["benchmarks"], names, seconds, counts, empty)
     by_set = {name: sum(1 for p in prompts if p["set"] == name) for name in args.sets.split(",")}
     results = {
         "complete": complete,
@@ -188,13 +206,14 @@ def main(argv: list[str] | None = None) -> int:
                                                               "type), seeded, proportional allocation",
                      "seed": args.seed, "max_tokens": args.max_tokens, "base_model": base_lm.model,
                      "judge_model": judge_lm.model if judge_lm is not None else None,
-                     "program": str(program.relative_to(ROOT) if program.is_relative_to(ROOT) else program),
+                     "program": relative(program.resolve()),
                      "systems": {s.name: s.details for s in systems}},
-        "commands": {"bench": " ".join(["nice python bench/bench_alignment.py",
-                                        *(a for a in (argv or sys.argv[1:]) if a != "--report-only")]),
+        "commands": {"bench": effective_command(args),
                      "compile": " ".join(compile_cmd) if compile_cmd else None},
         "wall_seconds": {"compile": compile_s, "this_run": round(time.perf_counter() - started, 1),
                          "answering_per_system": {k: round(v, 1) for k, v in seconds.items()}},
+        "empty_answers": {n: {name: sum(1 for r in rows if r["system"] == n and r["set"] == name
+                                        and not (r.get("answer") or "").strip()) for name in by_set} for n in names},
         "benchmarks": summary["benchmarks"],
         "table_markdown": markdown,
     }
