@@ -218,14 +218,14 @@ def load_hf_dataset(spec: str, fmt: str | None = None) -> tuple[list[dict[str, A
     name, _, split = ident.partition(":")
     if not name or "/" not in name:
         raise ValueError(f"bad Hugging Face dataset spec {spec!r}: use hf:OWNER/NAME or hf:OWNER/NAME:SPLIT")
-    try:
-        import datasets
-    except ImportError as exc:
-        raise ValueError(f"loading {spec} needs the 'datasets' package: pip install datasets") from exc
     if not hub_reachable():
         raise ValueError(f"cannot load Hugging Face dataset {name!r}: the hub is not reachable (offline?). Use a "
                          f"bundled set ({', '.join(BENCHMARKS)}) or a local file in the same format, or set "
                          "HF_HUB_OFFLINE=1 to use a copy already in the local Hugging Face cache.")
+    try:
+        import datasets
+    except ImportError as exc:
+        raise ValueError(f"loading {spec} needs the 'datasets' package: pip install datasets") from exc
     try:
         loaded = datasets.load_dataset(name, split=split or None)
     except Exception as exc:  # offline (ConnectionError, OfflineModeIsEnabled), unknown id, auth, ...
