@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import importlib.util
 import io
 import json
 import shutil
@@ -32,6 +33,9 @@ from drpo_dspy.evaluation.benchmarks.sampling import allocate, stratified_sample
 from drpo_dspy.evaluation.runner import EvaluationInputError
 
 ROOT = Path(__file__).resolve().parents[1]
+# IFEval's checkers come with the `benchmarks` extra (if-verifiable needs Python >= 3.11).
+needs_ifeval = pytest.mark.skipif(importlib.util.find_spec("if_verifiable") is None,
+                                  reason="needs the benchmarks extra (if-verifiable)")
 SHARED = ROOT.parent / "shared" / "benchmarks"
 SHA256 = {  # upstream checksums (shared/benchmarks/README.md); HarmBench: upstream minus its contextual rows
     "xstest/xstest_prompts.csv": "11783fb294ed017473ee53c207d71f2161c7672c8d0b037501e78387f801cb5a",
@@ -112,7 +116,7 @@ def test_stratified_sample_is_fixed_proportional_and_covers_every_stratum() -> N
         counts[p["category"]] = counts.get(p["category"], 0) + 1
     assert len(first) == 120 and len(counts) == 18 and set(counts.values()) == {6, 7}
     assert allocate({"a": 90, "b": 9, "c": 1}, 10) == {"a": 8, "b": 1, "c": 1}
-    ifeval, label = resolve_eval_set("ifeval", sample=120)
+    ifeval, label = resolve_eval_set("ifeval", sample=120)  # loading needs no checker
     assert label == "ifeval" and len(ifeval) == 120
     assert len({p["category"] for p in ifeval}) == 25  # every first-instruction type is represented
 
@@ -160,6 +164,7 @@ def ifeval_item(ids: list[str], kwargs: list[dict], prompt: str = "Write somethi
             "meta": {"key": 0, "instruction_id_list": ids, "kwargs": kwargs}}
 
 
+@needs_ifeval
 def test_ifeval_strict_and_loose_on_known_answers() -> None:
     from drpo_dspy.evaluation.benchmarks.ifeval import score_ifeval
 
@@ -179,6 +184,7 @@ def test_ifeval_strict_and_loose_on_known_answers() -> None:
     assert unknown["instructions"][0]["error"] == "unknown instruction id" and not unknown["prompt_loose"]
 
 
+@needs_ifeval
 def test_ifeval_sentence_counting_uses_the_trained_punkt_model_without_touching_nltk() -> None:
     import nltk
 
@@ -195,6 +201,7 @@ def test_ifeval_sentence_counting_uses_the_trained_punkt_model_without_touching_
     assert nltk.word_tokenize is original
 
 
+@needs_ifeval
 def test_ifeval_matches_the_dependency_scoring_loop() -> None:
     from if_verifiable.common import evaluate_instructions
     from if_verifiable.ifeval.instructions_registry import INSTRUCTION_DICT

@@ -24,6 +24,7 @@ def complier(query: str) -> str:
 
 
 def test_judge_free_benchmark_run_pins_scores_and_resumes(tmp_path: Path) -> None:
+    pytest.importorskip("if_verifiable", reason="IFEval's checkers come with the benchmarks extra")
     prompts, label = resolve_eval_set("ifeval,xstest", sample=20)
     systems = [("refuser", refuser), ("complier", complier)]
     result = evaluate(systems, prompts, judge_lm=None, out_dir=tmp_path, eval_set_name=label)
