@@ -73,23 +73,49 @@ def new_hnsw(dim: int, m: int, ef_construction: int, ef_search: int) -> Any:
     return index
 
 
-def build_hnsw(base: np.ndarray, *, seed: int, target_recall: float, m: int, ef_construction: int,
-               ef_search: int | None) -> tuple[Any, dict[str, Any], bool]:
-    """An HNSW graph over ``base``; ``ef_search=None`` calibrates it over ``HNSW_EF_WIDTHS``."""
+def _held_out_recall(index: Any, stored: np.ndarray, queries: np.ndarray, widths: list[int],
+                     target: float) -> tuple[int, float, bool]:
+    """Smallest ``efSearch`` in ``widths`` whose recall@k on ``queries`` (not in the graph) reaches ``target``, on
+    the lower bound of mean per-query recall minus two standard errors."""
     faiss = faiss_module()
-    index = new_hnsw(base.shape[1], m, ef_construction, ef_search or HNSW_EF_WIDTHS[0])
-    index.add(base)
-    params: dict[str, Any] = {"M": m, "ef_construction": ef_construction}
-    reached = True
-    if ef_search is None:
-        def search(q: np.ndarray, kk: int, width: int) -> np.ndarray:
-            return index.search(q, kk, params=faiss.SearchParametersHNSW(efSearch=width))[1]
+    k = min(CALIBRATION_K, len(stored))
+    _, truth = exact_topk(queries, stored, k)
+    recall = 0.0
+    for width in widths:
+        found = index.search(queries, k, params=faiss.SearchParametersHNSW(efSearch=width))[1]
+        per_query = np.array([len(set(t.tolist()) & set(f.tolist())) / k for t, f in zip(truth, found, strict=True)])
+        recall = float(per_query.mean())
+        if recall - 2 * float(per_query.std()) / math.sqrt(len(per_query)) >= target:
+            return width, recall, True
+    return widths[-1], recall, False
 
-        ef_search, recall, reached = _calibrate(base, search, list(HNSW_EF_WIDTHS), target_recall, seed)
-        params.update(calibrated_recall=recall, calibration_reached_target=reached)
+
+def build_hnsw(base: np.ndarray, *, seed: int, target_recall: float, m: int, ef_construction: int,
+               ef_search: int | None) -> tuple[Any, dict[str, Any], bool, np.ndarray | None]:
+    """An HNSW graph over ``base``; ``ef_search=None`` calibrates it over ``HNSW_EF_WIDTHS``.
+
+    A query that is itself a node finds its neighbours in its own links, so leave-one-out recall flatters a graph:
+    calibration holds up to 512 random vectors out, searches for them, then adds them. The fourth value maps each
+    position to its faiss id when that order differs (None otherwise)."""
+    index = new_hnsw(base.shape[1], m, ef_construction, ef_search or HNSW_EF_WIDTHS[0])
+    params: dict[str, Any] = {"M": m, "ef_construction": ef_construction}
+    n = len(base)
+    if ef_search is not None or n < 4:
+        index.add(base)
+        index.hnsw.efSearch = params["ef_search"] = ef_search or HNSW_EF_WIDTHS[0]
+        return index, params, True, None
+    held = np.zeros(n, dtype=bool)
+    held[np.random.default_rng(seed).choice(n, size=min(_CALIB_QUERIES, n // 4), replace=False)] = True
+    rest = np.flatnonzero(~held)
+    index.add(base[rest])
+    ef_search, recall, reached = _held_out_recall(index, base[rest], base[held], list(HNSW_EF_WIDTHS), target_recall)
+    index.add(base[held])
+    positions = np.empty(n, dtype=np.int64)
+    positions[rest] = np.arange(len(rest))
+    positions[held] = np.arange(len(rest), n)
     index.hnsw.efSearch = ef_search
-    params["ef_search"] = ef_search
-    return index, params, reached
+    params.update(calibrated_recall=recall, calibration_reached_target=reached, ef_search=ef_search)
+    return index, params, reached, positions
 
 
 def build_ivf(base: np.ndarray, *, seed: int, target_recall: float, nlist: int | None, nprobe: int | None,

@@ -6,9 +6,10 @@ exclusive access (the caller's lock).
 
 ``kind="auto"`` uses exact search up to ``EXACT_MAX`` vectors and an HNSW graph above it, whose ``efSearch`` is
 calibrated on the data itself (see ``index_builders``): the smallest width whose measured recall@10 reaches the
-target. HNSW reaches it on clustered and on structure-free (uniform) data alike, where IVF had to scan most lists;
-only if no width up to 2048 reaches it does "auto" fall back to exact search. HNSW removals are tombstones (a
-filter at search time) until a quarter of the graph is dead, then the graph is rebuilt from the live vectors.
+target. If no width up to 2048 reaches it, or the width found makes a search compare more than half as many vectors
+as an exact scan would (structure-free noise in hundreds of dimensions, where every neighbour is a near-tie and a
+graph must visit nearly everything), "auto" falls back to exact search. HNSW removals are tombstones (a filter at
+search time) until a quarter of the graph is dead, then the graph is rebuilt from the live vectors.
 """
 
 from __future__ import annotations
@@ -99,15 +100,17 @@ class VectorIndex:
         if kind == "ivf":
             index, built, _ = build_ivf(base, seed=seed, target_recall=target_recall, nlist=nlist, nprobe=nprobe)
             return cls("ivf", dim, {**params, **built}, index=index)
-        index, built, reached = build_hnsw(base, seed=seed, target_recall=target_recall, m=hnsw_m,
-                                           ef_construction=ef_construction, ef_search=ef_search)
+        index, built, reached, positions = build_hnsw(base, seed=seed, target_recall=target_recall, m=hnsw_m,
+                                                      ef_construction=ef_construction, ef_search=ef_search)
         params.update(built)
-        if kind == "auto" and not reached:
+        visits = 2 * hnsw_m * built["ef_search"]  # vectors a search compares, each dearer than one of a scan
+        if kind == "auto" and (not reached or visits > n // 2):
             params["fallback"] = (f"HNSW recall@10 was {built['calibrated_recall']:.4f} at efSearch="
-                                  f"{built['ef_search']}; using exact")
+                                  f"{built['ef_search']} (about {visits:,} comparisons per query for {n:,} vectors); "
+                                  "using exact")
             del index
             return cls("exact", dim, params, base=base.copy())
-        return cls("hnsw", dim, params, index=index)
+        return cls("hnsw", dim, params, index=index, positions=positions)
 
     # -- properties -------------------------------------------------------------------------------------------------
     @property
@@ -155,7 +158,7 @@ class VectorIndex:
 
     # -- HNSW tombstones --------------------------------------------------------------------------------------------
     def _set_positions(self, positions: np.ndarray | None) -> None:
-        """``positions[i]`` is the faiss id of position ``i`` (None: the same); a selector hides the dead ids."""
+        """``positions[i]`` is the faiss id of position ``i`` (None: the same); a selector hides dead ids."""
         self._positions = positions
         self._faiss_to_position: np.ndarray | None = None
         self._selector: tuple[Any, ...] | None = None
@@ -165,10 +168,11 @@ class VectorIndex:
         lookup = np.full(total, -1, dtype=np.int64)
         lookup[positions] = np.arange(len(positions))
         self._faiss_to_position = lookup
-        faiss = faiss_module()
         dead = np.flatnonzero(lookup < 0).astype(np.int64)
-        inner = faiss.IDSelectorBatch(len(dead), faiss.swig_ptr(dead))
-        self._selector = (faiss.IDSelectorNot(inner), inner, dead)  # keep what the selector points to alive
+        if dead.size:
+            faiss = faiss_module()
+            inner = faiss.IDSelectorBatch(len(dead), faiss.swig_ptr(dead))
+            self._selector = (faiss.IDSelectorNot(inner), inner, dead)  # keep what the selector points to alive
 
     # -- search -----------------------------------------------------------------------------------------------------
     def search(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -195,12 +199,14 @@ class VectorIndex:
         return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
 
     def _approximate(self, q: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
-        if self._selector is None:
+        if self._faiss_to_position is None:
             return self._index.search(q, fetch)
-        faiss = faiss_module()
-        params = faiss.SearchParametersHNSW(efSearch=self._index.hnsw.efSearch, sel=self._selector[0])
-        scores, ids = self._index.search(q, fetch, params=params)
-        assert self._faiss_to_position is not None
+        if self._selector is None:
+            scores, ids = self._index.search(q, fetch)
+        else:
+            faiss = faiss_module()
+            params = faiss.SearchParametersHNSW(efSearch=self._index.hnsw.efSearch, sel=self._selector[0])
+            scores, ids = self._index.search(q, fetch, params=params)
         return scores, np.where(ids >= 0, self._faiss_to_position[np.maximum(ids, 0)], -1)
 
     def _wide_search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -281,7 +287,7 @@ class VectorIndex:
         elif positions.exists():
             positions.unlink()
         meta = {"format": _FORMAT, "version": _VERSION, "kind": self._kind, "dim": self._dim, "count": len(self),
-                "stored": int(index.ntotal), "params": self._params,
+                "stored": int(index.ntotal), "positions": self._positions is not None, "params": self._params,
                 "faiss_version": getattr(faiss, "__version__", "unknown")}
         (folder / "index.json.tmp").write_text(json.dumps(meta, indent=2), encoding="utf-8")
         os.replace(folder / "index.json.tmp", folder / "index.json")
@@ -325,7 +331,7 @@ class VectorIndex:
             return cls(kind, dim, params, index=index)
         index.hnsw.efSearch = int(params["ef_search"])
         positions = None
-        if stored != count:
+        if meta.get("positions") or stored != count:
             positions = np.load(folder / "index.positions.npy", allow_pickle=False).astype(np.int64)
             if positions.shape != (count,) or (count and (positions.min() < 0 or positions.max() >= stored)):
                 raise ValueError(f"{folder / 'index.positions.npy'}: does not match {count} of {stored} vectors")
