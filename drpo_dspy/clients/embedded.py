@@ -26,6 +26,15 @@ import dspy
 import litellm
 from litellm import CustomLLM, ModelResponse
 
+from drpo_dspy.clients.embedded_cache import (
+    PrefixStateCache,
+    TokenStats,
+    common_prefix_length,
+    max_bytes_from_env,
+    prefix_cache_enabled_by_env,
+    prepare_prefix,
+)
+from drpo_dspy.clients.embedded_sampling import fast_grammar_enabled_by_env, install_fast_grammar
 from drpo_dspy.clients.providers import Sample, message_text, model_response, register_custom_provider
 
 logger = logging.getLogger(__name__)
@@ -36,8 +45,9 @@ EMBEDDED_MODEL = f"{EMBEDDED_PROVIDER}/{EMBEDDED_MODEL_NAME}"
 GGUF_FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_ENV_VAR = "DRPO_EMBEDDED_GGUF"
 N_CTX = 8192
-# Prompts are evaluated in chunks of N_BATCH tokens from position 0, and a cached prefix is reused only in whole
-# chunks, so every token is computed exactly as in a fresh evaluation: outputs do not depend on call history.
+# Prompts are evaluated in chunks of N_BATCH tokens from position 0, and a cached prefix (the last prompt, or a
+# snapshot of a stable prefix: see embedded_cache.py) is reused only in whole chunks, so every token is computed
+# exactly as in a fresh evaluation: outputs do not depend on call history nor on the prefix cache.
 N_BATCH = 64
 INSTALL_HINT = 'pip install "drpo-dspy[local]"'
 
@@ -139,13 +149,27 @@ class EmbeddedRuntime:
         )
         self.lock = threading.Lock()
         self._prompt: list[int] = []  # tokens of the last prompt, all evaluated in aligned chunks
+        self.prefix_cache = PrefixStateCache(N_BATCH, max_bytes_from_env(), enabled=prefix_cache_enabled_by_env())
+        self.stats = TokenStats()
+        self.fast_grammar = fast_grammar_enabled_by_env()
+        install_fast_grammar(self.llm, lambda: self.fast_grammar)
 
     def chat_prompt(self, messages: list[dict[str, Any]]) -> tuple[list[int], list[str], Any]:
         """Apply the model's chat template: (prompt tokens, template stop strings, stopping criteria)."""
-        result = self.formatter(messages=[{"role": m["role"], "content": message_text(m)} for m in messages])
-        tokens = self.llm.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True)
+        tokens, result = self._template(messages)
         stops = result.stop if isinstance(result.stop, list) else [result.stop] if result.stop else []
         return tokens, stops, result.stopping_criteria
+
+    def stable_prefixes(self, messages: list[dict[str, Any]], tokens: list[int]) -> list[int]:
+        """Token lengths of the prompt's stable prefixes: the end of every message but the last (in practice the
+        system message with the signature's instructions, or a candidate prompt and its examples)."""
+        if not self.prefix_cache.enabled:
+            return []
+        return [common_prefix_length(self._template(messages[: i + 1])[0], tokens) for i in range(len(messages) - 1)]
+
+    def _template(self, messages: list[dict[str, Any]]) -> tuple[list[int], Any]:
+        result = self.formatter(messages=[{"role": m["role"], "content": message_text(m)} for m in messages])
+        return self.llm.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True), result
 
     def text_prompt(self, prompt: str) -> list[int]:
         """Tokenize a raw prompt as llama.cpp's create_completion does (model BOS, special tokens parsed)."""
@@ -162,9 +186,11 @@ class EmbeddedRuntime:
         stopping: Any = None,
         grammar: Any = None,
         max_tokens: int | None = None,
+        stable_prefixes: list[int] | None = None,
         **sampling: Any,
     ) -> list[Sample]:
-        """Generate ``n`` independent samples (seeds seed, seed+1, ...) for the prompt tokens."""
+        """Generate ``n`` independent samples (seeds seed, seed+1, ...) for the prompt tokens; the prefix cache
+        keeps a snapshot after each of ``stable_prefixes`` (token lengths) for later prompts."""
         if len(tokens) >= self.n_ctx:
             raise litellm.ContextWindowExceededError(
                 f"prompt has {len(tokens)} tokens; the embedded model's context is {self.n_ctx}",
@@ -177,7 +203,7 @@ class EmbeddedRuntime:
         samples = []
         with self.lock:
             for i in range(n):
-                self._reuse_aligned_prefix(tokens)
+                prepare_prefix(self.llm, self.prefix_cache, self.stats, self._prompt, tokens, stable_prefixes or [])
                 self._prompt = []  # unknown state until this generation completes
                 out = self.llm.create_completion(
                     prompt=tokens,
@@ -189,6 +215,7 @@ class EmbeddedRuntime:
                     **sampling,
                 )
                 self._prompt = list(tokens)
+                self.stats.generated_tokens += out["usage"]["completion_tokens"]
                 choice = out["choices"][0]
                 samples.append(
                     Sample(choice["text"], choice.get("finish_reason") or "stop", out["usage"]["completion_tokens"])
@@ -196,22 +223,29 @@ class EmbeddedRuntime:
         return samples
 
     def reset(self) -> None:
-        """Forget the cached prompt: the next generation evaluates its prompt from scratch."""
+        """Forget the cached prompt: the next generation evaluates its prompt from scratch (snapshots are kept)."""
         with self.lock:
             self._prompt = []
             self.llm.reset()
 
-    def _reuse_aligned_prefix(self, tokens: list[int]) -> None:
-        common = 0
-        for a, b in zip(self._prompt, tokens):
-            if a != b:
-                break
-            common += 1
-        aligned = min(common, len(tokens) - 1) // N_BATCH * N_BATCH
-        if aligned == 0:
-            self.llm.reset()
-        else:
-            self.llm.n_tokens = min(self.llm.n_tokens, aligned)
+    def configure(
+        self, *, prefix_cache: bool | None = None, fast_grammar: bool | None = None, max_bytes: int | None = None
+    ) -> None:
+        """Switch the prefix cache and the fast grammar check on or off, set the cache's memory budget (any
+        cache change empties it). Outputs are the same either way; only the time differs."""
+        with self.lock:
+            if fast_grammar is not None:
+                self.fast_grammar = fast_grammar
+            if prefix_cache is not None or max_bytes is not None:
+                self.prefix_cache.enabled = self.prefix_cache.enabled if prefix_cache is None else prefix_cache
+                self.prefix_cache.max_bytes = self.prefix_cache.max_bytes if max_bytes is None else max_bytes
+                self.prefix_cache.clear()
+
+    def reset_stats(self) -> TokenStats:
+        """Return the token counters so far and start new ones."""
+        with self.lock:
+            stats, self.stats = self.stats, TokenStats()
+        return stats
 
 
 def get_runtime() -> EmbeddedRuntime:
@@ -299,6 +333,7 @@ def complete_embedded(
         tokens, template_stops, stopping = runtime.chat_prompt(messages or [])
         options = sampling_options(params, "chat")
         options["stop"] = options["stop"] + template_stops
+        options["stable_prefixes"] = runtime.stable_prefixes(messages or [], tokens)
     else:
         tokens, stopping = runtime.text_prompt(prompt), None
         options = sampling_options(params, "text")
