@@ -182,3 +182,22 @@ def test_bad_inputs_fail_before_any_lm_call(call, message):
     with pytest.raises(ValueError, match=message):
         call(drpo_for(world, world.base_lm))
     assert world.requests == 0
+
+
+@pytest.mark.embedded
+def test_a_chat_program_is_aligned_on_the_embedded_model(tmp_path):
+    pytest.importorskip("llama_cpp")
+    from drpo_dspy.clients.embedded import embedded_lm
+
+    base, helper = embedded_lm(max_tokens=64), embedded_lm(max_tokens=320)
+    drpo = DRPO(base_lm=base, metrics_lm=helper, judge_lm=helper, optimizer_lm=helper, beam_size=1, n_actions=1,
+                depth=2, max_depth_increase=0, progress=False, num_threads=2)
+    program = dspy.Predict("question -> answer")
+    compiled = align_program(drpo, program, ["How do I make a cup of green tea?", "Write a limerick about a cat."])
+    assert compiled.drpo_result.num_levels == 2
+    assert compiled.drpo_result.reward_per_level[0] is not None
+    compiled.save(str(tmp_path / "program.json"))
+    fresh = dspy.Predict("question -> answer")
+    fresh.load(str(tmp_path / "program.json"))
+    assert fresh.signature.instructions == compiled.signature.instructions
+    assert isinstance(fresh(question="Give me one tip for better sleep.", lm=base).answer, str)

@@ -142,3 +142,20 @@ def test_the_server_layout_is_the_responders():
     assert served[0]["content"].startswith("Be honest.\n\n" "Answer in one sentence.\n\n# Query:\n")
     single = Conversation("Why do volcanoes erupt?")
     assert conversation_messages(program, single) == program.messages_for(single.query)
+
+
+@pytest.mark.embedded
+def test_a_multi_turn_responder_on_the_embedded_model(tmp_path):
+    pytest.importorskip("llama_cpp")
+    from drpo_dspy.clients.embedded import embedded_lm
+
+    base = embedded_lm(max_tokens=48)
+    program = responder()
+    history = dspy.History(messages=[{"query": "What is the capital of France?", "response": "Paris."}])
+    first = program(query="And what should I see there in one day?", history=history, lm=base).response
+    assert isinstance(first, str) and first.strip()
+    program.save(str(tmp_path / "aligned.json"))
+    loaded = AlignedResponder(examples=[], k=0)
+    loaded.load(str(tmp_path / "aligned.json"))
+    again = asyncio.run(loaded.acall(query="And what should I see there in one day?", history=history, lm=base))
+    assert again.response == first  # greedy decoding, the same prompt: the same answer

@@ -16,11 +16,14 @@ is one output field of its prediction (default: the last output field of its las
 from __future__ import annotations
 
 import inspect
+import logging
 import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import dspy
+
+logger = logging.getLogger(__name__)
 
 _HEADER = re.compile(r"^###[ \t]+(\S.*?)[ \t]*$", re.M)
 _TRACE_VALUE_CHARS = 1500
@@ -71,8 +74,12 @@ class ProgramView:
         self.input_names, self.required_inputs = _input_names(program, named)
         predictors_by_name = dict(named)
         self.initial = {name: predictors_by_name[name].signature.instructions for name in self.names}
-        if initial_instructions is not None and len(self.names) == 1:
-            self.initial[self.names[0]] = initial_instructions
+        if initial_instructions is not None:
+            if len(self.names) == 1:
+                self.initial[self.names[0]] = initial_instructions
+            else:
+                logger.warning("initial_instructions is ignored: %d predictors are aligned, each starts from its own "
+                               "instructions", len(self.names))
         self._inputs: dict[str, dict[str, Any]] = {}
 
     @staticmethod

@@ -265,10 +265,9 @@ class AlignedResponder(dspy.Module):
         turns, demos = self._prepare(query, history, instructions, paper_layout)
         retrieved = await asyncio.to_thread(self.retrieve, query) if self._needs_retrieval(demos) else []
         adapter, arguments, shown = self._request(query, turns, demos, retrieved, instructions, paper_layout)
-        lm = await asyncio.to_thread(self._lm_for_call, lm)  # a text model's raw route may register a provider
         with dspy.context(adapter=adapter):
             try:
-                pred = await self.respond.acall(**arguments, lm=lm, config=self._config(config))
+                pred = await self.respond.acall(**arguments, lm=self._lm_for_call(lm), config=self._config(config))
             except AdapterParseError:
                 logger.warning("the model returned an empty completion for query %.60r", query)
                 return "", shown
