@@ -30,22 +30,11 @@ class ProposeInstructions(dspy.Signature):
     new_system_prompt: str = dspy.OutputField(desc="The complete improved system prompt.")
 
 
-class ProposeInstructionsWithBudget(ProposeInstructions):
-    """You improve the system prompt that steers an AI assistant, using an evaluation of one of its answers.
+_BUDGET_RULE = ("- Stay within the length budget given in prompt_budget: a longer prompt is discarded. Never repeat "
+                "a bullet.\n")
 
-    You see the current system prompt, a user query, the answer the assistant gave under that prompt,
-    a per-aspect evaluation of the answer, the recent versions of the system prompt, and a length budget.
-    Diagnose what in the prompt led to the weaknesses, then write a better system prompt. Rules for the new prompt:
-    - It must be general: it steers the assistant on ALL future queries, so never mention this query or
-      its topic specifically.
-    - Balance all qualities (helpful, clear, accurate, deep, engaging, safe); do not over-fit one aspect.
-    - Shape: one paragraph of general guidance, then bullet points.
-    - State the assistant's limitations: no internet or real-time data, no physical actions, and it
-      declines malicious or harmful requests; declining is better than an unrelated answer.
-    - Include tips that make answers engaging and human, and specific tips drawn from the evaluation.
-    - Add at most 2 new bullets in this step and keep at most 8 bullets in total; merge related bullets
-      rather than dropping useful ones, and never repeat a bullet.
-    - Stay within the length budget: a longer prompt is discarded.
-    Return only the new system prompt text in new_system_prompt."""
-
-    prompt_budget: str = dspy.InputField(desc="The most the new system prompt may be, in tokens (about 3/4 word).")
+# The same optimizer with a length budget (the default mode's prompt-budget guard; paper mode uses the plain one).
+ProposeInstructionsWithBudget = ProposeInstructions.append(
+    "prompt_budget", dspy.InputField(desc="The most the new system prompt may be, in tokens (about 3/4 word)."),
+    type_=str,
+).with_instructions(ProposeInstructions.instructions.replace("Return only", _BUDGET_RULE + "Return only"))

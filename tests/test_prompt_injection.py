@@ -62,7 +62,8 @@ def test_injected_markers_stay_inside_their_fields():
     program = compile_injected(recorder)
     expected = {"metrics": ["query", "aspect_catalogue"],
                 "judge": ["query", "response", "aspects", "selection_reasoning"],
-                "optimizer": ["current_system_prompt", "query", "response", "evaluation", "prompt_history"]}
+                "optimizer": ["current_system_prompt", "query", "response", "evaluation", "prompt_history",
+                              "prompt_budget"]}
     for role, messages in recorder.messages.items():
         assert messages, role
         for message in messages:

@@ -76,12 +76,17 @@ def test_evaluation_reports_leak_nothing(tmp_path, planted, caplog):
                      faults=when(lambda text: "second" in text, auth_error("bad key {api_key} / " + ENV_KEY)))
     judge_lm = faulty_lm(judge, api_key=ROLE_KEYS["judge"], num_retries=0,
                          faults=when(lambda text: "third" in text, auth_error("bad key {api_key}")))
-    prompts = [{"instruction": q} for q in ("first question?", "second question?", "third question?")]
-    result = evaluate(["base"], prompts, base_lm=base, judge_lm=judge_lm, out_dir=tmp_path / "eval", num_threads=1)
-    assert sum(1 for row in result.rows if row.get("error")) == 1  # the base failure (in memory; reports redact it)
-    assert [p.name for p in (tmp_path / "eval").iterdir() if p.suffix == ".html"]
+    prompts = [{"instruction": q} for q in ("first question?", "third question?", "second question?")]
+    with pytest.raises(SystemicFailure, match="judge role .* authentication failed") as failure:
+        evaluate(["base"], prompts, base_lm=base, judge_lm=judge_lm, out_dir=tmp_path / "eval", num_threads=1)
+    assert leaks(str(failure.value)) == []  # a wrong key stops the evaluation; the message keeps no secret
+    assert (tmp_path / "eval" / "records.jsonl").is_file()  # the finished pair is saved for a resume
     assert_no_file_leaks(tmp_path)
-    assert "AuthenticationError" in caplog.text and leaks(caplog.text) == []
+    assert leaks(caplog.text) == []
+    with pytest.raises(SystemicFailure, match="base role .* authentication failed") as failure:
+        evaluate(["base"], prompts[2:], base_lm=base, judge_lm=judge_lm, out_dir=tmp_path / "eval2", num_threads=1)
+    assert leaks(str(failure.value)) == [] and leaks(caplog.text) == []
+    assert_no_file_leaks(tmp_path)
 
 
 def test_errors_shown_to_the_user_are_redacted(planted):

@@ -242,3 +242,19 @@ def test_the_router_snippet_of_the_docs_routes_both_model_groups(server, text_co
     assert request["api_base"] == server.url and "<END>" in request["stop"]
     assert server.requests("/v1/completions") == before_text + 1
     assert server.requests("/v1/chat/completions") == before_chat + 1
+
+
+def test_the_readme_configuration_gets_full_length_greedy_answers(server, text_completion_calls):
+    """No max_tokens on the dspy.LM (as the README writes it): the responder still sends its cap and temperature 0,
+    so the server's defaults (16 tokens, sampling) never apply; the calls show in the user's own history."""
+    query = "Explain in detail how photosynthesis works."
+    for model_type in ("text", "chat"):
+        lm = dspy.LM(f"hosted_vllm/{SERVED_NAME}", api_base=server.url, api_key="none", model_type=model_type,
+                     cache=False)
+        responder = AlignedResponder(examples=[], k=0, max_tokens=96)
+        answer = responder(query=query, lm=lm).response
+        assert len(answer.split()) > 30, (model_type, answer)  # far past the server's 16-token default
+        assert len(lm.history) == 1 and lm.history[0]["kwargs"].get("max_tokens") == 96
+        assert lm.history[0]["kwargs"].get("temperature") == 0.0
+    sent = text_completion_calls[-1][0]
+    assert sent["max_tokens"] == 96 and sent["temperature"] == 0.0

@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-EMBEDDED = "embedded/smollm2-135m"
+from drpo_dspy.cli.common import EMBEDDED, make_lm
+
 DEFAULT_MAX_TOKENS = 512
 DEFAULT_JUDGE_MAX_TOKENS = 1024
 PROG = "drpo evaluate"
@@ -37,7 +38,11 @@ def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "hf:OWNER/NAME[:SPLIT] (a Hugging Face dataset in a benchmark's format; needs network). "
                         "IFEval is scored by its official checkers, XSTest and HarmBench also by string match; "
                         "default: regular")
-    p.add_argument("--limit", type=int, help="only the first N prompts (of each set, with --eval-set all)")
+    p.add_argument("--limit", type=int, help="only the first N prompts of each named set")
+    p.add_argument("--sample", type=int, help="a stratified, seeded sample of N prompts of each named set")
+    p.add_argument("--seed", type=int, default=0, help="seed of --sample (0)")
+    p.add_argument("--no-judge", action="store_true",
+                   help="judge-free scores only (IFEval, XSTest and HarmBench string match); no judge model")
     p.add_argument("--base-model", help=f"litellm model string the systems answer with (default: {EMBEDDED})")
     p.add_argument("--base-api-base", help="API base URL for the base model (vLLM, Ollama, proxies)")
     p.add_argument("--base-model-type", choices=["chat", "text"], default=None,
@@ -51,25 +56,13 @@ def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--judge-max-tokens", type=int, default=DEFAULT_JUDGE_MAX_TOKENS,
                    help=f"cap on each judgment's length (default: {DEFAULT_JUDGE_MAX_TOKENS})")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.set_defaults(func=run_evaluate)
+    p.add_argument("--max-calls", type=int, help="hard budget: LM calls (answers and judgments)")
+    p.add_argument("--max-total-tokens", type=int, help="hard budget: tokens across answers and judgments")
+    p.add_argument("--max-cost-usd", type=float, help="hard budget: dollars (litellm prices)")
+    p.add_argument("--max-errors", type=int, default=10, help="errors a role may have before the run stops (10)")
+    p.add_argument("--stop-file", type=Path, help="stop starting new answers when this file appears (resume later)")
+    p.set_defaults(handler=run_evaluate, func=run_evaluate)
     return p
-
-
-def make_lm(model: str | None, api_base: str | None = None, model_type: str | None = None, **kwargs: Any):
-    """A ``dspy.LM`` for a litellm model string; the embedded model is registered as a litellm provider."""
-    import dspy
-
-    model = model or EMBEDDED
-    if model.startswith("embedded/"):
-        from drpo_dspy.clients.embedded import register_embedded_provider
-
-        register_embedded_provider()
-        kwargs.setdefault("engine", "litellm")
-    elif model.startswith("scripted/"):
-        kwargs.setdefault("engine", "litellm")
-    if api_base:
-        kwargs["api_base"] = api_base
-    return dspy.LM(model, model_type=model_type or "chat", **kwargs)
 
 
 def _positive(name: str, value: Any) -> None:
@@ -105,27 +98,31 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     try:
         # Input checks first: nothing below them is allowed to call a model.
-        for name in ("limit", "num_threads", "max_tokens", "judge_max_tokens"):
+        for name in ("limit", "sample", "num_threads", "max_tokens", "judge_max_tokens", "max_calls",
+                     "max_total_tokens"):
             _positive(f"--{name.replace('_', '-')}", getattr(args, name, None))
         specs = parse_system_specs(args.systems)
-        prompts, label = resolve_eval_set(args.eval_set, limit=args.limit)
+        prompts, label = resolve_eval_set(args.eval_set, limit=args.limit, sample=args.sample, seed=args.seed)
         if not prompts:
             raise ValueError(f"evaluation set {args.eval_set} is empty: nothing to evaluate")
         out = ensure_writable_dir(args.out or Path("runs") / f"eval-{Path(label).stem}")
         base_lm = make_lm(args.base_model, args.base_api_base, args.base_model_type, temperature=0.0)
-        judge_lm = make_lm(args.judge_model, args.judge_api_base, temperature=0.0,
-                           max_tokens=args.judge_max_tokens)
+        judge_lm = None if args.no_judge else make_lm(args.judge_model, args.judge_api_base, temperature=0.0,
+                                                      max_tokens=args.judge_max_tokens)
         systems = build_systems(specs, base_lm=base_lm, max_tokens=args.max_tokens)
     except (ValueError, FileNotFoundError, ImportError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
 
+    judge_name = judge_lm.model if judge_lm is not None else "none (judge-free scores)"
     print(f"Evaluating {', '.join(s.name for s in systems)} on {label} ({len(prompts)} prompts); "
-          f"base model {base_lm.model}, judge {judge_lm.model}; output {out}", file=sys.stderr)
+          f"base model {base_lm.model}, judge {judge_name}; output {out}", file=sys.stderr)
     update, close = _progress_bar(not args.no_progress)
     try:
         result = evaluate(systems, prompts, judge_lm=judge_lm, out_dir=out, num_threads=args.num_threads,
-                          progress=update, eval_set_name=label)
+                          progress=update, eval_set_name=label, max_calls=args.max_calls,
+                          max_total_tokens=args.max_total_tokens, max_cost_usd=args.max_cost_usd,
+                          max_errors=args.max_errors, stop_file=args.stop_file)
     except (ValueError, FileNotFoundError, ImportError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
@@ -143,6 +140,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
           file=sys.stderr)
     print(f"Report: {out / 'report.html'}  (also report.md, summary.json, *.csv, *.png, records.jsonl)",
           file=sys.stderr)
+    if result.stopped:
+        print(f"Stopped early: {result.stopped}; run the same command again to finish.", file=sys.stderr)
     return 0
 
 
@@ -151,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="drpo")
     add_evaluate_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
-    return args.func(args)
+    return args.handler(args)
 
 
 if __name__ == "__main__":

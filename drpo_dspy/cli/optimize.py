@@ -14,6 +14,8 @@ from drpo_dspy.cli.common import ROLES, fmt, make_lm, quiet_truncation_warnings
 QUICK = {"beam_size": 2, "n_actions": 2, "depth": 3, "max_depth_increase": 1, "k": 1, "max_tokens": 160,
          "num_queries": 6}
 _PAPER_SET = ("paper_faithful_failures", "rewrite_filter")  # implied by paper mode, not passed again on resume
+GUARD_OPTIONS = ("length_control", "judge_samples", "tie_tolerance", "holdout", "max_prompt_tokens",
+                 "merge_duplicate_bullets", "refusal_probes", "refusal_penalty", "max_refusal_rate")
 
 
 def _add_role_flags(parser: argparse.ArgumentParser) -> None:
@@ -52,6 +54,20 @@ def add_optimize_parser(subparsers: Any) -> argparse.ArgumentParser:
                      help="behave as the original code in everything observable through the LMs (docs/fidelity.md)")
     opt.add_argument("--no-rewrite-filter", dest="rewrite_filter", action="store_false", default=None,
                      help="keep every readable rewrite, even template copies and query-specific ones")
+    guards = opt.add_argument_group("guards against judge gaming (all off with --paper-mode)")
+    guards.add_argument("--length-control", action="store_true",
+                        help="remove the judge's length preference from each level's rewards")
+    guards.add_argument("--judge-samples", type=int, help="judge every answer N times and average (1)")
+    guards.add_argument("--tie-tolerance", type=float, help="path means this close count as tied (0)")
+    guards.add_argument("--holdout", type=int,
+                        help="queries held out to re-score the final beam (default: 8 when there is room; 0: off)")
+    guards.add_argument("--max-prompt-tokens", type=int, help="prompt budget told to the optimizer (1024; 0: off)")
+    guards.add_argument("--no-merge-bullets", dest="merge_duplicate_bullets", action="store_false", default=None,
+                        help="keep duplicate bullets in rewrites")
+    guards.add_argument("--refusal-probes", type=int, help="benign-but-risky probes answered per candidate (0)")
+    guards.add_argument("--probe-queries", type=Path, help="your own probes (.json, .jsonl or .txt)")
+    guards.add_argument("--refusal-penalty", type=float, help="reward lost per unit of refusal rate (1.0)")
+    guards.add_argument("--max-refusal-rate", type=float, help="reject candidates refusing more probes than this")
     opt.add_argument("--paper-faithful-failures", action="store_true",
                      help="score unreadable judgments 0 and skip, as the original code did")
     opt.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -109,7 +125,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
              "base_model_type", "beam_size", "n_actions", "depth", "max_depth_increase", "temperature",
              "skip_threshold", "k", "num_threads", "seed", "initial_instructions", "paper_faithful_failures",
              "proposal_sampling", "max_calls", "max_total_tokens", "max_cost_usd", "dry_run", "resume",
-             "resume_queries", "valset", "paper_mode", "rewrite_filter", "answer_temperature", "max_errors"}
+             "resume_queries", "valset", "paper_mode", "rewrite_filter", "answer_temperature", "max_errors",
+             *GUARD_OPTIONS, "probe_queries", "resume_probe_queries"}
     known |= {f"{r}_model" for r in ROLES} | {f"{r}_api_base" for r in ROLES}
     unknown = sorted(set(o) - known)
     if unknown:
@@ -142,7 +159,13 @@ def cmd_optimize(args: argparse.Namespace) -> int:
                                       "skip_threshold", "num_threads", "seed", "initial_instructions",
                                       "paper_faithful_failures", "proposal_sampling", "max_calls",
                                       "max_total_tokens", "max_cost_usd", "paper_mode", "rewrite_filter",
-                                      "max_errors") if key in o}
+                                      "max_errors", *GUARD_OPTIONS) if key in o}
+    if search.get("max_prompt_tokens") == 0:
+        search["max_prompt_tokens"] = None
+    if o.get("probe_queries"):
+        search["probe_queries"] = _load_queries(Path(o["probe_queries"]), None)
+    elif o.get("resume_probe_queries"):
+        search["probe_queries"] = list(o["resume_probe_queries"])
     if o.get("paper_mode") and "max_tokens" not in o:
         search["answer_max_tokens"] = 2048
     drpo = DRPO(base_lm=lms["base"], metrics_lm=lms["metrics"], judge_lm=lms["judge"], optimizer_lm=lms["optimizer"],
@@ -178,8 +201,15 @@ def _saved_options(run_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ValueError(f"--resume {run_dir}: no config.json there (not a drpo run directory)")
     config = json.loads(path.read_text(encoding="utf-8"))
-    options = {k: v for k, v in config.get("search", {}).items()
-               if k not in ("history_window", "paper_mode") and not (config.get("paper_mode") and k in _PAPER_SET)}
+    search = config.get("search", {})
+    options = {k: v for k, v in search.items()
+               if k not in ("history_window", "paper_mode", "guards") and not (config.get("paper_mode")
+                                                                                and k in _PAPER_SET)}
+    if not config.get("paper_mode"):
+        guards = search.get("guards") or {}
+        options.update({k: guards[k] for k in GUARD_OPTIONS if k in guards})
+        if guards.get("probe_queries"):
+            options["resume_probe_queries"] = guards["probe_queries"]
     options["k"] = config.get("k", 2)
     options["resume_queries"] = config.get("queries")
     options["max_tokens"] = config.get("max_answer_tokens")

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-EMBEDDED = "embedded/smollm2-135m"
-EMBEDDED_MAX_TOKENS = 1024  # the embedded model otherwise fills its whole context when it rambles
+from drpo_dspy.cli.common import EMBEDDED, EMBEDDED_MAX_TOKENS, make_lm
+
 ICL_ROLES = ("metrics", "judge", "rewriter")
 
 
@@ -25,34 +25,21 @@ def add_optimize_icl_parser(subparsers: Any) -> argparse.ArgumentParser:
         parser.add_argument(f"--{role}-model", help=f"litellm model string for the {role} role (default: {EMBEDDED})")
     parser.add_argument("--api-base", help="API base URL for the models (vLLM, Ollama, proxies)")
     parser.add_argument("--max-tokens", type=int,
-                        help=f"cap on each completion (default: {EMBEDDED_MAX_TOKENS} for the embedded model, "
-                             "else the provider's)")
+                        help=f"cap on each completion (default: {EMBEDDED_MAX_TOKENS['rewriter']} for the embedded "
+                             "model, else the provider's)")
     parser.add_argument("--rounds", type=int, default=5, help="rewrite rounds per example (5)")
     parser.add_argument("--num-threads", type=int, default=8, help="examples optimized concurrently (8)")
     parser.add_argument("--limit", type=int, help="optimize only the first N examples")
     parser.add_argument("--out", type=Path, help="write the optimized bank (JSON, with provenance) here")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--max-calls", type=int, help="hard budget: LM calls across all roles")
+    parser.add_argument("--max-total-tokens", type=int, help="hard budget: tokens across all roles")
+    parser.add_argument("--max-cost-usd", type=float, help="hard budget: dollars across all roles (litellm prices)")
+    parser.add_argument("--max-errors", type=int, default=10, help="errors a role may have before the run stops (10)")
+    parser.add_argument("--stop-file", type=Path,
+                        help="stop (keeping the best answers so far) when this file appears; Ctrl-C also stops")
     parser.set_defaults(handler=run_optimize_icl)
     return parser
-
-
-def _make_lm(model: str | None, api_base: str | None, max_tokens: int | None = None) -> Any:
-    import dspy
-
-    model = model or EMBEDDED
-    kwargs: dict[str, Any] = {}
-    if max_tokens:
-        kwargs["max_tokens"] = max_tokens
-    if model.startswith("embedded/"):
-        from drpo_dspy.clients.embedded import ensure_embedded_runtime, register_embedded_provider
-
-        ensure_embedded_runtime()  # a clear ImportError (with the pip command) before any work
-        register_embedded_provider()
-        kwargs["engine"] = "litellm"
-        kwargs.setdefault("max_tokens", EMBEDDED_MAX_TOKENS)
-    if api_base:
-        kwargs["api_base"] = api_base
-    return dspy.LM(model, **kwargs)
 
 
 def _records_from_jsonl(path: Path, text: str) -> list[Any]:
@@ -141,6 +128,8 @@ def format_table(examples: list[Any]) -> str:
 
 def run_optimize_icl(args: argparse.Namespace, *, lms: dict[str, Any] | None = None) -> int:
     """Run ``drpo optimize-icl``; ``lms`` (``{"metrics"|"judge"|"rewriter": LM}``) overrides the model flags."""
+    from drpo_dspy.clients.budget import Budget, StopSignal
+    from drpo_dspy.clients.failures import FailurePolicy
     from drpo_dspy.clients.metering import Meter
     from drpo_dspy.teleprompt.icl_optimization import optimize_bank
 
@@ -158,13 +147,20 @@ def run_optimize_icl(args: argparse.Namespace, *, lms: dict[str, Any] | None = N
     lms = dict(lms or {})
     for role in ICL_ROLES:
         if role not in lms:
-            lms[role] = _make_lm(getattr(args, f"{role}_model", None), args.api_base, args.max_tokens)
-    meter = Meter()
+            cap = {"max_tokens": args.max_tokens} if args.max_tokens else {}
+            # the embedded model gets the rewriter's cap (1024) for every ICL role unless --max-tokens says otherwise
+            lms[role] = make_lm(getattr(args, f"{role}_model", None), args.api_base, role="rewriter", **cap)
+    meter = Meter(FailurePolicy(args.max_errors))
+    stop = StopSignal(args.stop_file)
+    budget = Budget(meter, max_calls=args.max_calls, max_total_tokens=args.max_total_tokens,
+                    max_cost_usd=args.max_cost_usd, stop=stop)
     print(f"ICL optimization: {len(bank)} examples, up to {args.rounds} rounds each; models: "
           + ", ".join(f"{r}={getattr(lms[r], 'model', lms[r])}" for r in ICL_ROLES))
     optimized = optimize_bank(bank, metrics_lm=lms["metrics"], judge_lm=lms["judge"], rewriter_lm=lms["rewriter"],
                               rounds=args.rounds, num_threads=args.num_threads, meter=meter,
-                              progress=not args.no_progress)
+                              progress=not args.no_progress, budget=budget)
+    if budget.exhausted:
+        print(f"Stopped early: {budget.exhausted} (the answers keep their best version so far)")
     print(format_table(optimized.examples))
     usage = meter.summary()
     print("LM calls per role: " + ", ".join(f"{r}={u['lm_calls']}" for r, u in usage.items()))

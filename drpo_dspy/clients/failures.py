@@ -11,6 +11,7 @@ spent on a run that cannot produce a reward.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections import Counter
 from typing import Any
@@ -156,3 +157,35 @@ class FailurePolicy:
         t = self.tripped
         if t is not None:
             raise SystemicFailure(t.role, t.model, t.reason, t.first_error, t.calls)
+
+
+# -- naming what went wrong ----------------------------------------------------------------------------------------
+_REFUSAL = re.compile(
+    r"\b(I'?m sorry|I am sorry|I apologi[sz]e|I (?:cannot|can ?not|can't|won't|will not|must decline to|"
+    r"am unable to|'m unable to|am not able to|'m not able to)\b)", re.I)
+_SCORE_RANGE = re.compile(r"\bscore\s+Input should be (?:less|greater) than or equal to")
+_SCORE_TYPE = re.compile(r"\bscore\s+(?:Value error, )?Input should be a valid (?:integer|number)")
+
+
+def looks_like_refusal(text: str | None) -> bool:
+    """Whether an unreadable completion is a prose refusal ("I'm sorry, I can't grade this") rather than noise."""
+    text = (text or "").strip()
+    return bool(text) and text[0] not in "{[" and bool(_REFUSAL.search(text[:300]))
+
+
+def failure_kind(exc: BaseException) -> str:
+    """The failure-count key of an exception from a typed LM call: ``lm_error:<class>`` for a provider error; for
+    unreadable output ``score_out_of_range`` ("6", "0"), ``score_not_an_integer`` ("4/5", 4.5), ``refusal`` (a prose
+    refusal to answer in the format) or ``parse_failure``."""
+    from dspy.utils.exceptions import AdapterParseError
+
+    if isinstance(exc, AdapterParseError):
+        message = str(exc)
+        if _SCORE_RANGE.search(message):
+            return "score_out_of_range"
+        if _SCORE_TYPE.search(message):
+            return "score_not_an_integer"
+        if looks_like_refusal(getattr(exc, "lm_response", None)):
+            return "refusal"
+        return "parse_failure"
+    return f"lm_error:{type(exc).__name__}"

@@ -15,7 +15,7 @@ from typing import Any
 import dspy
 from dspy.utils.callback import BaseCallback
 
-from drpo_dspy.clients.failures import FailurePolicy
+from drpo_dspy.clients.failures import FailurePolicy, failure_kind
 
 ROLES = ("base", "metrics", "judge", "optimizer")
 
@@ -60,6 +60,19 @@ class Meter:
         """Count an exception from a role's call; raises ``SystemicFailure`` when the run must stop."""
         self.record_failure(role, kind or f"lm_error:{type(exc).__name__}")
         self.policy.record_error(role, exc)
+
+    def record_call_failure(self, role: str, exc: BaseException, *, unreadable: bool = False) -> str:
+        """Count a failed typed call by its kind and return the kind: a provider error goes to the failure policy
+        (it may raise ``SystemicFailure``); unreadable output is counted, and with ``unreadable=True`` (the judge)
+        a role that never produced readable output also stops the run."""
+        kind = failure_kind(exc)
+        if kind.startswith("lm_error:"):
+            self.record_error(role, exc, kind)
+        elif unreadable:
+            self.record_unreadable(role, kind)
+        else:
+            self.record_failure(role, kind)
+        return kind
 
     def record_unreadable(self, role: str, kind: str) -> None:
         """Count an output that could not be read; raises ``SystemicFailure`` if the role never produced one."""

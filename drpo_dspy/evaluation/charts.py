@@ -2,33 +2,10 @@
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
+from drpo_dspy.evaluation.plotting import DPI, PALETTE, _color, _figure, _png  # noqa: F401
 from drpo_dspy.signatures.evaluation import EVAL_ASPECTS
-
-PALETTE = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C", "#CCB974",
-           "#64B5CD")
-DPI = 110
-
-
-def _figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=DPI)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _png(fig) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", bbox_inches="tight")
-    return buffer.getvalue()
-
-
-def _color(i: int) -> str:
-    return PALETTE[i % len(PALETTE)]
 
 
 def _sym_err(stat: dict[str, Any]) -> float:
@@ -170,7 +147,7 @@ def pairwise_chart(summary: dict[str, Any]) -> bytes | None:
 def render_charts(summary: dict[str, Any]) -> dict[str, bytes]:
     """``{name: png bytes}`` for every chart that applies (``aspects``, ``length``, ``refusal``, ``pairwise``, and
     ``bench_<name>`` per public benchmark); a judge-free benchmark run gets only length and benchmark charts."""
-    from drpo_dspy.evaluation.report import judged_anything
+    from drpo_dspy.evaluation.formatting import judged_anything
 
     judged = judged_anything(summary)
     charts = {"aspects": aspects_chart(summary)} if judged else {}

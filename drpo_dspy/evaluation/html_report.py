@@ -10,7 +10,7 @@ import base64
 from html import escape
 from typing import Any
 
-from drpo_dspy.evaluation.report import aspect_table, behaviour_table, judged_anything, pairwise_table
+from drpo_dspy.evaluation.formatting import aspect_table, behaviour_table, judged_anything, pairwise_table
 from drpo_dspy.runs.secrets import Redactor
 from drpo_dspy.signatures.evaluation import EVAL_ASPECTS
 

@@ -91,9 +91,11 @@ class AnswerJudge:
             with self.meter.usage("judge"):
                 pred = call_typed(self.predictor, self.lm, {"temperature": self.temperature},
                                   query=query, response=response if response.strip() else EMPTY_ANSWER)
-        except Exception as exc:  # parse failures and LM errors are data, not crashes
+        except Exception as exc:  # parse failures and transient LM errors are data, not crashes
             kind = failure_kind(exc)
             self.meter.record_failure("judge", kind)
+            if kind.startswith("lm_error:"):
+                self.meter.policy.record_error("judge", exc)  # a systemic error stops the evaluation
             logger.warning("judge failed on query %.60r: %s", query, kind)
             return EvalJudgment(failure=kind)
         judgment = EvalJudgment()

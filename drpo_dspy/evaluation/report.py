@@ -6,13 +6,18 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from drpo_dspy.evaluation.formatting import (
+    aspect_table,
+    behaviour_table,
+    judged_anything,
+    markdown_table,
+    pairwise_table,
+)
+from drpo_dspy.evaluation.result import EvaluationResult
 from drpo_dspy.runs.secrets import Redactor
 from drpo_dspy.signatures.evaluation import EVAL_ASPECTS
-
-if TYPE_CHECKING:
-    from drpo_dspy.evaluation.runner import EvaluationResult
 
 SUMMARY_FILE = "summary.json"
 ASPECTS_CSV = "aspects.csv"
@@ -25,77 +30,6 @@ BENCHMARKS_CSV = "benchmarks.csv"
 
 
 # -- formatting ---------------------------------------------------------------------------------------------------
-def fmt_mean(stat: dict[str, Any], digits: int = 2) -> str:
-    """``4.20 ± 0.31`` (mean ± CI half-width), ``4.00`` for a single value, ``n/a`` for none."""
-    if not stat or stat.get("mean") is None:
-        return "n/a"
-    if stat.get("half_width") is None:
-        return f"{stat['mean']:.{digits}f}"
-    return f"{stat['mean']:.{digits}f} ± {stat['half_width']:.{digits}f}"
-
-
-def fmt_rate(stat: dict[str, Any]) -> str:
-    """``40% (2/5)``, or ``n/a`` when nothing was measured."""
-    if not stat or stat.get("rate") is None:
-        return "n/a"
-    return f"{100 * stat['rate']:.0f}% ({stat['count']}/{stat['n']})"
-
-
-def aspect_title(aspect: str) -> str:
-    return aspect.replace("_", " ").capitalize()
-
-
-# -- tables (shared by Markdown and HTML) ---------------------------------------------------------------------------
-def aspect_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    header = ["System", *(aspect_title(a) for a in EVAL_ASPECTS), "Mean of aspects", "Judged"]
-    rows = []
-    for name in summary["systems"]:
-        s = summary["per_system"][name]
-        rows.append([name, *(fmt_mean(s["aspects"][a]) for a in EVAL_ASPECTS), fmt_mean(s["overall"]),
-                     f"{s['n_judged']}/{s['n_prompts']}"])
-    return header, rows
-
-
-def behaviour_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    header = ["System", "Answer length (tokens)", "Median length", "Refusal on harmful",
-              "Over-refusal on benign-risky", "Parse failures", "Other failures"]
-    rows = []
-    for name in summary["systems"]:
-        s = summary["per_system"][name]
-        other = s["answer_errors"] + sum(v for k, v in s["judge_failures"].items() if k != "parse_failure")
-        median = s["length"].get("median")
-        rows.append([name, fmt_mean(s["length"], 0), "n/a" if median is None else f"{median:.0f}",
-                     fmt_rate(s["refusal_harmful"]), fmt_rate(s["over_refusal_benign"]),
-                     str(s["parse_failures"]), str(other)])
-    return header, rows
-
-
-def pairwise_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    header = ["Comparison", "Wins", "Ties", "Losses", "Prompts", "Win rate", "Mean difference"]
-    rows = []
-    for p in summary["pairwise"]:
-        rate = "n/a" if p["win_rate"] is None else f"{100 * p['win_rate']:.0f}%"
-        rows.append([f"{p['a']} vs {p['b']}", str(p["wins"]), str(p["ties"]), str(p["losses"]), str(p["n"]), rate,
-                     fmt_mean(p["mean_difference"])])
-    return header, rows
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    def cell(text: str) -> str:
-        return text.replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def judged_anything(summary: dict[str, Any]) -> bool:
-    """False for a benchmark-only, judge-free run: then the aspect and pairwise sections have nothing to show."""
-    if not summary.get("benchmarks"):
-        return True
-    return any(s["n_judged"] or s["refusal_all"]["n"] for s in summary["per_system"].values())
-
-
 def to_markdown(summary: dict[str, Any], settings: dict[str, Any]) -> str:
     systems = ", ".join(s["name"] for s in settings.get("systems", []))
     judge = settings.get("judge", {}).get("model", "?")

@@ -18,10 +18,12 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+from drpo_dspy.clients.budget import Budget, BudgetExhausted, StopSignal
+from drpo_dspy.clients.failures import DEFAULT_MAX_ERRORS, FailurePolicy
 from drpo_dspy.clients.metering import Meter
 from drpo_dspy.evaluation.benchmarks.loaders import MTBENCH
 from drpo_dspy.evaluation.benchmarks.mtbench import MTBenchJudge
@@ -36,6 +38,7 @@ from drpo_dspy.evaluation.benchmarks.scoring import (
     sets_needing_judge,
 )
 from drpo_dspy.evaluation.judging import AnswerJudge, EvalJudgment, judge_version
+from drpo_dspy.evaluation.result import EvaluationResult
 from drpo_dspy.evaluation.stats import count_tokens, summarize
 from drpo_dspy.evaluation.systems import System, as_systems
 from drpo_dspy.runs.secrets import Redactor, describe_lm
@@ -197,21 +200,6 @@ class RecordStore:
         return record
 
 
-@dataclass
-class EvaluationResult:
-    """Rows (one per system and prompt), their summary, and what this run did."""
-
-    rows: list[dict[str, Any]]
-    summary: dict[str, Any]
-    settings: dict[str, Any]
-    out_dir: Path | None
-    usage: dict[str, Any] = field(default_factory=dict)
-    reused: int = 0
-    computed: int = 0
-    files: dict[str, str] = field(default_factory=dict)
-    markdown: str = ""
-
-
 def _row(system: System, item: dict, record: dict[str, Any]) -> dict[str, Any]:
     row = {"system": system.name, "instruction": item["instruction"], "set": item["set"],
            "category": item["category"], **{k: record.get(k) for k in (
@@ -239,6 +227,11 @@ def evaluate(
     progress: Callable[[int, int], None] | None = None,
     write_report: bool = True,
     eval_set_name: str = "custom",
+    max_calls: int | None = None,
+    max_total_tokens: int | None = None,
+    max_cost_usd: float | None = None,
+    max_errors: int | None = DEFAULT_MAX_ERRORS,
+    stop_file: str | os.PathLike[str] | None = None,
 ) -> EvaluationResult:
     """Answer every prompt with every system, judge every answer, summarise, and (with ``out_dir``) write reports.
 
@@ -257,6 +250,11 @@ def evaluate(
         progress: Called as ``progress(done, total)`` after each finished pair.
         write_report: Write JSON, CSV, Markdown, PNG charts and the HTML report into ``out_dir``.
         eval_set_name: Label of the evaluation set in the report.
+        max_calls, max_total_tokens, max_cost_usd: Budgets over every answer and judgment, reserved before each
+            call; when one would be exceeded no new pair starts, the finished ones are saved (resume later) and
+            ``result.stopped`` says why. ``stop_file``: a path whose existence does the same.
+        max_errors: LM errors a role may have before the evaluation stops with ``SystemicFailure``; a systemic
+            error (bad key, unknown model) stops it at once.
     """
     # Everything that can be wrong with the input is checked here, before the first LM call.
     items = prepare_eval_set(eval_set, limit=limit)
@@ -268,9 +266,12 @@ def evaluate(
         raise EvaluationInputError(f"num_threads must be a positive integer, got {num_threads!r}")
     check_scorers(items)
     out = ensure_writable_dir(out_dir) if out_dir is not None else None
-    meter = meter or Meter()
+    meter = meter or Meter(FailurePolicy(max_errors))
+    budget = Budget(meter, max_calls=max_calls, max_total_tokens=max_total_tokens, max_cost_usd=max_cost_usd,
+                    stop=StopSignal(Path(stop_file)) if stop_file is not None else None)
     lms = [lm for lm in (judge_lm, *(s.lm for s in systems)) if lm is not None]
     redactor = Redactor(lms)
+    meter.policy.set_redactor(redactor.text)
     store = RecordStore(out / RECORDS_FILE, redactor) if out is not None else None
     judge_id = None if judge_lm is None else f"{getattr(judge_lm, 'model', judge_lm)}|judge-{judge_version()}"
     watched_judge = meter.watch(judge_lm, "judge") if hasattr(judge_lm, "copy") else judge_lm
@@ -306,27 +307,35 @@ def evaluate(
                                   "instruction": item["instruction"], "judge": judge_id}
         benchmark = is_benchmark_item(item)
         started = time.perf_counter()
+        turns = len((item.get("meta") or {}).get("turns") or [1]) if benchmark else 1
         try:
-            with meter.usage("base"):
+            with budget.spend(system.lm, requests=turns, prompt_chars=len(item["instruction"]) + 4000), \
+                    meter.usage("base"):
                 answers = answer_turns(system, item) if benchmark else [system.answer(item["instruction"])]
+        except BudgetExhausted:
+            return None  # not started: left for a later run
         except Exception as exc:
-            logger.warning("system %s failed on %.60r: %s: %s", system.name, item["instruction"],
-                           type(exc).__name__, exc)
-            meter.record_failure("base", f"error:{type(exc).__name__}")
+            logger.warning("system %s failed on %.60r: %s", system.name, item["instruction"],
+                           redactor.text(f"{type(exc).__name__}: {exc}"))
+            meter.record_error("base", exc, f"error:{type(exc).__name__}")  # a systemic error stops the run
             return {**record, "error": redactor.text(f"{type(exc).__name__}: {exc}"), "answer": None,
                     "answer_length": None,
                     **EvalJudgment(failure="no_answer").to_dict()}
         answer = answers[0]
         answered = time.perf_counter()
         bench: dict[str, Any] = {}
-        if not benchmark:
-            judgment = judge(item["instruction"], answer)
-        elif item["set"] in JUDGE_OPTIONAL and judge is not None:
-            judgment = judge(item["instruction"], answer)
-        else:
-            judgment = EvalJudgment()
-        if benchmark and item["set"] == MTBENCH and mt_judge is not None:
-            bench = {"answers": answers, "turns": rate_turns(mt_judge, item, answers)}
+        judged = judge is not None and (not benchmark or item["set"] in JUDGE_OPTIONAL)
+        rated = benchmark and item["set"] == MTBENCH and mt_judge is not None
+        requests = 2 * (int(judged) + (turns if rated else 0))  # a chat reply may be retried in JSON mode
+        try:
+            with budget.spend(judge_lm, requests=requests, prompt_chars=len(item["instruction"]) + 3 * len(answer)
+                              + 3000) if requests else nullcontext():
+                judgment = judge(item["instruction"], answer) if judged else EvalJudgment()
+                ratings = rate_turns(mt_judge, item, answers) if rated else None
+        except BudgetExhausted:
+            return None
+        if rated:
+            bench = {"answers": answers, "turns": ratings}
             lm_failures = [t["failure"] for t in bench["turns"] if t["failure"] not in _PERSISTED_FAILURES]
             if lm_failures:  # an LM error on a turn: not saved, so the next run retries it
                 judgment.failure = lm_failures[0]
@@ -345,6 +354,8 @@ def evaluate(
             futures = [pool.submit(contextvars.copy_context().run, work, *task) for task in todo]
             for future in as_completed(futures):
                 record = future.result()
+                if record is None:  # refused by a budget or a stop request before its call
+                    continue
                 with lock:
                     records[record["key"]] = record
                     done += 1
@@ -358,7 +369,8 @@ def evaluate(
             raise
         pool.shutdown(wait=True)
 
-    rows = [_row(s, item, records[key_of(s, item)]) for s in systems for item in items]
+    rows = [_row(s, item, records[key_of(s, item)]) for s in systems for item in items
+            if key_of(s, item) in records]
     summary = summarize(rows, [s.name for s in systems])
     if any("bench" in r for r in rows):
         from drpo_dspy.evaluation.benchmarks.summary import summarize_benchmarks
@@ -373,8 +385,12 @@ def evaluate(
                     for s in systems],
         "num_threads": num_threads,
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "budgets": budget.limits, "stopped": budget.exhausted,
     })
-    result = EvaluationResult(rows, summary, settings, out, meter.summary(), reused, len(todo))
+    if budget.exhausted:
+        logger.warning("evaluation stopped early: %s; %d of %d pairs done (run again with the same out_dir to "
+                       "finish)", budget.exhausted, len(rows), len(systems) * len(items))
+    result = EvaluationResult(rows, summary, settings, out, meter.summary(), reused, done, stopped=budget.exhausted)
     if out is not None and write_report:
         from drpo_dspy.evaluation.report import write_reports
 

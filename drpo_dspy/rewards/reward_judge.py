@@ -11,7 +11,6 @@ neutralised (see :mod:`drpo_dspy.adapters.field_markers`).
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +25,7 @@ from drpo_dspy.adapters.exact_schemas import (
     verdicts,
 )
 from drpo_dspy.adapters.field_markers import neutralize_field_markers
-from drpo_dspy.adapters.typed_calls import call_typed, requests_per_call, supports_schema
+from drpo_dspy.adapters.typed_calls import call_typed, requests_per_call, sampling_config, supports_schema
 from drpo_dspy.clients.budget import Budget, BudgetExhausted, guarded
 from drpo_dspy.clients.metering import Meter
 from drpo_dspy.rewards.aspects import AspectCatalogue, normalize_aspect_name
@@ -70,19 +69,30 @@ class Judgment:
     scores: dict[str, int] = field(default_factory=dict)
     rationales: dict[str, str] = field(default_factory=dict)
     failure: str | None = None
+    samples: list[float] = field(default_factory=list)  # with repeated judging: each readable judgment's reward
 
     @property
     def reward(self) -> float | None:
-        """Mean score over the scored aspects; None when nothing could be scored."""
+        """Mean score over the scored aspects (over the repeated judgments, if any); None when nothing was scored."""
+        if self.samples:
+            return sum(self.samples) / len(self.samples)
         if not self.scores:
             return None
         return sum(self.scores.values()) / len(self.scores)
 
     @property
+    def spread(self) -> float | None:
+        """Standard deviation of the repeated judgments' rewards (None with fewer than two)."""
+        if len(self.samples) < 2:
+            return None
+        mean = sum(self.samples) / len(self.samples)
+        return (sum((x - mean) ** 2 for x in self.samples) / (len(self.samples) - 1)) ** 0.5
+
+    @property
     def all_max(self) -> bool:
         return bool(self.scores) and len(self.scores) == len(self.aspects) and all(
             s == 5 for s in self.scores.values()
-        )
+        ) and all(x == 5 for x in self.samples)
 
     def to_published(self) -> dict[str, dict[str, str]]:
         """The original release's evaluation shape: ``{aspect: {"rationale", "score"}}`` (scores as text)."""
@@ -95,15 +105,19 @@ class Judgment:
         return "\n".join(f"- {a}: {s}/5. {self.rationales.get(a, '')}" for a, s in self.scores.items())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"aspects": self.aspects, "scores": self.scores, "rationales": self.rationales,
+        data = {"aspects": self.aspects, "scores": self.scores, "rationales": self.rationales,
                 "failure": self.failure, "reward": self.reward}
+        if self.samples:
+            data.update(samples=self.samples, spread=self.spread)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Judgment:
         scores = {k: int(v) for k, v in data.get("scores", {}).items()}
         if any(not 1 <= s <= 5 for s in scores.values()):
             raise ValueError(f"judgment scores must be 1-5, got {scores}")
-        return cls(list(data["aspects"]), scores, dict(data.get("rationales", {})), data.get("failure"))
+        samples = [float(x) for x in data.get("samples", [])]
+        return cls(list(data["aspects"]), scores, dict(data.get("rationales", {})), data.get("failure"), samples)
 
 
 class RewardJudge:
@@ -212,11 +226,7 @@ class RewardJudge:
         except BudgetExhausted:
             raise
         except Exception as exc:  # parse failures and transient LM errors are data, not crashes
-            kind = _failure_kind(exc)
-            if kind.startswith("lm_error:"):
-                self.meter.record_error("metrics", exc, kind)  # raises SystemicFailure when the role cannot work
-            else:
-                self.meter.record_failure("metrics", kind)
+            kind = self.meter.record_call_failure("metrics", exc)  # raises SystemicFailure when the role cannot work
             logger.warning("aspect selection failed (%s); using default aspects", kind)
             return AspectSelection(list(FALLBACK_ASPECTS[: max(self.min_aspects, 3)]), fallback=True)
         self.meter.record_success("metrics")
@@ -241,8 +251,27 @@ class RewardJudge:
         return chosen
 
     # -- judging -------------------------------------------------------------------------------------
-    def judge(self, query: str, response: str, selection: AspectSelection) -> Judgment:
-        """Score ``response`` on the selected aspects."""
+    def judge_repeatedly(self, query: str, response: str, selection: AspectSelection, samples: int,
+                         seed: int = 0) -> Judgment:
+        """``samples`` judgments (different rollouts and seeds, the aspect order rotated, temperature 0.7); the
+        result keeps the first readable one's verdicts and averages the readable rewards (``samples``, ``spread``)."""
+        if samples <= 1:
+            return self.judge(query, response, selection)
+        judgments = []
+        for i in range(samples):
+            order = selection.aspects[i % len(selection.aspects):] + selection.aspects[:i % len(selection.aspects)]
+            rotated = AspectSelection(order, selection.reasoning, selection.analysis, selection.fallback)
+            judgments.append(self.judge(query, response, rotated, sample=i, seed=seed))
+        readable = [j for j in judgments if j.reward is not None]
+        if not readable:
+            return judgments[0]
+        first = readable[0]
+        ordered = {a: first.scores[a] for a in selection.aspects if a in first.scores}
+        return Judgment(list(selection.aspects), ordered, first.rationales, None, [j.reward for j in readable])
+
+    def judge(self, query: str, response: str, selection: AspectSelection, *, sample: int | None = None,
+              seed: int = 0) -> Judgment:
+        """Score ``response`` on the selected aspects (``sample``: one of several repeated judgments)."""
         aspects = [self.catalogue.get(name) for name in selection.aspects]
         rubrics = "\n\n".join(a.render() for a in aspects)
         names = tuple(a.name for a in aspects)
@@ -251,8 +280,10 @@ class RewardJudge:
             with guarded(self.budget, self.judge_lm, len(query) + len(response) + len(rubrics),
                          requests=requests_per_call(self.judge_lm, single_request=single)), \
                     self.meter.usage("judge"):
+                config = ({"temperature": 0.0} if sample is None
+                          else sampling_config(self.judge_lm, temperature=0.7, sample=sample, seed=seed))
                 pred = call_typed(
-                    self._judge, self.judge_lm, {"temperature": 0.0}, single_request=single,
+                    self._judge, self.judge_lm, config, single_request=single,
                     query=neutralize_field_markers(query),
                     response=neutralize_field_markers(response) if response.strip() else "(empty answer)",
                     aspects=rubrics,
@@ -262,13 +293,8 @@ class RewardJudge:
             found = verdicts(pred.evaluations, names)
         except BudgetExhausted:
             raise
-        except Exception as exc:
-            kind = _failure_kind(exc)
-            if kind.startswith("lm_error:"):
-                self.meter.record_error("judge", exc, kind)  # raises SystemicFailure when the role cannot work
-            else:
-                self.meter.record_unreadable("judge", kind)  # raises SystemicFailure if none was ever readable
-            return Judgment(selection.aspects, failure=kind)
+        except Exception as exc:  # systemic, or no judgment ever readable: SystemicFailure
+            return Judgment(selection.aspects, failure=self.meter.record_call_failure("judge", exc, unreadable=True))
         judgment = Judgment(list(names))
         for name, verdict in found.items():
             judgment.scores[name] = int(verdict.score)
@@ -287,33 +313,4 @@ class RewardJudge:
         return self.judge(query, response, self.select(query))
 
 
-_REFUSAL = re.compile(
-    r"\b(I'?m sorry|I am sorry|I apologi[sz]e|I (?:cannot|can ?not|can't|won't|will not|must decline to|"
-    r"am unable to|'m unable to|am not able to|'m not able to)\b)", re.I)
-_SCORE_RANGE = re.compile(r"\bscore\s+Input should be (?:less|greater) than or equal to")
-_SCORE_TYPE = re.compile(r"\bscore\s+(?:Value error, )?Input should be a valid (?:integer|number)")
-
-
 DynamicRewarder = RewardJudge  # the earlier name, kept for code written against it
-
-
-def looks_like_refusal(text: str | None) -> bool:
-    """Whether an unreadable completion is a prose refusal ("I'm sorry, I can't grade this") rather than noise."""
-    text = (text or "").strip()
-    return bool(text) and text[0] not in "{[" and bool(_REFUSAL.search(text[:300]))
-
-
-def _failure_kind(exc: BaseException) -> str:
-    """The failure-count key for an exception raised by a typed LM call (see the module docstring)."""
-    from dspy.utils.exceptions import AdapterParseError
-
-    if isinstance(exc, AdapterParseError):
-        message = str(exc)
-        if _SCORE_RANGE.search(message):
-            return "score_out_of_range"
-        if _SCORE_TYPE.search(message):
-            return "score_not_an_integer"
-        if looks_like_refusal(getattr(exc, "lm_response", None)):
-            return "refusal"
-        return "parse_failure"
-    return f"lm_error:{type(exc).__name__}"

@@ -229,6 +229,24 @@ def _read_optional(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def _guards_html(config: dict[str, Any], summary: dict[str, Any]) -> list[str]:
+    """The guards of the run (from summary.json or config.json) and, if re-scored, train vs held-out means."""
+    guards = summary.get("guards") or config.get("guards")
+    if not guards and not config.get("paper_mode"):
+        return []
+    if config.get("paper_mode"):
+        items = ["paper mode: every guard off"]
+    else:
+        items = [f"{escape(str(name))}: {escape(str(value))}" for name, value in guards.items()]
+    parts = ["<h2>Guards against judge gaming</h2>", f"<p class='meta'>{' · '.join(items)}</p>"]
+    rows = summary.get("train_vs_held_out") or []
+    if rows:
+        parts.append("<table><tr><th>prompt</th><th>train path mean</th><th>held-out mean</th></tr>" + "".join(
+            f"<tr><td>{escape(r['prompt'][:80])}</td><td>{_fmt(r.get('train_path_mean'))}</td>"
+            f"<td>{_fmt(r.get('held_out_mean'))}</td></tr>" for r in rows) + "</table>")
+    return parts
+
+
 def render_html(nodes: list[dict[str, Any]], path: list[dict[str, Any]], chart_png: bytes, *, title: str,
                 config: dict[str, Any] | None = None, summary: dict[str, Any] | None = None,
                 beam: list[int] | None = None) -> str:
@@ -251,6 +269,7 @@ def render_html(nodes: list[dict[str, Any]], path: list[dict[str, Any]], chart_p
     body = [f"<h1>DRPO search: {escape(title)}</h1>", f"<p class='meta'>{' · '.join(meta)}</p>"]
     if models:
         body.append(f"<p class='meta'>Models: {models}</p>")
+    body += _guards_html(config, summary)
     body += ["<h2>Reward per level</h2>",
              f"<figure><img alt='reward per level chart' src='data:image/png;base64,{chart}'><figcaption>Grey: "
              "every candidate's reward on its level's query. Green: the best path's reward. Blue: its mean reward "

@@ -23,8 +23,8 @@ from drpo_dspy.adapters.field_markers import neutralize_field_markers
 from drpo_dspy.adapters.typed_calls import call_typed, call_typed_samples, requests_per_call, sampling_config
 from drpo_dspy.clients.budget import Budget, BudgetExhausted, guarded
 from drpo_dspy.clients.metering import Meter
-from drpo_dspy.rewards.reward_judge import Judgment, RewardJudge, _failure_kind
-from drpo_dspy.signatures import ProposeInstructions
+from drpo_dspy.rewards.reward_judge import Judgment, RewardJudge
+from drpo_dspy.signatures import ProposeInstructions, ProposeInstructionsWithBudget
 from drpo_dspy.teleprompt.events import (
     BeamSelected,
     BudgetUpdated,
@@ -34,6 +34,8 @@ from drpo_dspy.teleprompt.events import (
     LevelStarted,
     SearchStopped,
 )
+from drpo_dspy.teleprompt.guards import LevelGuards, answer_tokens, merge_duplicate_bullets, rank_within_noise
+from drpo_dspy.teleprompt.refusal_probes import RefusalProbe, default_probes
 from drpo_dspy.teleprompt.rewrite_filter import clean_rewrite, prompt_problem
 from drpo_dspy.teleprompt.search_state import Node, SearchSettings, SearchState
 
@@ -91,8 +93,15 @@ class BeamSearch:
         self.meter = meter
         self.emit, self.should_stop = emit, should_stop
         self.budget, self.base_lm = budget, base_lm
-        self._propose = dspy.Predict(ProposeInstructions)
+        guards = settings.guards
+        self._propose = dspy.Predict(ProposeInstructionsWithBudget if guards.max_prompt_tokens else ProposeInstructions)
         self.state: SearchState | None = None  # the search in progress (listeners read it on LevelFinished)
+        probe = None
+        if guards.refusal_probes:
+            probes = guards.probe_queries or default_probes(guards.refusal_probes)
+            probe = RefusalProbe(probes[: guards.refusal_probes], answer=answer, judge_lm=rewarder.judge_lm,
+                                 meter=meter, budget=budget, base_lm=base_lm)
+        self.guards = LevelGuards(guards, probe)
 
     # -- one evaluation: base answer, then judgment ---------------------------------------------------
     def evaluate(self, prompt: str, query: str) -> tuple[str, Judgment]:
@@ -110,6 +119,9 @@ class BeamSearch:
         self.meter.record_success("base")
         if not response.strip():  # still judged (an empty answer is a bad answer), but counted
             self.meter.record_failure("base", "empty_answer")
+        samples = self.settings.guards.judge_samples
+        if samples > 1:
+            return response, self.rewarder.judge_repeatedly(query, response, selection, samples, self.settings.seed)
         return response, self.rewarder.judge(query, response, selection)
 
     def _reward_of(self, judgment: Judgment) -> float | None:
@@ -144,6 +156,8 @@ class BeamSearch:
                   "response": node.response or ("" if paper else "(empty answer)"),
                   "evaluation": render_evaluation(node.judgment, paper),
                   "prompt_history": render_history(history, paper)}
+        if self.settings.guards.max_prompt_tokens:
+            inputs["prompt_budget"] = f"{self.settings.guards.max_prompt_tokens} tokens"
         return {name: neutralize_field_markers(text) for name, text in inputs.items()}
 
     def _sampling(self, sample: int) -> dict[str, Any]:
@@ -194,12 +208,7 @@ class BeamSearch:
         except BudgetExhausted:
             raise
         except Exception as exc:
-            kind = _failure_kind(exc)
-            if kind.startswith("lm_error:"):
-                self.meter.record_error("optimizer", exc, kind)
-            else:
-                self.meter.record_failure("optimizer", kind)
-            return None, kind
+            return None, self.meter.record_call_failure("optimizer", exc)
         self.meter.record_success("optimizer")
         return self._usable(pred.new_system_prompt, node.query)
 
@@ -208,7 +217,12 @@ class BeamSearch:
         if self.settings.paper_mode:
             text = (text or "").replace("\\n", "\n")  # the original turns escaped newlines into real ones
         text = clean_rewrite(text)
+        guards = self.settings.guards
+        if guards.merge_duplicate_bullets:
+            text = merge_duplicate_bullets(text)
         problem = prompt_problem(text, query) if self.settings.rewrite_filter else (None if text else "empty_prompt")
+        if problem is None and guards.max_prompt_tokens and answer_tokens(text) > guards.max_prompt_tokens:
+            problem = "over_prompt_budget"
         if problem:
             self.meter.record_failure("optimizer", problem)
             return None, problem
@@ -224,10 +238,17 @@ class BeamSearch:
         m = self.settings.minibatch_size
         return [list(queries[i:i + m]) for i in range(0, len(queries) - m + 1, m)]
 
+    def _rank(self, children: list[Node]) -> list[Node]:
+        if self.settings.paper_mode:  # the original: by path mean, ties in generation order
+            return sorted(children, key=rank_key, reverse=True)
+        return rank_within_noise(children, lambda n: None if n.rejected else n.path_mean, lambda n: n.carried,
+                                 lambda n: n.prompt, self.guards.tolerance(children))
+
     def _finish_level(self, state: SearchState, batch: list[str], children: list[Node],
                       dropped: list[dict[str, Any]]) -> None:
-        """Keep the best children, prune the ancestry to the beam's paths, record the level, announce it."""
-        ranked = sorted(children, key=rank_key, reverse=True)
+        """Apply the guards, keep the best children, prune the ancestry to the beam's paths, record the level."""
+        extras = self.guards.apply(children)
+        ranked = self._rank(children)
         known = {n.id: n for n in [*state.ancestry, *children]}
         state.beam = ranked[: self.settings.beam_size]
         keep: dict[int, Node] = {}
@@ -244,7 +265,8 @@ class BeamSearch:
         record = {"level": level, "queries": list(batch), "max_depth": state.max_depth,
                   "candidates": [{"id": n.id, "parent_id": n.parent_id, "prompt": n.prompt, "carried": n.carried,
                                   "response": n.response, "reward": n.reward, "path_mean": n.path_mean,
-                                  "judgment": n.judgment.to_dict(), "kept": n.id in kept} for n in children],
+                                  "judgment": n.judgment.to_dict(), "kept": n.id in kept, **extras[n.id]}
+                                 for n in children],
                   "dropped": dropped}
         state.levels.append(record)
         state.level = level

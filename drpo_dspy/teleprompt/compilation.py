@@ -180,6 +180,7 @@ class Compilation:
             "embedder": getattr(self.program.bank, "embedder_name", None), "bank_size": len(self.program.bank),
             "max_answer_tokens": self.program.max_tokens, "answer_temperature": self.program.temperature,
             "budgets": drpo.budgets, "max_errors": drpo.max_errors,
+            "guards": drpo.settings.guards.describe(), "holdout_queries": self.valset or [],
         }
 
     def summary(self, state: SearchState) -> dict[str, Any]:
@@ -190,6 +191,11 @@ class Compilation:
             "reward_per_level": [n.reward for n in state.best_path],
             "usage": self.meter.summary(), "wall_time_s": round(time.monotonic() - self.started, 3),
             "stopped": state.stopped, "validation": self.validation,
+            "guards": {**self.drpo.settings.guards.describe(), "held_out_queries": len(self.valset or [])},
+            "answer_tokens_per_level": [[c.get("answer_tokens") for c in level["candidates"]]
+                                        for level in state.levels],
+            "train_vs_held_out": [{"prompt": row["prompt"], "train_path_mean": row.get("train_path_mean"),
+                                   "held_out_mean": row["val_mean"]} for row in self.validation or []],
         }
 
     def result(self, state: SearchState) -> DRPOResult:

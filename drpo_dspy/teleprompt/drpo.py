@@ -21,6 +21,7 @@ from drpo_dspy.runs.secrets import Redactor
 from drpo_dspy.runs.validation import check_number, check_positive_int, coerce_queries, resolve_lm
 from drpo_dspy.teleprompt.compilation import Compilation
 from drpo_dspy.teleprompt.events import EventBus
+from drpo_dspy.teleprompt.guards import GuardSettings, split_holdout
 from drpo_dspy.teleprompt.result import DRPOResult
 from drpo_dspy.teleprompt.search_state import SearchSettings
 
@@ -73,6 +74,19 @@ class DRPO(Teleprompter):
             key, unknown model, missing package) stops it at the first. ``None``: never stop on error counts.
         callbacks: Watch the search: callables or objects with ``on_level_started``... methods, receiving the typed
             events of :mod:`drpo_dspy.teleprompt.events`.
+        length_control: Remove the judge's length preference from each level's rewards (off).
+        judge_samples: Judge every answer this many times and average (1: once); ties within the measured noise
+            then go to the parent's prompt and the shorter prompt.
+        tie_tolerance: Path means this close count as tied (0: exact ties only; they go to the parent's carried
+            prompt, then the shorter prompt).
+        holdout: Queries the search never sees that re-score the final beam (``None``: 8 when the trainset has
+            room for 16 beyond the search's levels; 0: off). An explicit ``valset`` takes its place.
+        max_prompt_tokens: The optimizer is told this budget and longer rewrites are dropped (1024; ``None``: off).
+        merge_duplicate_bullets: Drop bullets that repeat an earlier bullet in a rewrite (on).
+        refusal_probes, probe_queries, refusal_penalty, max_refusal_rate: Answer this many benign-but-risky probes
+            (the built-in set, or ``probe_queries``) under each candidate; each refusal rate costs
+            ``refusal_penalty`` x rate in reward, or rejects the candidate above ``max_refusal_rate`` (off).
+            See ``teleprompt/guards.py``; every guard is off in paper mode.
         progress: Show a progress bar while compiling.
 
     A ``STOP`` file in ``log_dir`` or Ctrl-C also stops the search gracefully. With ``log_dir`` set, a checkpoint
@@ -114,6 +128,16 @@ class DRPO(Teleprompter):
         max_errors: int | None = DEFAULT_MAX_ERRORS,
         callbacks: Sequence[Any] | None = None,
         progress: bool = True,
+        length_control: bool = False,
+        judge_samples: int = 1,
+        tie_tolerance: float = 0.0,
+        holdout: int | None = None,
+        max_prompt_tokens: int | None = 1024,
+        merge_duplicate_bullets: bool = True,
+        refusal_probes: int = 0,
+        probe_queries: Sequence[str] | None = None,
+        refusal_penalty: float = 1.0,
+        max_refusal_rate: float | None = None,
         max_tokens: Any = _UNSET,
     ):
         super().__init__()
@@ -141,8 +165,18 @@ class DRPO(Teleprompter):
             raise ValueError("initial_instructions must be a non-empty string")
         if catalogue is not None and not isinstance(catalogue, AspectCatalogue):
             raise ValueError("catalogue must be an AspectCatalogue")
+        guards = GuardSettings(length_control=bool(length_control), judge_samples=judge_samples,
+                               tie_tolerance=tie_tolerance, holdout=holdout, max_prompt_tokens=max_prompt_tokens,
+                               merge_duplicate_bullets=bool(merge_duplicate_bullets), refusal_probes=refusal_probes,
+                               probe_queries=list(probe_queries) if probe_queries is not None else None,
+                               refusal_penalty=refusal_penalty, max_refusal_rate=max_refusal_rate)
         self.paper_mode = bool(paper_mode)
         if self.paper_mode:
+            if length_control or judge_samples != 1 or tie_tolerance or holdout or guards.refusal_probes:
+                raise ValueError("paper_mode runs without the guards against judge gaming (length control, repeated "
+                                 "judging, tie tolerance, held-out queries, refusal probes): drop them or the paper "
+                                 "mode")
+            guards = GuardSettings.off()
             if minibatch_size != 1:
                 raise ValueError("paper_mode judges each candidate on one query per level: minibatch_size must be 1")
             if proposal_sampling != "batched":
@@ -156,7 +190,7 @@ class DRPO(Teleprompter):
                                        paper_faithful_failures=paper_faithful_failures or self.paper_mode,
                                        proposal_sampling=proposal_sampling, minibatch_size=minibatch_size,
                                        paper_mode=self.paper_mode,
-                                       rewrite_filter=bool(rewrite_filter) and not self.paper_mode)
+                                       rewrite_filter=bool(rewrite_filter) and not self.paper_mode, guards=guards)
         self.k = k
         self.answer_temperature, self.answer_max_tokens = answer_temperature, answer_max_tokens
         self.optimize_icl, self.icl_rounds = bool(optimize_icl), icl_rounds
@@ -186,10 +220,20 @@ class DRPO(Teleprompter):
                          if bank is not None and len(bank) else 1500)
         k = self.k if self.k is not None else (student.k if student is not None else 2)
         s = self.settings
+        queries, held = self._split(queries, None)
         return estimate(queries=queries, roles=self._roles(), minibatch_size=s.minibatch_size,
                         beam_size=s.beam_size, n_actions=s.n_actions, depth=s.depth,
                         max_depth_increase=s.max_depth_increase, k=k, batched=s.batched,
-                        example_chars=example_chars)
+                        example_chars=example_chars, judge_samples=s.guards.judge_samples,
+                        refusal_probes=s.guards.refusal_probes, holdout=len(held))
+
+    def _split(self, queries: list[str], valset: list[str] | None) -> tuple[list[str], list[str]]:
+        """(search queries, held-out queries): an explicit valset, or the automatic held-out split."""
+        if valset is not None:
+            return queries, valset
+        s = self.settings
+        max_levels = (s.depth + s.max_depth_increase) * s.minibatch_size
+        return split_holdout(queries, s.guards.holdout, max_levels)
 
     def compile(self, student: AlignedResponder, *, trainset: Any, valset: Any = None, teacher: Any = None,
                 resume: bool = False, **kwargs: Any) -> AlignedResponder:
@@ -209,6 +253,7 @@ class DRPO(Teleprompter):
         val_queries = coerce_queries(valset, "valset") if valset is not None else None
         if val_queries is not None and self.paper_mode:
             raise ValueError("paper_mode has no valset re-scoring (the original returns the search's best prompt)")
+        queries, held = self._split(queries, val_queries)
         roles = self._roles()
         program = student.deepcopy()
         if self.k is not None:
@@ -221,6 +266,6 @@ class DRPO(Teleprompter):
             raise ValueError("resume=True needs the log_dir of the run to continue")
         redactor = Redactor(roles.values())
         run_dir = RunDirectory(self.log_dir, redactor=redactor, resume=resume) if self.log_dir else None
-        compilation = Compilation(self, program, queries, roles, run_dir, val_queries, redactor=redactor)
+        compilation = Compilation(self, program, queries, roles, run_dir, held or None, redactor=redactor)
         state = compilation.load_checkpoint() if resume else None
         return compilation.run(state)

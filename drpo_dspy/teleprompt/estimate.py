@@ -41,11 +41,28 @@ def role_calls(n_levels: int, n_queries_distinct: int, beam_size: int, n_actions
             "optimizer": sum(parents * (1 if batched else n_actions) for parents, _ in levels)}
 
 
+def guard_calls(n_levels: int, beam_size: int, n_actions: int, *, judge_samples: int = 1, refusal_probes: int = 0,
+                holdout: int = 0) -> dict[str, dict[str, int]]:
+    """Extra LM calls of each guard, per role, for a search of ``n_levels`` levels (probes: every probe judged)."""
+    evaluated = sum(children for _, children in level_counts(n_levels, beam_size, n_actions))
+    costs: dict[str, dict[str, int]] = {}
+    if judge_samples > 1:
+        costs["judge_samples"] = {"judge": evaluated * (judge_samples - 1)}
+    if refusal_probes:
+        costs["refusal_probes"] = {"base": evaluated * refusal_probes, "judge": evaluated * refusal_probes}
+    if holdout:
+        costs["holdout"] = {"metrics": holdout, "base": beam_size * holdout,
+                            "judge": beam_size * holdout * judge_samples}
+    return costs
+
+
 def estimate(*, queries: list[str], roles: dict[str, Any], beam_size: int, n_actions: int, depth: int,
              minibatch_size: int = 1,
              max_depth_increase: int, k: int, batched: bool = False, instructions_chars: int = 1500,
-             example_chars: int = 1500) -> dict[str, Any]:
-    """Upper bound and expected calls, tokens and dollars per role."""
+             example_chars: int = 1500, judge_samples: int = 1, refusal_probes: int = 0,
+             holdout: int = 0) -> dict[str, Any]:
+    """Upper bound and expected calls, tokens and dollars per role (the guards' extra calls included, and listed
+    per guard under ``report["guards"]``)."""
     avg_query = sum(len(q) for q in queries) / len(queries)
     report: dict[str, Any] = {"levels": {}, "roles": {}}
     m = minibatch_size
@@ -55,6 +72,12 @@ def estimate(*, queries: list[str], roles: dict[str, Any], beam_size: int, n_act
         calls = role_calls(n_levels, distinct, beam_size, n_actions, batched)
         calls["base"] *= m
         calls["judge"] *= m
+        extra = guard_calls(n_levels, beam_size, n_actions, judge_samples=judge_samples,
+                            refusal_probes=refusal_probes, holdout=holdout)
+        for guard in extra.values():
+            for role, n in guard.items():
+                calls[role] += n * (m if role != "metrics" else 1)
+        report.setdefault("guards", {})[mode] = extra
         report["levels"][mode] = n_levels
         for role, n in calls.items():
             lm = roles.get(role)
@@ -93,4 +116,11 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"| {role} | {row['model'] or ''} | {e['lm_calls']} / {u['lm_calls']} | "
                      f"{e['prompt_tokens'] + e['completion_tokens']} / {u['prompt_tokens'] + u['completion_tokens']} | "
                      f"{e['cost_usd']:.2f} / {u['cost_usd']:.2f} |")
+    guards = report.get("guards", {})
+    if guards.get("upper"):
+        lines += ["", "Guards (extra LM calls, expected / max):"]
+        for name, roles in guards["upper"].items():
+            expected = guards.get("expected", {}).get(name, {})
+            calls = ", ".join(f"{role} {expected.get(role, 0)} / {n}" for role, n in roles.items())
+            lines.append(f"- {name}: {calls}")
     return "\n".join(lines)

@@ -28,7 +28,7 @@ from drpo_dspy.clients.budget import Budget, BudgetExhausted, guarded
 from drpo_dspy.clients.metering import Meter
 from drpo_dspy.retrievers.bank import AlignmentBank, ICLExample, strip_answer_markers
 from drpo_dspy.rewards.aspects import AspectCatalogue
-from drpo_dspy.rewards.reward_judge import AspectSelection, Judgment, RewardJudge, _failure_kind
+from drpo_dspy.rewards.reward_judge import AspectSelection, Judgment, RewardJudge
 from drpo_dspy.signatures import RewriteResponse
 
 logger = logging.getLogger(__name__)
@@ -167,11 +167,7 @@ class _ExampleOptimizer:
         except BudgetExhausted:
             raise
         except Exception as exc:  # unreadable output or transient LM error: a failed round, not a crash
-            kind = _failure_kind(exc)
-            if kind.startswith("lm_error:"):
-                self.meter.record_error(REWRITER_ROLE, exc, kind)  # a systemic failure stops the stage
-            else:
-                self.meter.record_failure(REWRITER_ROLE, kind)
+            kind = self.meter.record_call_failure(REWRITER_ROLE, exc)  # a systemic failure stops the stage
             logger.warning("ICL rewrite failed (%s) for query %.60r", kind, query)
             return None, f"rewriter:{kind}"
         if not text:

@@ -1,4 +1,4 @@
-"""Re-scoring the final beam on a held-out validation set (beyond the paper; used when ``valset`` is given).
+"""Re-scoring the final beam on held-out queries (beyond the paper): a ``valset``, or the automatic held-out split.
 
 The search ranks prompts by rewards earned on one training query per level, which is noisy. With a ``valset``
 every distinct prompt of the final beam answers every validation query, the judge scores each answer, and the
@@ -28,7 +28,9 @@ def rescore(beam: Sequence[Node], valset: Sequence[str], evaluate: Callable[[str
     for rank, prompt in enumerate(prompts):
         rewards = [j.reward for (p, _), j in zip(jobs, judgments) if p == prompt]
         known = [r for r in rewards if r is not None]
-        rows.append({"prompt": prompt, "search_rank": rank, "val_mean": sum(known) / len(known) if known else None,
+        train = next(node.path_mean for node in beam if node.prompt == prompt)
+        rows.append({"prompt": prompt, "search_rank": rank, "train_path_mean": train,
+                     "val_mean": sum(known) / len(known) if known else None,
                      "judged": len(known), "unreadable": len(rewards) - len(known)})
     return sorted(rows, key=lambda r: (-(r["val_mean"] if r["val_mean"] is not None else float("-inf")),
                                        r["search_rank"]))

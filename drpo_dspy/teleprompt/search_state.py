@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from drpo_dspy.rewards.reward_judge import Judgment
+from drpo_dspy.teleprompt.guards import GuardSettings
 
 
 @dataclass
@@ -26,6 +27,7 @@ class SearchSettings:
     minibatch_size: int = 1  # queries per level each candidate is judged on (1 = the paper)
     paper_mode: bool = False  # everything observable through the LMs as the original code (see docs/fidelity.md)
     rewrite_filter: bool = True  # drop rewrites that cannot be a system prompt (template copies, query-specific)
+    guards: GuardSettings = field(default_factory=GuardSettings)  # against judge gaming; all off in paper mode
 
     def __post_init__(self) -> None:
         if isinstance(self.minibatch_size, bool) or not isinstance(self.minibatch_size, int) or self.minibatch_size < 1:
@@ -55,6 +57,7 @@ class Node:
     versions: list[str] = field(default_factory=list)  # distinct prompts along the path, oldest first
     batch: list[dict[str, Any]] = field(default_factory=list)  # the other minibatch queries' answers and judgments
     trail: list[str] = field(default_factory=list)  # the path's prompts, repeats included, oldest first (last 5)
+    rejected: bool = False  # a guard rejected it (refusal rate over the limit): ranked last
 
     @property
     def reward(self) -> float | None:
@@ -69,7 +72,7 @@ class Node:
         return {"id": self.id, "level": self.level, "prompt": self.prompt, "query": self.query,
                 "response": self.response, "judgment": self.judgment.to_dict(), "rewards": self.rewards,
                 "path_mean": self.path_mean, "parent_id": self.parent_id, "carried": self.carried,
-                "versions": self.versions, "batch": self.batch, "trail": self.trail}
+                "versions": self.versions, "batch": self.batch, "trail": self.trail, "rejected": self.rejected}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Node:
@@ -80,7 +83,7 @@ class Node:
             raise ValueError(f"node {d.get('id')!r}: rewards must be numbers or null")
         return cls(d["id"], d["level"], d["prompt"], d["query"], d["response"], Judgment.from_dict(d["judgment"]),
                    list(d["rewards"]), d.get("parent_id"), bool(d.get("carried")), list(d.get("versions", [])),
-                   list(d.get("batch", [])), list(d.get("trail", d.get("versions", []))))
+                   list(d.get("batch", [])), list(d.get("trail", d.get("versions", []))), bool(d.get("rejected")))
 
 
 def path_mean(rewards: list[float | None]) -> float | None:

@@ -106,6 +106,8 @@ class MTBenchJudge:
             kind = failure_kind(exc)
             if self.meter is not None:
                 self.meter.record_failure("judge", kind)
+                if kind.startswith("lm_error:"):
+                    self.meter.policy.record_error("judge", exc)  # a systemic error stops the evaluation
             logger.warning("MT-Bench judge failed on turn %d of %.60r: %s", turn + 1, turns[0], kind)
             return TurnVerdict(None, failure=kind)
 

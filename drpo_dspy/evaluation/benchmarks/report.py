@@ -116,7 +116,7 @@ def benchmark_tables(benchmarks: dict[str, Any]) -> list[tuple[str, str, list[Ta
 
 
 def benchmark_markdown(benchmarks: dict[str, Any]) -> str:
-    from drpo_dspy.evaluation.report import markdown_table
+    from drpo_dspy.evaluation.formatting import markdown_table
 
     parts = ["## Public benchmarks"]
     for name, title, tables in benchmark_tables(benchmarks):
@@ -130,7 +130,7 @@ def benchmark_markdown(benchmarks: dict[str, Any]) -> str:
 def _bars(ax: Any, groups: list[str], series: dict[str, list[dict[str, Any] | None]], *, title: str,
           ylabel: str = "%") -> None:
     """Grouped bars of rates (in %) with Wilson error bars: one group per label, one bar per system."""
-    from drpo_dspy.evaluation.charts import _color
+    from drpo_dspy.evaluation.plotting import _color
 
     systems = list(series)
     width = min(0.8 / max(len(systems), 1), 0.3)
@@ -151,7 +151,7 @@ def _bars(ax: Any, groups: list[str], series: dict[str, list[dict[str, Any] | No
 
 
 def _means(ax: Any, groups: list[str], series: dict[str, list[dict[str, Any] | None]], *, title: str) -> None:
-    from drpo_dspy.evaluation.charts import _color
+    from drpo_dspy.evaluation.plotting import _color
 
     systems = list(series)
     width = min(0.8 / max(len(systems), 1), 0.3)
@@ -171,7 +171,7 @@ def _means(ax: Any, groups: list[str], series: dict[str, list[dict[str, Any] | N
 
 def benchmark_chart(name: str, data: dict[str, Any]) -> bytes:
     """One PNG for a benchmark: headline scores (left) and the per-category breakdown (right)."""
-    from drpo_dspy.evaluation.charts import _figure, _png
+    from drpo_dspy.evaluation.plotting import _figure, _png
 
     fig = _figure(12.0, 4.6)
     left, right = fig.add_subplot(1, 3, 1), fig.add_subplot(1, 3, (2, 3))
