@@ -36,7 +36,11 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+
+try:
+    from threadpoolctl import threadpool_limits  # comes with scikit-learn, a sentence-transformers dependency
+except ImportError:  # pragma: no cover
+    from contextlib import nullcontext as threadpool_limits  # type: ignore[assignment]
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
