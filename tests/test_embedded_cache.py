@@ -1,4 +1,5 @@
-"""The embedded model's prefix-state cache: bookkeeping without the model, and identical completions on the model."""
+"""The embedded model's speed-ups (prefix-state cache, fast grammar check): bookkeeping without the model, and
+identical completions on the model with them on and off."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 import pytest
 
 from drpo_dspy.clients import embedded_cache as cache_mod
+from drpo_dspy.clients import embedded_sampling as sampling_mod
 from drpo_dspy.clients.embedded_cache import (
     PrefixStateCache,
     TokenStats,
@@ -42,25 +44,34 @@ def test_env_switches(monkeypatch: pytest.MonkeyPatch) -> None:
     assert max_bytes_from_env() == cache_mod.DEFAULT_MAX_MB * 1024 * 1024
 
 
-def test_longest_stored_prefix_is_found_and_leaves_a_token() -> None:
+def test_longest_shared_prefix_is_found_and_leaves_a_token() -> None:
     cache = PrefixStateCache(chunk=4, max_bytes=1000)
-    cache.put([1, 2, 3, 4], b"a")
     cache.put([1, 2, 3, 4, 5, 6, 7, 8], b"b")
     cache.put([9, 9, 9, 9], b"c")
     assert cache.longest([1, 2, 3, 4, 5, 6, 7, 8, 0]) == (8, b"b")
-    assert cache.longest([1, 2, 3, 4, 5, 6, 7, 8]) == (4, b"a")  # 8 would leave nothing to evaluate
-    assert cache.longest([1, 2, 3, 4, 5, 0, 7, 8, 0]) == (4, b"a")
-    assert cache.longest([2, 2, 3, 4, 5]) == (0, None)
+    assert cache.longest([1, 2, 3, 4, 5, 6, 7, 8]) == (4, b"b")  # 8 would leave nothing to evaluate
+    assert cache.longest([1, 2, 3, 4, 5, 0, 7, 8, 0]) == (4, b"b")  # a longer state, cut to the shared chunks
+    assert cache.longest([1, 2, 3, 0, 5]) == (0, None) and cache.longest([2, 2, 3, 4, 5]) == (0, None)
     cache.put([1, 2, 3], b"unaligned")  # ignored: not a whole number of chunks
-    assert len(cache) == 3 and cache.nbytes == 3
+    assert len(cache) == 2 and cache.nbytes == 2
 
 
-def test_wants_only_new_aligned_prefixes() -> None:
+def test_a_longer_state_replaces_the_states_it_extends() -> None:
+    cache = PrefixStateCache(chunk=4, max_bytes=1000)
+    cache.put([1, 2, 3, 4], b"a")
+    cache.put([1, 2, 3, 4, 5, 6, 7, 8], b"bb")
+    assert len(cache) == 1 and cache.nbytes == 2
+    cache.put([1, 2, 3, 4, 0, 0, 0, 0], b"c")  # a sibling: both kept
+    assert len(cache) == 2
+
+
+def test_wants_only_what_no_state_covers() -> None:
     cache = PrefixStateCache(chunk=4, max_bytes=1000)
     tokens = [1, 2, 3, 4, 5, 6, 7, 8, 9]
     assert cache.wants(8, tokens) and not cache.wants(6, tokens) and not cache.wants(0, tokens)
     cache.put(tokens[:8], b"x")
-    assert not cache.wants(8, tokens) and cache.wants(4, tokens)
+    assert not cache.wants(8, tokens) and not cache.wants(4, tokens)
+    assert cache.wants(8, [1, 2, 3, 4, 0, 0, 0, 0, 0])
 
 
 def test_least_recently_used_is_evicted_beyond_the_budget() -> None:
@@ -111,57 +122,101 @@ class _FakeLlama:
         self.n_tokens = len(self.evaluated)
         self.log.append(("eval", (self.n_tokens - len(tokens), len(tokens))))
 
+    def complete(self, tokens: list[int]) -> None:
+        """What create_completion evaluates: the rest of the prompt."""
+        self.eval(tokens[self.n_tokens :])
+
 
 @pytest.fixture()
 def fake_states(monkeypatch: pytest.MonkeyPatch) -> None:
     def snapshot(llm: _FakeLlama) -> bytes:
-        return bytes(llm.evaluated[: llm.n_tokens])
+        return bytes(llm.evaluated)
 
     def restore(llm: _FakeLlama, state: bytes, prefix: list[int]) -> None:
-        assert list(state) == list(prefix)
-        llm.evaluated, llm.n_tokens = list(prefix), len(prefix)
+        assert list(state[: len(prefix)]) == list(prefix)
+        llm.evaluated, llm.n_tokens = list(state), len(prefix)
         llm.log.append(("restore", len(prefix)))
 
     monkeypatch.setattr(cache_mod, "snapshot_state", snapshot)
     monkeypatch.setattr(cache_mod, "restore_state", restore)
 
 
-def test_prepare_prefix_snapshots_stable_prefixes_and_restores_them(fake_states: None) -> None:
+def test_prepare_prefix_snapshots_prompts_and_restores_shared_prefixes(fake_states: None) -> None:
     cache, stats, llm = PrefixStateCache(chunk=4, max_bytes=1000), TokenStats(), _FakeLlama()
-    judge = [*[1] * 10, 2, 3]  # a 10-token system message, then the user turn
-    prepare_prefix(llm, cache, stats, [], judge, [10])
+    judge = [*[1] * 10, 2, 3]  # 12 tokens: whole chunks up to 8 (the last token is always evaluated)
+    prepare_prefix(llm, cache, stats, [], judge)
     assert llm.log == [("reset", None), ("eval", (0, 8))] and llm.n_tokens == 8 and len(cache) == 1
-    llm.eval(judge[8:])  # what create_completion evaluates
+    llm.complete(judge)
     optimizer = [*[7] * 9, 5]
-    prepare_prefix(llm, cache, stats, judge, optimizer, [9])  # nothing shared with the context
-    llm.eval(optimizer[8:])
+    prepare_prefix(llm, cache, stats, judge, optimizer)  # nothing shared with the context nor the snapshot
+    llm.complete(optimizer)
     llm.log.clear()
     second_judge = [*[1] * 10, 4, 4, 4]
-    prepare_prefix(llm, cache, stats, optimizer, second_judge, [10])
-    assert llm.log == [("restore", 8)] and llm.n_tokens == 8  # the judge's system message comes back, no eval
-    assert (stats.calls, stats.snapshot_saves, stats.snapshot_restores, stats.restored_tokens) == (3, 2, 1, 8)
-    assert (stats.prompt_tokens, stats.reused_tokens) == (12 + 10 + 13, 8)
+    prepare_prefix(llm, cache, stats, optimizer, second_judge)
+    assert llm.log == [("restore", 8), ("eval", (8, 4))]  # the shared 8 tokens come back; one new whole chunk
+    assert len(cache) == 2  # the new snapshot extends (and replaces) the first judge's
+    llm.complete(second_judge)
+    llm.log.clear()
+    third_judge = [*[1] * 6, 9, 9, 9, 9, 9]
+    prepare_prefix(llm, cache, stats, second_judge, third_judge)
+    assert llm.log == [("eval", (4, 4))]  # context and snapshot both share 4 whole tokens: the context is kept
+    assert (stats.calls, stats.snapshot_saves, stats.snapshot_restores, stats.restored_tokens) == (4, 4, 1, 8)
+    assert (stats.prompt_tokens, stats.reused_tokens) == (12 + 10 + 13 + 11, 12)
 
 
 def test_prepare_prefix_prefers_the_live_context_and_keeps_chunks_aligned(fake_states: None) -> None:
     cache, stats, llm = PrefixStateCache(chunk=4, max_bytes=1000), TokenStats(), _FakeLlama()
     first = list(range(20))
-    prepare_prefix(llm, cache, stats, [], first, [6])  # snapshot at 4 (6 rounded down)
-    llm.eval(first[4:])
+    prepare_prefix(llm, cache, stats, [], first)  # snapshot of the 16 whole-chunk tokens
+    llm.complete(first)
     llm.log.clear()
-    second = [*range(14), 99]  # shares 14 tokens with the context: 12 reusable, more than the snapshot's 4
-    prepare_prefix(llm, cache, stats, first, second, [6])
-    assert llm.log == [] and llm.n_tokens == 12 and stats.reused_tokens == 12
+    second = [*range(14), 99]  # shares 14 tokens with the context: 12 reusable
+    prepare_prefix(llm, cache, stats, first, second)
+    assert llm.log == [] and llm.n_tokens == 12 and stats.reused_tokens == 12 and stats.snapshot_restores == 0
     cache.enabled = False
-    prepare_prefix(llm, cache, stats, second, [5] * 9, [8])
+    prepare_prefix(llm, cache, stats, second, [5] * 9)
     assert llm.log == [("reset", None)] and len(cache) == 1  # off: no snapshot, no restore
+
+
+def test_fast_grammar_is_used_only_for_plain_greedy_grammar_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    built: list[dict[str, Any]] = []
+
+    class _Recorder:
+        def __init__(self, llm: Any, grammar: Any, **penalties: float) -> None:
+            built.append({"grammar": grammar, **penalties})
+
+    class _Llm:
+        def _init_sampler(self, **kwargs: Any) -> str:
+            return "chain"
+
+    monkeypatch.setattr(sampling_mod, "GreedyGrammarSampler", _Recorder)
+    llm, switch = _Llm(), {"on": True}
+    sampling_mod.install_fast_grammar(llm, lambda: switch["on"])
+    assert isinstance(llm._init_sampler(temp=0.0, grammar="g", repeat_penalty=1.1), _Recorder)
+    assert built == [{"grammar": "g", "repeat_penalty": 1.1, "frequency_penalty": 0.0, "presence_penalty": 0.0}]
+    for kwargs in ({"temp": 0.2, "grammar": "g"}, {"temp": 0.0, "grammar": None}, {"temp": 0.0, "grammar": "g",
+                   "mirostat_mode": 2}, {"temp": 0.0, "grammar": "g", "logits_processor": [abs]}):
+        assert llm._init_sampler(**kwargs) == "chain", kwargs
+    switch["on"] = False
+    assert llm._init_sampler(temp=0.0, grammar="g") == "chain"
+
+
+def test_fast_grammar_env_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(sampling_mod.FAST_GRAMMAR_ENV_VAR, "0")
+    assert not sampling_mod.fast_grammar_enabled_by_env()
+    monkeypatch.delenv(sampling_mod.FAST_GRAMMAR_ENV_VAR)
+    assert sampling_mod.fast_grammar_enabled_by_env()
 
 
 # ---------------------------------------------------------------- with the real embedded model
 
+_VERDICT = {"type": "object", "properties": {"rationale": {"type": "string"}, "score": {"type": "integer",
+            "enum": [1, 2, 3, 4, 5]}}, "required": ["rationale", "score"]}
+_JUDGE_FORMAT = {"type": "json_schema", "json_schema": {"name": "verdict", "schema": _VERDICT}}
+
 
 @pytest.mark.embedded
-def test_prefix_cache_on_and_off_give_identical_completions_for_interleaved_roles() -> None:
+def test_speedups_on_and_off_give_identical_completions_for_interleaved_roles() -> None:
     pytest.importorskip("llama_cpp")
     from drpo_dspy.clients import embedded
 
@@ -171,26 +226,28 @@ def test_prefix_cache_on_and_off_give_identical_completions_for_interleaved_role
         pytest.skip(str(exc))
     judge = "You are a strict judge. Score the answer from 1 to 5 for each aspect, with one short reason. " * 5
     optimizer = "You improve system prompts for an assistant. Return one better, concrete system prompt. " * 5
-    calls = [(judge, "Query: boil an egg?\nAnswer: in water."), (optimizer, "Prompt: You are helpful."),
-             (judge, "Query: boil an egg?\nAnswer: microwave it.")]
+    calls = [(judge, "Query: boil an egg?\nAnswer: in water.", _JUDGE_FORMAT),
+             (optimizer, "Prompt: You are helpful.", None),
+             (judge, "Query: boil an egg?\nAnswer: microwave it.", _JUDGE_FORMAT)]
 
     def run(enabled: bool) -> tuple[list[str], TokenStats]:
-        runtime.configure(prefix_cache=enabled)
+        runtime.configure(prefix_cache=enabled, fast_grammar=enabled)
         runtime.reset()
         runtime.reset_stats()
         outputs = []
-        for system, user in calls:
+        for system, user, response_format in calls:
             messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
-            response = embedded.complete_embedded(messages, {"max_tokens": 6, "temperature": 0.0})
-            outputs.append(response.choices[0].message.content)
+            params = {"max_tokens": 12, "temperature": 0.0, "response_format": response_format}
+            outputs.append(embedded.complete_embedded(messages, params).choices[0].message.content)
         return outputs, runtime.reset_stats()
 
     try:
         off, off_stats = run(False)
         on, on_stats = run(True)
     finally:
-        runtime.configure(prefix_cache=cache_mod.prefix_cache_enabled_by_env())
-    assert on == off
+        runtime.configure(prefix_cache=cache_mod.prefix_cache_enabled_by_env(),
+                          fast_grammar=sampling_mod.fast_grammar_enabled_by_env())
+    assert on == off and on[0].startswith("{")
     assert off_stats.snapshot_restores == 0 and off_stats.reused_tokens == 0
-    assert on_stats.snapshot_saves == 2 and on_stats.snapshot_restores == 1
+    assert on_stats.snapshot_saves >= 2 and on_stats.snapshot_restores == 1
     assert on_stats.evaluated_tokens < off_stats.evaluated_tokens and on_stats.prompt_tokens == off_stats.prompt_tokens

@@ -47,9 +47,6 @@ class _FakeRuntime:
     def chat_prompt(self, messages: list[dict[str, Any]]) -> tuple[list[int], list[str], None]:
         return [1, 2, 3], ["<|im_end|>"], None
 
-    def stable_prefixes(self, messages: list[dict[str, Any]], tokens: list[int]) -> list[int]:
-        return []
-
     def text_prompt(self, prompt: str) -> list[int]:
         return list(range(len(prompt)))
 

@@ -29,7 +29,6 @@ from litellm import CustomLLM, ModelResponse
 from drpo_dspy.clients.embedded_cache import (
     PrefixStateCache,
     TokenStats,
-    common_prefix_length,
     max_bytes_from_env,
     prefix_cache_enabled_by_env,
     prepare_prefix,
@@ -156,20 +155,10 @@ class EmbeddedRuntime:
 
     def chat_prompt(self, messages: list[dict[str, Any]]) -> tuple[list[int], list[str], Any]:
         """Apply the model's chat template: (prompt tokens, template stop strings, stopping criteria)."""
-        tokens, result = self._template(messages)
+        result = self.formatter(messages=[{"role": m["role"], "content": message_text(m)} for m in messages])
+        tokens = self.llm.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True)
         stops = result.stop if isinstance(result.stop, list) else [result.stop] if result.stop else []
         return tokens, stops, result.stopping_criteria
-
-    def stable_prefixes(self, messages: list[dict[str, Any]], tokens: list[int]) -> list[int]:
-        """Token lengths of the prompt's stable prefixes: the end of every message but the last (in practice the
-        system message with the signature's instructions, or a candidate prompt and its examples)."""
-        if not self.prefix_cache.enabled:
-            return []
-        return [common_prefix_length(self._template(messages[: i + 1])[0], tokens) for i in range(len(messages) - 1)]
-
-    def _template(self, messages: list[dict[str, Any]]) -> tuple[list[int], Any]:
-        result = self.formatter(messages=[{"role": m["role"], "content": message_text(m)} for m in messages])
-        return self.llm.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True), result
 
     def text_prompt(self, prompt: str) -> list[int]:
         """Tokenize a raw prompt as llama.cpp's create_completion does (model BOS, special tokens parsed)."""
@@ -186,11 +175,9 @@ class EmbeddedRuntime:
         stopping: Any = None,
         grammar: Any = None,
         max_tokens: int | None = None,
-        stable_prefixes: list[int] | None = None,
         **sampling: Any,
     ) -> list[Sample]:
-        """Generate ``n`` independent samples (seeds seed, seed+1, ...) for the prompt tokens; the prefix cache
-        keeps a snapshot after each of ``stable_prefixes`` (token lengths) for later prompts."""
+        """Generate ``n`` independent samples (seeds seed, seed+1, ...) for the prompt tokens."""
         if len(tokens) >= self.n_ctx:
             raise litellm.ContextWindowExceededError(
                 f"prompt has {len(tokens)} tokens; the embedded model's context is {self.n_ctx}",
@@ -203,7 +190,7 @@ class EmbeddedRuntime:
         samples = []
         with self.lock:
             for i in range(n):
-                prepare_prefix(self.llm, self.prefix_cache, self.stats, self._prompt, tokens, stable_prefixes or [])
+                prepare_prefix(self.llm, self.prefix_cache, self.stats, self._prompt, tokens)
                 self._prompt = []  # unknown state until this generation completes
                 out = self.llm.create_completion(
                     prompt=tokens,
@@ -333,7 +320,6 @@ def complete_embedded(
         tokens, template_stops, stopping = runtime.chat_prompt(messages or [])
         options = sampling_options(params, "chat")
         options["stop"] = options["stop"] + template_stops
-        options["stable_prefixes"] = runtime.stable_prefixes(messages or [], tokens)
     else:
         tokens, stopping = runtime.text_prompt(prompt), None
         options = sampling_options(params, "text")

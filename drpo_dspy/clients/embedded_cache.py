@@ -1,12 +1,13 @@
-"""KV-cache states of stable prompt prefixes for the embedded model, and counters of evaluated vs reused tokens.
+"""KV-cache snapshots of evaluated prompts for the embedded model, and counters of evaluated vs reused tokens.
 
 The four DRPO roles interleave on one llama.cpp context, so llama.cpp's own prefix reuse only helps when two calls
-in a row share a prefix. ``PrefixStateCache`` keeps a snapshot of the context after each stable prefix (a chat's
-system message: the signature's instructions, or a candidate prompt and its examples) and restores the longest one
-that starts the next prompt instead of evaluating it again.
+in a row share a prefix. ``PrefixStateCache`` keeps a snapshot of the context after each prompt (its whole chunks)
+and, for the next prompt, restores the snapshot sharing the longest prefix with it (a role's system message with
+the signature's instructions, a candidate prompt with its examples, a query) and drops the rest of it, instead of
+evaluating that prefix again.
 
-Bit-identical outputs: prompts are always evaluated in chunks of ``chunk`` tokens from position 0 and a state is
-only taken at a chunk boundary, so every token restored was computed exactly as a fresh evaluation computes it.
+Bit-identical outputs: prompts are always evaluated in chunks of ``chunk`` tokens from position 0 and only whole
+chunks are reused, so every token restored was computed exactly as a fresh evaluation computes it.
 This module holds the bookkeeping and the snapshot functions (llama.cpp is imported only when they run).
 """
 
@@ -113,36 +114,38 @@ class PrefixStateCache:
             self._bytes = 0
 
     def longest(self, tokens: Sequence[int]) -> tuple[int, bytes | None]:
-        """The longest stored prefix of ``tokens`` that leaves at least one token to evaluate: (length, state)."""
+        """The stored state sharing the most whole chunks with ``tokens`` (leaving at least one token to evaluate):
+        (reusable length, state). The state may hold more tokens; only the first ``length`` are to be kept."""
         if not self.enabled:
             return 0, None
-        limit = reusable_length(len(tokens), len(tokens), self.chunk)
         with self._lock:
-            best: tuple[int, ...] | None = None
+            best, best_key = 0, None
             for key in self._entries:
-                if len(key) <= limit and (best is None or len(key) > len(best)) and tuple(tokens[: len(key)]) == key:
-                    best = key
-            if best is None:
+                length = reusable_length(common_prefix_length(key, tokens), len(tokens), self.chunk)
+                if length > best:
+                    best, best_key = length, key
+            if best_key is None:
                 return 0, None
-            self._entries.move_to_end(best)
-            return len(best), self._entries[best]
+            self._entries.move_to_end(best_key)
+            return best, self._entries[best_key]
 
     def wants(self, prefix_length: int, tokens: Sequence[int]) -> bool:
-        """Whether a snapshot of ``tokens[:prefix_length]`` should be taken (aligned, non-empty, not stored yet)."""
+        """Whether a snapshot of ``tokens[:prefix_length]`` adds anything: aligned, non-empty, and no stored state
+        already starts with these tokens."""
         if not self.enabled or prefix_length <= 0 or prefix_length % self.chunk:
             return False
         with self._lock:
-            return tuple(tokens[:prefix_length]) not in self._entries
+            return all(common_prefix_length(key, tokens[:prefix_length]) < prefix_length for key in self._entries)
 
     def put(self, prefix: Sequence[int], state: bytes) -> None:
-        """Store the state after ``prefix`` (a multiple of ``chunk`` tokens); evict the least recently used."""
+        """Store the state after ``prefix`` (a multiple of ``chunk`` tokens), replacing the states whose tokens it
+        extends; evict the least recently used beyond the budget."""
         if not self.enabled or len(prefix) % self.chunk or len(state) > self.max_bytes:
             return
         key = tuple(prefix)
         with self._lock:
-            old = self._entries.pop(key, None)
-            if old is not None:
-                self._bytes -= len(old)
+            for old in [k for k in self._entries if len(k) <= len(key) and key[: len(k)] == k]:
+                self._bytes -= len(self._entries.pop(old))
             self._entries[key] = state
             self._bytes += len(state)
             while self._bytes > self.max_bytes and self._entries:
@@ -165,7 +168,7 @@ def snapshot_state(llm: Any) -> bytes:
 
 
 def restore_state(llm: Any, state: bytes, prefix: Sequence[int]) -> None:
-    """Put a ``llama_cpp.Llama`` back in the state taken after evaluating ``prefix``."""
+    """Put a ``llama_cpp.Llama`` back in a stored state and keep its first ``len(prefix)`` tokens (``prefix``)."""
     import ctypes
 
     import llama_cpp
@@ -174,20 +177,15 @@ def restore_state(llm: Any, state: bytes, prefix: Sequence[int]) -> None:
     if llama_cpp.llama_state_set_data(llm.ctx, buffer, len(state)) != len(state):
         raise RuntimeError("llama.cpp could not restore a prefix state")
     llm.input_ids[: len(prefix)] = prefix
-    llm.n_tokens = len(prefix)
+    llm.n_tokens = len(prefix)  # the next evaluation drops the state's cells from here on
 
 
 def prepare_prefix(
-    llm: Any,
-    cache: PrefixStateCache,
-    stats: TokenStats,
-    last_prompt: Sequence[int],
-    tokens: Sequence[int],
-    stable_prefixes: Sequence[int],
+    llm: Any, cache: PrefixStateCache, stats: TokenStats, last_prompt: Sequence[int], tokens: Sequence[int]
 ) -> None:
     """Bring ``llm`` to the longest reusable prefix of ``tokens`` (the last prompt's, still in the context, or a
-    snapshot's), then evaluate up to each stable prefix not yet snapshotted and snapshot it; all chunk-aligned.
-    ``llm.create_completion(tokens)`` then evaluates only the rest."""
+    snapshot's), evaluate the prompt's remaining whole chunks and snapshot them; all chunk-aligned.
+    ``llm.create_completion(tokens)`` then evaluates only the last partial chunk."""
     chunk = cache.chunk
     reused = reusable_length(common_prefix_length(last_prompt, tokens), len(tokens), chunk)
     stored, state = cache.longest(tokens)
@@ -201,11 +199,9 @@ def prepare_prefix(
     else:
         llm.n_tokens = min(llm.n_tokens, reused)
     stats.record(len(tokens), reused)
-    done = reused
-    for length in sorted(reusable_length(p, len(tokens), chunk) for p in stable_prefixes):
-        if length > done and cache.wants(length, tokens):
-            llm.n_tokens = done
-            llm.eval(tokens[done:length])
-            cache.put(tokens[:length], snapshot_state(llm))
-            stats.snapshot_saves += 1
-            done = length
+    whole = reusable_length(len(tokens), len(tokens), chunk)
+    if cache.wants(whole, tokens):
+        if whole > reused:
+            llm.eval(tokens[reused:whole])
+        cache.put(tokens[:whole], snapshot_state(llm))
+        stats.snapshot_saves += 1
