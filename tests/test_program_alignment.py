@@ -84,6 +84,7 @@ def test_chain_of_thought_optimizer_sees_each_steps_inputs_and_outputs():
     sent = [entry["messages"] for entry in world.optimizer_lm.history]
     request = last_user_text(sent[0])
     assert "### predict\n" in request  # the sectioned instructions
+    assert 'Keep every "### <step name>" header' in sent[0][0]["content"]  # the program wording of the proposal
     assert "### step predict\ninput question: What is the capital of France?" in request
     assert "output reasoning: step by step" in request
 
@@ -189,15 +190,18 @@ def test_a_chat_program_is_aligned_on_the_embedded_model(tmp_path):
     pytest.importorskip("llama_cpp")
     from drpo_dspy.clients.embedded import embedded_lm
 
-    base, helper = embedded_lm(max_tokens=64), embedded_lm(max_tokens=320)
+    base, helper = embedded_lm(max_tokens=48), embedded_lm(max_tokens=320)
     drpo = DRPO(base_lm=base, metrics_lm=helper, judge_lm=helper, optimizer_lm=helper, beam_size=1, n_actions=1,
                 depth=2, max_depth_increase=0, progress=False, num_threads=2)
     program = dspy.Predict("question -> answer")
-    compiled = align_program(drpo, program, ["How do I make a cup of green tea?", "Write a limerick about a cat."])
+    with dspy.context(adapter=dspy.JSONAdapter()):  # the embedded model enforces the schema: typed answers parse
+        compiled = align_program(drpo, program, ["How do I make a cup of green tea?",
+                                                 "Write a limerick about a cat."])
     assert compiled.drpo_result.num_levels == 2
     assert compiled.drpo_result.reward_per_level[0] is not None
     compiled.save(str(tmp_path / "program.json"))
     fresh = dspy.Predict("question -> answer")
     fresh.load(str(tmp_path / "program.json"))
     assert fresh.signature.instructions == compiled.signature.instructions
-    assert isinstance(fresh(question="Give me one tip for better sleep.", lm=base).answer, str)
+    with dspy.context(adapter=dspy.JSONAdapter()):
+        assert isinstance(fresh(question="Give me one tip for better sleep.", lm=base).answer, str)

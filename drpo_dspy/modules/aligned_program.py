@@ -37,8 +37,10 @@ def _short(value: Any) -> str:
 def _input_names(program: dspy.Module, predictors: list[tuple[str, Any]]) -> tuple[list[str], list[str]]:
     """(every input name, the required ones) of the program: its ``forward`` parameters, or for modules that take
     ``**kwargs`` (``dspy.Predict``, ``dspy.ChainOfThought``) the input fields of its first predictor."""
-    named = [p for p in inspect.signature(program.forward).parameters.values()
-             if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    # The class's function, less ``self``: DSPy warns when ``program.forward`` is read outside a call.
+    parameters = list(inspect.signature(type(program).forward).parameters.values())[1:]
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    named = [p for p in parameters if p.kind in kinds]
     if named:
         return [p.name for p in named], [p.name for p in named if p.default is inspect.Parameter.empty]
     fields = list(predictors[0][1].signature.input_fields)

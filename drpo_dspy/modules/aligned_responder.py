@@ -15,7 +15,9 @@ Demos set on ``responder.respond.demos`` by an outer optimizer or by hand are us
 
 Composes like a built-in module: ``acall``/``aforward`` (true async through ``dspy.LM.acall``, retrieval in a
 worker thread), ``named_predictors()`` (``respond``), ``deepcopy``, ``reset_copy``, ``save``/``load`` (JSON, or
-the whole program with ``save_program=True``), ``dspy.streamify`` and ``dspy.inspect_history``.
+the whole program with ``save_program=True``), ``dspy.streamify`` (the LM's chunks, then the Prediction; DSPy's
+field ``StreamListener``s only know its built-in adapters; the raw route of text models does not stream) and
+``dspy.inspect_history``.
 """
 
 from __future__ import annotations

@@ -49,7 +49,9 @@ class ProgramBeamSearch(BeamSearch):
     def __init__(self, *, traces: dict[tuple[str, str], str], **kwargs: Any):
         super().__init__(**kwargs)
         self.traces = traces
-        self._propose.signature = program_proposal_signature(self._propose.signature)
+        propose = getattr(self, "_propose", None)  # the search's proposal predictor: same fields, program wording
+        if isinstance(propose, dspy.Predict):
+            propose.signature = program_proposal_signature(propose.signature)
 
     def _propose_inputs(self, node: Any, *args: Any, **kwargs: Any) -> dict[str, str]:
         inputs = super()._propose_inputs(node, *args, **kwargs)
