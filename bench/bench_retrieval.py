@@ -47,7 +47,13 @@ sys.path.insert(0, str(ROOT))
 
 from drpo_dspy.retrievers.bank import AlignmentBank  # noqa: E402
 from drpo_dspy.retrievers.embedders import load_embedder  # noqa: E402
-from drpo_dspy.retrievers.vector_index import EXACT_MAX, VectorIndex, exact_topk  # noqa: E402
+from drpo_dspy.retrievers.vector_index import (  # noqa: E402
+    EXACT_MAX,
+    HNSW_EF_CONSTRUCTION,
+    HNSW_M,
+    VectorIndex,
+    exact_topk,
+)
 
 VERBS = ["cook", "fix", "learn", "plan", "explain", "write", "clean", "grow", "train", "choose", "repair", "budget"]
 THINGS = ["a sourdough loaf", "a leaking tap", "Spanish", "a trip to Lisbon", "quantum computing", "a cover letter",
@@ -178,7 +184,8 @@ def run_size(mode: str, n: int, args: argparse.Namespace, model, rng: np.random.
         end_to_end["dspy Embeddings"] = lambda t: peer._batch_forward([t])[0][1]
 
     rss0, t0 = rss_mb(), time.perf_counter()
-    ours_index = VectorIndex.build(bank, kind="auto", seed=args.seed)
+    ours_index = VectorIndex.build(bank, kind="auto", seed=args.seed, hnsw_m=args.hnsw_m,
+                                   ef_construction=args.ef_construction)
     builds["ours (AlignmentBank)"] = {"build_s": time.perf_counter() - t0, "rss_growth_mb": rss_mb() - rss0,
                                       "memory_mb": ours_index.memory_bytes() / 2**20, "index": ours_index.kind,
                                       "params": ours_index.params}
@@ -246,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--real-max", type=int, default=1000, help="largest bank embedded by MiniLM")
     parser.add_argument("--dspy-max", type=int, default=1_000_000, help="largest bank given to dspy Embeddings")
     parser.add_argument("--k", type=int, default=3)
+    parser.add_argument("--hnsw-m", type=int, default=HNSW_M, help="HNSW links per vector (library default)")
+    parser.add_argument("--ef-construction", type=int, default=HNSW_EF_CONSTRUCTION, help="HNSW build width")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep-bank", type=Path, default=None,
                         help="save our bank at the largest clustered size (with its index) into this folder")

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from drpo_dspy.retrievers import bank as bank_mod
+from drpo_dspy.retrievers import index_builders
 from drpo_dspy.retrievers.bank import AlignmentBank
 from drpo_dspy.retrievers.embedders import Embedder
 from drpo_dspy.retrievers.vector_index import VectorIndex
@@ -147,3 +148,12 @@ def test_an_exact_fallback_is_not_rebuilt_on_every_search(monkeypatch):
     for query in ("l0", "l1", "l2", "l0"):
         bank.search(query, 2)
     assert builds == [60] and bank.index is not None and "fallback" in bank.index.params
+
+
+def test_calibration_truth_skips_the_held_out_rows_without_copying(monkeypatch):
+    monkeypatch.setattr(index_builders, "_CHUNK_ROWS", 70)  # several chunks
+    base, queries = clustered(300, 12, 8, seed=8)
+    held = np.zeros(300, dtype=bool)
+    held[np.random.default_rng(0).choice(300, 40, replace=False)] = True
+    found = index_builders._topk_among_kept(queries, base, held, 5)
+    np.testing.assert_array_equal(found, brute_ids(queries, base[~held], 5))

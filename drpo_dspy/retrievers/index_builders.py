@@ -20,6 +20,7 @@ __all__ = ["CALIBRATION_K", "HNSW_EF_WIDTHS", "build_hnsw", "build_ivf", "faiss_
 CALIBRATION_K = 10
 HNSW_EF_WIDTHS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
 _CALIB_QUERIES = 512
+_CHUNK_ROWS = 65_536
 
 
 def faiss_module() -> Any:
@@ -73,13 +74,30 @@ def new_hnsw(dim: int, m: int, ef_construction: int, ef_search: int) -> Any:
     return index
 
 
-def _held_out_recall(index: Any, stored: np.ndarray, queries: np.ndarray, widths: list[int],
+def _topk_among_kept(queries: np.ndarray, base: np.ndarray, held: np.ndarray, k: int) -> np.ndarray:
+    """Exact top-k ids of ``queries`` among the rows of ``base`` not ``held``, numbered in the order of those rows;
+    chunk by chunk, so that no copy of ``base`` is made."""
+    rank = np.cumsum(~held) - 1
+    scores, ids = [], []
+    for start in range(0, len(base), _CHUNK_ROWS):
+        keep = np.flatnonzero(~held[start : start + _CHUNK_ROWS]) + start
+        if len(keep):
+            s, i = exact_topk(queries, base[keep], min(k, len(keep)))
+            scores.append(s)
+            ids.append(rank[keep][i])
+    all_scores, all_ids = np.hstack(scores), np.hstack(ids)
+    order = np.lexsort((all_ids, -all_scores), axis=-1)[:, :k]
+    return np.take_along_axis(all_ids, order, 1)
+
+
+def _held_out_recall(index: Any, base: np.ndarray, held: np.ndarray, widths: list[int],
                      target: float) -> tuple[int, float, bool]:
-    """Smallest ``efSearch`` in ``widths`` whose recall@k on ``queries`` (not in the graph) reaches ``target``, on
-    the lower bound of mean per-query recall minus two standard errors."""
+    """Smallest ``efSearch`` in ``widths`` whose recall@k on the ``held`` rows (not in the graph, which holds the
+    others) reaches ``target``, on the lower bound of mean per-query recall minus two standard errors."""
     faiss = faiss_module()
-    k = min(CALIBRATION_K, len(stored))
-    _, truth = exact_topk(queries, stored, k)
+    k = min(CALIBRATION_K, int((~held).sum()))
+    queries = base[held]
+    truth = _topk_among_kept(queries, base, held, k)
     recall = 0.0
     for width in widths:
         found = index.search(queries, k, params=faiss.SearchParametersHNSW(efSearch=width))[1]
@@ -107,8 +125,9 @@ def build_hnsw(base: np.ndarray, *, seed: int, target_recall: float, m: int, ef_
     held = np.zeros(n, dtype=bool)
     held[np.random.default_rng(seed).choice(n, size=min(_CALIB_QUERIES, n // 4), replace=False)] = True
     rest = np.flatnonzero(~held)
-    index.add(base[rest])
-    ef_search, recall, reached = _held_out_recall(index, base[rest], base[held], list(HNSW_EF_WIDTHS), target_recall)
+    for start in range(0, len(rest), _CHUNK_ROWS):  # chunks: no full copy of the vectors besides the graph's own
+        index.add(base[rest[start : start + _CHUNK_ROWS]])
+    ef_search, recall, reached = _held_out_recall(index, base, held, list(HNSW_EF_WIDTHS), target_recall)
     index.add(base[held])
     positions = np.empty(n, dtype=np.int64)
     positions[rest] = np.arange(len(rest))

@@ -46,9 +46,9 @@ def _check_vectors(vectors: Any, dim: int | None) -> np.ndarray:
         raise ValueError(f"vectors have dimension {arr.shape[1]}, the index has {dim}")
     if arr.shape[1] == 0:
         raise ValueError("vectors must have dimension >= 1")
-    if not np.isfinite(arr).all():
-        raise ValueError("vectors contain NaN or infinite values")
     for start in range(0, arr.shape[0], 65_536):  # chunked: no full-size temporary for a million rows
+        if not np.isfinite(arr[start : start + 65_536]).all():
+            raise ValueError("vectors contain NaN or infinite values")
         norms = np.linalg.norm(arr[start : start + 65_536], axis=1)
         bad = np.flatnonzero(np.abs(norms - 1.0) > _NORM_TOL)
         if bad.size:
