@@ -24,7 +24,7 @@ from drpo_dspy.adapters.drpo_layout import extract_answer
 from drpo_dspy.serve.access_log import AccessLogMiddleware, log_exchange
 from drpo_dspy.serve.admission import Admission
 from drpo_dspy.serve.answer_stream import AnswerStream
-from drpo_dspy.serve.conversation import Conversation, example_pairs, layout_messages, parse_messages, parse_prompt
+from drpo_dspy.serve.conversation import Conversation, conversation_messages, parse_messages, parse_prompt
 from drpo_dspy.serve.decoding import CHAT_FIELDS, COMPLETION_FIELDS, Decoding, parse_decoding
 from drpo_dspy.serve.errors import APIError, bad_request, missing_key, too_large, unknown_model, upstream_error
 from drpo_dspy.serve.payloads import ChunkWriter, completion_body, model_card, program_headers
@@ -99,9 +99,8 @@ def create_app(settings: ServeSettings, registry: ProgramRegistry, upstream: Ups
         return program
 
     async def prompt_for(program: LoadedProgram, conversation: Conversation) -> list[dict[str, str]]:
-        responder = program.responder
-        examples = await asyncio.to_thread(responder.retrieve, conversation.query) if responder.k else []
-        return layout_messages(responder.instructions, example_pairs(examples), conversation)
+        """The messages the program itself would send (``AlignedResponder.messages_for``), retrieval off the loop."""
+        return await asyncio.to_thread(conversation_messages, program.responder, conversation)
 
     async def from_upstream(call: Awaitable[Any]) -> Any:
         try:

@@ -235,9 +235,14 @@ class DRPO(Teleprompter):
         max_levels = (s.depth + s.max_depth_increase) * s.minibatch_size
         return split_holdout(queries, s.guards.holdout, max_levels)
 
-    def compile(self, student: AlignedResponder, *, trainset: Any, valset: Any = None, teacher: Any = None,
-                resume: bool = False, **kwargs: Any) -> AlignedResponder:
+    def compile(self, student: Any, *, trainset: Any, valset: Any = None, teacher: Any = None,
+                resume: bool = False, predictors: Sequence[Any] | None = None, output_field: str | None = None,
+                **kwargs: Any) -> Any:
         """Search for the alignment prompt; return a new AlignedResponder (the student is not modified).
+
+        Any other ``dspy.Module`` is aligned too: the instructions of its ``predictors`` (default: all) are searched
+        jointly and its ``output_field`` (default: the last predictor's last output) is judged; the same program
+        comes back with the instructions found (see ``teleprompt/program_alignment.py``).
 
         ``resume=True`` continues the run recorded in ``log_dir`` (same settings and queries required).
         Raises ``SystemicFailure`` when a role cannot work (bad key, unknown model, missing package, too many
@@ -248,7 +253,16 @@ class DRPO(Teleprompter):
         if kwargs:
             raise TypeError(f"unexpected compile() arguments: {', '.join(sorted(kwargs))}")
         if not isinstance(student, AlignedResponder):
-            raise ValueError(f"DRPO compiles an AlignedResponder, got {type(student).__name__}")
+            if not isinstance(student, dspy.Module):
+                raise ValueError(f"DRPO compiles a dspy.Module (an AlignedResponder or any program), got "
+                                 f"{type(student).__name__}")
+            from drpo_dspy.teleprompt.program_alignment import align_program
+
+            return align_program(self, student, trainset, valset=valset, predictors=predictors,
+                                 output_field=output_field, resume=resume)
+        if predictors is not None or output_field is not None:
+            raise ValueError("predictors and output_field are for other DSPy programs; an AlignedResponder has one "
+                             "prompt")
         queries = coerce_queries(trainset)
         val_queries = coerce_queries(valset, "valset") if valset is not None else None
         if val_queries is not None and self.paper_mode:
