@@ -500,11 +500,79 @@ INSIDE_A_PROGRAM = [
 ]
 
 
+ALIGN_YOUR_PROGRAM = [
+    md("""
+    # Align your own DSPy program
+
+    DRPO is not limited to `AlignedResponder`: `DRPO.compile(program, trainset=inputs, predictors=[...])` aligns the
+    instructions of any `dspy.Module`'s predictors with dynamic rewards. No labels and no hand-written metric: per
+    input, the metrics model picks the aspects that matter, the judge scores the program's user-facing output, and
+    the optimizer rewrites the instructions of the predictors you chose. Tiny settings on the embedded model.
+    """),
+    code("""
+    from pathlib import Path
+
+    from drpo_dspy import DRPO  # import drpo_dspy first
+    from drpo_dspy.clients.embedded import embedded_lm
+
+    import dspy
+
+    # JSONAdapter sends the output schema; the embedded model enforces it with a grammar, so typed outputs parse.
+    dspy.configure(lm=embedded_lm(max_tokens=96), adapter=dspy.JSONAdapter())
+    helper = embedded_lm(max_tokens=320)   # aspect selection, judge and optimizer
+    """),
+    code("""
+    class DraftThenPolish(dspy.Module):
+        \"\"\"Two steps: list the key points, then write the answer a person reads.\"\"\"
+
+        def __init__(self):
+            super().__init__()
+            self.draft = dspy.Predict("question -> key_points")
+            self.polish = dspy.Predict("question, key_points -> answer")
+
+        def forward(self, question: str) -> dspy.Prediction:
+            key_points = self.draft(question=question).key_points
+            return self.polish(question=question, key_points=key_points)
+
+
+    program = DraftThenPolish()
+    print([name for name, _ in program.named_predictors()])
+    """),
+    code("""
+    drpo = DRPO(base_lm=dspy.settings.lm, metrics_lm=helper, judge_lm=helper, optimizer_lm=helper,
+                beam_size=1, n_actions=1, depth=2, max_depth_increase=0, progress=False, num_threads=2)
+    trainset = ["How do I keep a basil plant alive?", "What should I pack for a rainy hike?"]
+    aligned = drpo.compile(program, trainset=trainset, predictors=["polish"])   # only the user-facing step
+    print("reward per level:", aligned.drpo_result.reward_per_level)
+    print("draft instructions (unchanged):", aligned.draft.signature.instructions)
+    print("polish instructions (aligned): ", aligned.polish.signature.instructions)
+    """),
+    code("""
+    question = "How can I sleep better during a heat wave?"
+    print("original:", program(question=question).answer)
+    print("aligned: ", aligned(question=question).answer)
+    """),
+    code("""
+    aligned.save("aligned_program.json")                  # ordinary DSPy JSON
+    restored = DraftThenPolish()
+    restored.load("aligned_program.json")
+    print(restored.polish.signature.instructions == aligned.polish.signature.instructions)
+    Path("aligned_program.json").unlink()
+    """),
+    md("""
+    The same works for `dspy.ChainOfThought("question -> answer")` in one line, for programs with several inputs
+    (pass `dspy.Example(...).with_inputs(...)`), and for a program that contains an `AlignedResponder` (it keeps
+    retrieving its examples). `output_field=` names the field the judge scores when the last one is not it.
+    """),
+]
+
+
 NOTEBOOKS = {
     "01_quickstart.ipynb": QUICKSTART,
     "02_bring_your_own_models.ipynb": BRING_YOUR_OWN,
     "03_evaluation.ipynb": EVALUATION,
     "04_inside_a_dspy_program.ipynb": INSIDE_A_PROGRAM,
+    "05_align_your_own_program.ipynb": ALIGN_YOUR_PROGRAM,
 }
 
 

@@ -20,10 +20,10 @@ def _missing() -> list[str]:
     return [name for name in NEEDED if importlib.util.find_spec(name) is None]
 
 
-def test_the_four_notebooks_exist_and_match_their_generator():
+def test_the_notebooks_exist_and_match_their_generator():
     pytest.importorskip("nbformat")
     assert NOTEBOOKS == ["01_quickstart.ipynb", "02_bring_your_own_models.ipynb", "03_evaluation.ipynb",
-                         "04_inside_a_dspy_program.ipynb"]
+                         "04_inside_a_dspy_program.ipynb", "05_align_your_own_program.ipynb"]
     check = subprocess.run([sys.executable, str(NOTEBOOKS_DIR / "build_notebooks.py"), "--check"],
                            capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stderr

@@ -8,7 +8,8 @@ exclusive access (the caller's lock).
 calibrated on the data itself (see ``index_builders``): the smallest width whose measured recall@10 reaches the
 target. If no width up to 2048 reaches it, or the width found makes a search compare more than half as many vectors
 as an exact scan would (structure-free noise in hundreds of dimensions, where every neighbour is a near-tie and a
-graph must visit nearly everything), "auto" falls back to exact search. HNSW removals are tombstones (a filter at
+graph must visit nearly everything), "auto" tries a calibrated IVF index scanning at most half its lists (clustered
+data a graph fragments on), then exact search. HNSW removals are tombstones (a filter at
 search time) until a quarter of the graph is dead, then the graph is rebuilt from the live vectors.
 """
 
@@ -105,10 +106,17 @@ class VectorIndex:
         params.update(built)
         visits = 2 * hnsw_m * built["ef_search"]  # vectors a search compares, each dearer than one of a scan
         if kind == "auto" and (not reached or visits > n // 2):
-            params["fallback"] = (f"HNSW recall@10 was {built['calibrated_recall']:.4f} at efSearch="
-                                  f"{built['ef_search']} (about {visits:,} comparisons per query for {n:,} vectors); "
-                                  "using exact")
+            reason = (f"HNSW recall@10 was {built['calibrated_recall']:.4f} at efSearch={built['ef_search']} (about "
+                      f"{visits:,} comparisons per query for {n:,} vectors)")
             del index
+            # Clustered banks a graph fragments on still suit IVF, if it reaches the recall scanning half the lists.
+            ivf, ivf_built, ivf_reached = build_ivf(base, seed=seed, target_recall=target_recall, nlist=nlist,
+                                                    nprobe=None, max_fraction=0.5)
+            if ivf_reached:
+                return cls("ivf", dim, {"requested": kind, "seed": seed, **ivf_built,
+                                        "fallback": f"{reason}; using IVF"}, index=ivf)
+            del ivf
+            params["fallback"] = f"{reason}; IVF did not reach the recall scanning half its lists either: using exact"
             return cls("exact", dim, params, base=base.copy())
         return cls("hnsw", dim, params, index=index, positions=positions)
 
