@@ -77,13 +77,13 @@ def test_evaluation_reports_leak_nothing(tmp_path, planted, caplog):
     judge_lm = faulty_lm(judge, api_key=ROLE_KEYS["judge"], num_retries=0,
                          faults=when(lambda text: "third" in text, auth_error("bad key {api_key}")))
     prompts = [{"instruction": q} for q in ("first question?", "third question?", "second question?")]
-    with pytest.raises(SystemicFailure, match="judge role .* authentication failed") as failure:
+    with pytest.raises(SystemicFailure, match=r"judge role .* authentication failed") as failure:
         evaluate(["base"], prompts, base_lm=base, judge_lm=judge_lm, out_dir=tmp_path / "eval", num_threads=1)
     assert leaks(str(failure.value)) == []  # a wrong key stops the evaluation; the message keeps no secret
     assert (tmp_path / "eval" / "records.jsonl").is_file()  # the finished pair is saved for a resume
     assert_no_file_leaks(tmp_path)
     assert leaks(caplog.text) == []
-    with pytest.raises(SystemicFailure, match="base role .* authentication failed") as failure:
+    with pytest.raises(SystemicFailure, match=r"base role .* authentication failed") as failure:
         evaluate(["base"], prompts[2:], base_lm=base, judge_lm=judge_lm, out_dir=tmp_path / "eval2", num_threads=1)
     assert leaks(str(failure.value)) == [] and leaks(caplog.text) == []
     assert_no_file_leaks(tmp_path)
