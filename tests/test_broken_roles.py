@@ -122,3 +122,9 @@ def test_the_cli_exits_3_with_one_paragraph(tmp_path, capsys, monkeypatch):
     assert code == 3
     assert err.startswith("drpo: stopped: the base role (openai/down) cannot work: too many errors")
     assert "What to try:" in err and err.count("\n") == 1
+
+
+def test_a_judge_whose_output_is_never_readable_stops_after_max_errors_plus_one(tmp_path):
+    exc, requests = compile_broken("judge", fi.prose(), tmp_path)
+    assert exc.reason == "no readable output" and exc.calls == 3  # max_errors=2: the third unreadable judgment
+    assert requests == 3 * 2  # each unreadable chat reply is retried once in JSON mode
