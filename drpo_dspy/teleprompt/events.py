@@ -100,8 +100,9 @@ SearchEvent = LevelStarted | CandidateJudged | CandidateDropped | BeamSelected |
 
 
 def method_name(event: Any) -> str:
-    """``LevelStarted`` → ``on_level_started``."""
-    return "on_" + re.sub(r"(?<!^)(?=[A-Z])", "_", type(event).__name__).lower()
+    """``LevelStarted`` (the class or an event of it) → ``on_level_started``."""
+    cls = event if isinstance(event, type) else type(event)
+    return "on_" + re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__).lower()
 
 
 def event_dict(event: Any) -> dict[str, Any]:
@@ -139,5 +140,5 @@ class EventBus:
                 logger.exception("DRPO callback %r failed on %s", cb, type(event).__name__)
 
 
-_METHODS = tuple(method_name(cls.__new__(cls)) for cls in (
+_METHODS = tuple(method_name(cls) for cls in (
     LevelStarted, CandidateJudged, CandidateDropped, BeamSelected, LevelFinished, BudgetUpdated, SearchStopped))
