@@ -31,7 +31,8 @@ def add_optimize_parser(subparsers: Any) -> argparse.ArgumentParser:
     opt = subparsers.add_parser("optimize", help="search for an alignment system prompt (DRPO beam search)")
     opt.add_argument("--config", type=Path, help="JSON file with any of these options (flags override it)")
     _add_role_flags(opt)
-    opt.add_argument("--trainset", type=Path, help="queries: .json list (strings or {query}), .jsonl or .txt")
+    opt.add_argument("--trainset", type=Path, help="queries: .json list or .jsonl (strings, {query}, or conversations "
+                     "{messages: [...]} / {query, history}), or .txt")
     opt.add_argument("--num-queries", type=int, help="use only the first N training queries")
     opt.add_argument("--valset", type=Path, help="held-out queries: re-score the final beam on them and pick by that")
     opt.add_argument("--examples", type=Path, help="in-context example bank (.json/.jsonl, or the published "

@@ -5,7 +5,8 @@ in-context examples; the user message holds the live query opening the answer at
 
 Conversations: with ``history`` (a ``dspy.History`` of earlier ``{"query", "response"}`` exchanges), the earlier
 turns come after the system message as chat turns (user: ``# Query:`` ... ``<START>``; assistant: the answer closed
-by ``<END>``) and the last turn, ``query``, is answered. Examples are retrieved for that last user turn. A text
+by ``<END>``) and the last turn, ``query``, is answered. Examples are retrieved for that last user turn (a
+conversation example shows its earlier exchanges then its final query in its ``# Query:`` block). A text
 (base) model reads the concatenation as one continuous DRPO document. Without history the layout is the
 single-turn one, byte for byte.
 
@@ -217,7 +218,7 @@ class AlignedResponder(dspy.Module):
     def _request(self, query: str, turns: tuple, demos: list, retrieved: list, instructions: str | None,
                  paper_layout: bool) -> tuple[DRPOLayoutAdapter, dict[str, Any], list[tuple[str, str]]]:
         """The adapter and the predictor's arguments for one call (no LM chosen yet), and the examples shown."""
-        shown = in_context(demos, [(e.query, e.answer) for e in retrieved], self.demo_mode)
+        shown = in_context(demos, [(e.shown_query, e.answer) for e in retrieved], self.demo_mode)
         signature = self.respond.signature
         if instructions is not None:
             signature = signature.with_instructions(instructions)

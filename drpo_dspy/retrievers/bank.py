@@ -4,6 +4,7 @@ Answers are stored without the ``<START>``/``<END>`` markers; the prompt layout 
 lazily (on the first search after a change) and the vector index is rebuilt or extended as needed. All public
 methods are thread-safe: one re-entrant lock guards the examples, the embeddings and the index; the live query is
 embedded outside it, through a bounded LRU cache of query vectors (``query_cache``) shared by copies of the bank.
+A conversation example is searched by its last user turn and keyed (duplicates) by its transcript (examples.py).
 """
 
 from __future__ import annotations
@@ -146,7 +147,7 @@ class AlignmentBank:
     # -- mutation ----------------------------------------------------------------------------------------------------
     def _insert(self, items: list[ICLExample], policy: str) -> int:
         with self._lock:
-            items, keys, replaced = admit(items, [normalize_query(ex.query) for ex in items], self._counts, policy)
+            items, keys, replaced = admit(items, [ex.key for ex in items], self._counts, policy)
             if replaced:
                 self._remove_positions([i for i, key in enumerate(self._keys) if key in replaced])
             for ex, key in zip(items, keys, strict=True):
@@ -156,9 +157,9 @@ class AlignmentBank:
             return len(items)
 
     def add(self, query: str, answer: str, provenance: list[dict] | None = None, *,
-            on_duplicate: str | None = None) -> ICLExample:
-        """Add one example (embedded lazily on the next search); returns a copy of it."""
-        example = ICLExample(query, answer, [] if provenance is None else list(provenance))
+            on_duplicate: str | None = None, history: Any = None) -> ICLExample:
+        """Add one example (``history``: a conversation's earlier turns), embedded lazily; returns a copy of it."""
+        example = ICLExample(query, answer, [] if provenance is None else list(provenance), history or ())
         self._insert([example], self._policy(on_duplicate))
         return example.copy()
 
@@ -395,4 +396,4 @@ class AlignmentBank:
     def to_published_json(self) -> dict[str, str]:
         """Export in the original release's ``{query: "<START>\\n...\\n<END>"}`` shape."""
         with self._lock:
-            return {ex.query: f"{START}\n{ex.answer}\n{END}" for ex in self._examples}
+            return {ex.shown_query: f"{START}\n{ex.answer}\n{END}" for ex in self._examples}

@@ -1,6 +1,12 @@
 """In-context examples: a (query, answer) pair with the provenance of how its answer came to be.
 
 Answers are stored without the ``<START>``/``<END>`` markers; the DRPO prompt layout adds them.
+
+An example may be a conversation: ``history`` holds its earlier ``(user, assistant)`` turns and ``query`` its last
+user turn. It is retrieved by that last user turn (the live query is a conversation's last user turn too, so
+like is compared with like), identified by its transcript (``shown_query``: the earlier exchanges, then the final
+query), and shown in the DRPO layout with that transcript in the example's ``# Query:`` block. Without history an
+example is what it always was, in memory, on disk and in the prompt.
 """
 
 from __future__ import annotations
@@ -9,6 +15,8 @@ import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from drpo_dspy.modules.conversation_query import Turn, transcript, turns_of
 
 START, END = "<START>", "<END>"
 
@@ -45,8 +53,10 @@ class ICLExample:
     query: str
     answer: str
     provenance: list[dict] = field(default_factory=list)
+    history: tuple[Turn, ...] = ()  # earlier (user, assistant) turns of a conversation example
 
     def __post_init__(self) -> None:
+        self.history = turns_of(self.history) if self.history else ()
         for name in ("query", "answer"):
             value = getattr(self, name)
             if not isinstance(value, str):
@@ -60,9 +70,22 @@ class ICLExample:
         if not isinstance(self.provenance, list) or not all(isinstance(p, dict) for p in self.provenance):
             raise TypeError(f"ICLExample.provenance must be a list of dicts (query: {self.query!r})")
 
+    @property
+    def shown_query(self) -> str:
+        """The query as the prompt shows it: the query, or a conversation's earlier exchanges then its last turn."""
+        return transcript(self.history, self.query)
+
+    @property
+    def key(self) -> str:
+        """The duplicate-detection key: the normalised ``shown_query``."""
+        return normalize_query(self.shown_query)
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able dict with keys query, answer, provenance."""
-        return {"query": self.query, "answer": self.answer, "provenance": [dict(p) for p in self.provenance]}
+        """JSON-able dict with keys query, answer, provenance (and history, for a conversation)."""
+        data = {"query": self.query, "answer": self.answer, "provenance": [dict(p) for p in self.provenance]}
+        if self.history:
+            data["history"] = [{"query": q, "response": a} for q, a in self.history]
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ICLExample:
@@ -70,15 +93,16 @@ class ICLExample:
         if not isinstance(data, Mapping):
             raise TypeError(f"an ICL example must be a mapping, got {type(data).__name__}")
         missing = [key for key in ("query", "answer") if key not in data]
-        unknown = sorted(set(data) - {"query", "answer", "provenance"})
+        unknown = sorted(set(data) - {"query", "answer", "provenance", "history"})
         if missing or unknown:
             raise ValueError(f"ICL example has missing keys {missing} / unknown keys {unknown}: {dict(data)!r:.200}")
         provenance = data.get("provenance")
-        return cls(data["query"], data["answer"], [] if provenance is None else list(provenance))
+        return cls(data["query"], data["answer"], [] if provenance is None else list(provenance),
+                   data.get("history") or ())
 
     def copy(self) -> ICLExample:
         """An independent copy (provenance dicts copied too)."""
-        return ICLExample(self.query, self.answer, [dict(p) for p in self.provenance])
+        return ICLExample(self.query, self.answer, [dict(p) for p in self.provenance], self.history)
 
 
 def to_example(item: Any, position: int) -> ICLExample:

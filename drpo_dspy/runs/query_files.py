@@ -1,4 +1,10 @@
-"""Reading training queries from user files (.json, .jsonl, .txt) with errors that point at the problem."""
+"""Reading training queries from user files (.json, .jsonl, .txt) with errors that point at the problem.
+
+A query is a string or ``{"query": ...}``; in .json and .jsonl it may also be a conversation, answered at its last
+user turn: ``{"messages": [{"role": "user", "content": ...}, {"role": "assistant", ...}, ..., {"role": "user",
+...}]}`` or ``{"query": ..., "history": [{"query": ..., "response": ...}, ...]}`` (see
+:mod:`drpo_dspy.modules.conversation_query`). Errors name the file and the line (JSONL) or the position (JSON).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,8 @@ from pathlib import Path
 from drpo_dspy.runs.validation import coerce_queries, query_text
 
 MAX_TRAINSET_BYTES = 512 * 1024 * 1024
-_FORMATS = "use .json (a list of strings or {\"query\": ...} objects), .jsonl (one per line) or .txt (one per line)"
+_FORMATS = ("use .json (a list of strings, {\"query\": ...} or {\"messages\": [...]} objects), .jsonl (one per "
+            "line) or .txt (one per line)")
 
 
 def _read_text(path: Path) -> str:
@@ -30,7 +37,8 @@ def _read_text(path: Path) -> str:
 
 
 def read_queries(path: str | Path) -> list[str]:
-    """Queries from a JSON list (strings or objects with ``query``/``instruction``), JSONL, or text lines."""
+    """Queries from a JSON list (strings, objects with ``query``/``instruction``, conversations), JSONL, or text
+    lines."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".json", ".jsonl", ".txt", ""):

@@ -8,6 +8,8 @@ from typing import Any
 
 import dspy
 
+from drpo_dspy.modules.conversation_query import parse_conversation
+
 MAX_QUERY_CHARS = 50_000
 """The longest training query accepted (characters); longer ones fail before any LM call. Every role sees the query
 plus prompts, examples and answers, so a query near a model's context window cannot be judged or optimised.
@@ -32,7 +34,8 @@ def check_query_text(text: str, where: str, max_chars: int | None = None) -> Non
 
 
 def coerce_queries(trainset: Any, name: str = "trainset", *, max_query_chars: int | None = None) -> list[str]:
-    """Accept strings, ``dspy.Example``/dicts with ``query`` (or ``instruction``); return the query texts.
+    """Accept strings, ``dspy.Example``/dicts with ``query`` (or ``instruction``) and conversations (see
+    :func:`query_text`); return the query texts.
 
     Each query must be non-empty, valid Unicode without NUL characters, and at most ``max_query_chars`` long
     (default :data:`MAX_QUERY_CHARS`)."""
@@ -48,13 +51,14 @@ def coerce_queries(trainset: Any, name: str = "trainset", *, max_query_chars: in
 
 
 def query_text(item: Any, where: str, max_query_chars: int | None = None) -> str:
-    """The query of one trainset item (a string, or an Example/dict with ``query`` or ``instruction``), checked."""
-    text = item
-    if isinstance(item, dspy.Example | dict):
-        text = item.get("query", item.get("instruction"))
+    """The query of one trainset item, checked: a string, an Example/dict with ``query`` (or ``instruction``) and
+    an optional ``history``, ``{"messages": [...]}`` or a list of messages; a conversation comes back as a
+    :class:`~drpo_dspy.modules.conversation_query.ConversationQuery` (a ``str`` holding its transcript)."""
+    text = parse_conversation(item, where)
     if not isinstance(text, str):
         raise ValueError(
-            f"{where} is not text: expected a string, or an Example/dict with a 'query' field, got {item!r:.80}"
+            f"{where} is not text: expected a string, an Example/dict with a 'query' field, or a conversation "
+            f"({{'messages': [...]}}), got {item!r:.80}"
         )
     if not text.strip():
         raise ValueError(f"{where} is an empty query")

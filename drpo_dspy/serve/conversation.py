@@ -132,4 +132,4 @@ def layout_messages(instructions: str, examples: Iterable[tuple[str, str]], conv
 
 def example_pairs(examples: Sequence[Any]) -> list[tuple[str, str]]:
     """``(query, answer)`` pairs of retrieved bank examples, as the responder puts them in its prompt."""
-    return [(str(example.query), str(example.answer)) for example in examples]
+    return [(str(getattr(example, "shown_query", example.query)), str(example.answer)) for example in examples]

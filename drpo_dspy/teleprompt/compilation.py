@@ -21,6 +21,7 @@ from drpo_dspy.clients.failures import FailurePolicy, SystemicFailure, systemic_
 from drpo_dspy.clients.metering import Meter
 from drpo_dspy.clients.run_cache import run_lm_cache
 from drpo_dspy.modules.aligned_responder import AlignedResponder
+from drpo_dspy.modules.conversation_query import ConversationQuery, live_query, query_record
 from drpo_dspy.rewards.reward_judge import RewardJudge
 from drpo_dspy.runs.checkpoints import Checkpointer, load_checkpoint
 from drpo_dspy.runs.run_dir import RunDirectory
@@ -97,7 +98,7 @@ class Compilation:
             if model.removeprefix("drpo_text/").startswith("embedded/"):
                 self._check(role, lm, _ensure_embedded)
         if self.program.k and len(self.program.bank) and not self.program.examples.fixed:
-            self._check("base", self.roles["base"], lambda: self.program.retrieve(self.queries[0]))
+            self._check("base", self.roles["base"], lambda: self.program.retrieve(live_query(self.queries[0])))
 
     def _check(self, role: str, lm: Any, probe: Any) -> None:
         try:
@@ -109,6 +110,13 @@ class Compilation:
             model = str(getattr(lm, "model", type(lm).__name__))
             raise SystemicFailure(role, model, reason, self.redactor.text(f"{type(exc).__name__}: {exc}"), 0) from exc
 
+    def answer(self, prompt: str, query: str) -> str:
+        """The base model's answer under ``prompt``; a conversation's last user turn is answered after its earlier
+        turns (``history``), in the DRPO layout."""
+        history = query.history if isinstance(query, ConversationQuery) else None
+        return self.program.respond_with(prompt, live_query(query), lm=self.lms["base"],
+                                         paper_layout=self.drpo.paper_mode, history=history)
+
     def run(self, state: SearchState | None = None) -> AlignedResponder:
         drpo = self.drpo
         if self.run_dir is not None:
@@ -116,8 +124,7 @@ class Compilation:
         self.preflight()
         search = BeamSearch(
             settings=drpo.settings,
-            answer=lambda prompt, query: self.program.respond_with(prompt, query, lm=self.lms["base"],
-                                                                   paper_layout=drpo.paper_mode),
+            answer=self.answer,
             rewarder=self.rewarder, optimizer_lm=self.lms["optimizer"], meter=self.meter, emit=self.bus.emit,
             should_stop=self.stop, budget=self.budget, base_lm=self.lms["base"],
         )
@@ -176,11 +183,12 @@ class Compilation:
             "search": asdict(drpo.settings), "k": self.program.k, "optimize_icl": drpo.optimize_icl,
             "icl_rounds": drpo.icl_rounds, "initial_instructions": self.initial,
             "roles": {role: describe_lm(lm) for role, lm in self.lms.items()},
-            "aspects": drpo.catalogue.names, "num_queries": len(self.queries), "queries": self.queries,
+            "aspects": drpo.catalogue.names, "num_queries": len(self.queries),
+            "queries": [query_record(q) for q in self.queries],
             "embedder": getattr(self.program.bank, "embedder_name", None), "bank_size": len(self.program.bank),
             "max_answer_tokens": self.program.max_tokens, "answer_temperature": self.program.temperature,
             "budgets": drpo.budgets, "max_errors": drpo.max_errors,
-            "guards": drpo.settings.guards.describe(), "holdout_queries": self.valset or [],
+            "guards": drpo.settings.guards.describe(), "holdout_queries": [query_record(q) for q in self.valset or []],
         }
 
     def summary(self, state: SearchState) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from drpo_dspy.clients.budget import Budget
 from drpo_dspy.clients.failures import DEFAULT_MAX_ERRORS, FailurePolicy
 from drpo_dspy.clients.metering import Meter
 from drpo_dspy.modules.aligned_responder import AlignedResponder, _check_decoding
+from drpo_dspy.modules.conversation_query import ConversationQuery
 from drpo_dspy.rewards.aspects import AspectCatalogue
 from drpo_dspy.runs.run_dir import RunDirectory
 from drpo_dspy.runs.secrets import Redactor
@@ -216,7 +217,7 @@ class DRPO(Teleprompter):
 
         queries = coerce_queries(trainset)
         bank = student.bank if student is not None else None
-        example_chars = (sum(len(e.query) + len(e.answer) for e in bank.examples) // max(1, len(bank))
+        example_chars = (sum(len(e.shown_query) + len(e.answer) for e in bank.examples) // max(1, len(bank))
                          if bank is not None and len(bank) else 1500)
         k = self.k if self.k is not None else (student.k if student is not None else 2)
         s = self.settings
@@ -267,6 +268,9 @@ class DRPO(Teleprompter):
         val_queries = coerce_queries(valset, "valset") if valset is not None else None
         if val_queries is not None and self.paper_mode:
             raise ValueError("paper_mode has no valset re-scoring (the original returns the search's best prompt)")
+        if self.paper_mode and any(isinstance(q, ConversationQuery) for q in queries):
+            raise ValueError("paper_mode is single-turn, as the original: its trainset cannot hold conversations "
+                             "(earlier turns); drop paper_mode or give only the last user turns")
         queries, held = self._split(queries, val_queries)
         roles = self._roles()
         program = student.deepcopy()

@@ -49,12 +49,14 @@ def clean_answer(text: str) -> str:
 # -- inputs ---------------------------------------------------------------------------------------------
 def coerce_example(item: ExampleLike, index: int = 0) -> ICLExample:
     """An ICLExample from an ICLExample, a ``{query, answer[, provenance]}`` dict or a ``(query, answer)`` pair."""
+    history: Any = ()
     if isinstance(item, ICLExample):
-        query, answer, provenance = item.query, item.answer, item.provenance
+        query, answer, provenance, history = item.query, item.answer, item.provenance, item.history
     elif isinstance(item, dict):
         if "query" not in item or "answer" not in item:
             raise ValueError(f"example {index}: a dict example needs 'query' and 'answer' keys")
         query, answer, provenance = item["query"], item["answer"], item.get("provenance") or []
+        history = item.get("history") or ()
     elif isinstance(item, (list, tuple)) and len(item) == 2:
         query, answer, provenance = item[0], item[1], []
     else:
@@ -72,7 +74,10 @@ def coerce_example(item: ExampleLike, index: int = 0) -> ICLExample:
         raise ValueError(f"example {index}: the answer must not be empty")
     if not isinstance(provenance, list) or not all(isinstance(p, dict) for p in provenance):
         raise ValueError(f"example {index}: provenance must be a list of dicts")
-    return ICLExample(query, answer, [dict(p) for p in provenance])
+    try:
+        return ICLExample(query, answer, [dict(p) for p in provenance], history)
+    except ValueError as exc:
+        raise ValueError(f"example {index}: {exc}") from exc
 
 
 # -- one example ----------------------------------------------------------------------------------------
@@ -111,7 +116,7 @@ class _ExampleOptimizer:
 
     def __call__(self, example: ICLExample) -> ICLExample:
         """The example with its best answer; a budget or stop request ends its rounds early (best kept)."""
-        query = example.query
+        query = example.shown_query  # a conversation example is judged and rewritten with its earlier turns
         try:
             selection = self.rewarder.select(query)
             seed_judgment = self.rewarder.judge(query, example.answer, selection)
@@ -125,7 +130,7 @@ class _ExampleOptimizer:
             state.rounds.append({"stage": STAGE, "round": len(state.rounds), "stopped": str(exc), "kept": False,
                                  "failure": "stopped", "answer": None, "scores": {}, "rationales": {},
                                  "total": None, "max_total": state.max_total, "aspects": list(selection.aspects)})
-        return ICLExample(query, state.best_answer, [*example.provenance, *state.rounds])
+        return ICLExample(example.query, state.best_answer, [*example.provenance, *state.rounds], example.history)
 
     def _rounds(self, query: str, selection: AspectSelection, state: _Progress, seed_judgment: Judgment) -> None:
         self._record(state, 0, state.best_answer, seed_judgment, kept=True,
