@@ -195,6 +195,13 @@ def test_a_conversation_run_resumes(tmp_path):
         drpo_for(world, run, depth=3).compile(student(), trainset=other, resume=True)
 
 
+def test_a_valset_of_conversations_re_scores_the_final_beam(tmp_path):
+    world = RecordingWorld(scores)
+    program = drpo_for(world, tmp_path / "run").compile(student(), trainset=["one", "two"], valset=[{"messages": RAIN}])
+    assert program.drpo_result.validation and len(world.base_messages[-1]) == 4
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["holdout_queries"] == [{"messages": RAIN}]
+
+
 # -- the command line ------------------------------------------------------------------------------------------
 def role_flags(prefix: str) -> list[str]:
     return [arg for role in ("base", "metrics", "judge", "optimizer")
@@ -271,3 +278,40 @@ def test_conversation_examples_are_keyed_by_their_whole_conversation():
     with pytest.raises(ValueError, match=r"example #0: .*history message 0 needs 'query' and 'response'"):
         AlignmentBank([{**BANK[1], "history": [{"query": "x"}]}], embedder="hashing")
     assert ICLExample("q", "a").to_dict() == {"query": "q", "answer": "a", "provenance": []}
+
+
+def test_the_icl_stage_judges_a_conversation_example_with_its_earlier_turns_and_keeps_them():
+    world = RecordingWorld(lambda p, q: [3, 3, 3], aspects=("Helpfulness", "Clarity", "Factuality"))
+    program = AlignedResponder("Start here.", BANK, k=1, embedder="hashing")
+    compiled = drpo_for(world, depth=1, optimize_icl=True, icl_rounds=1).compile(program, trainset=["q"])
+    conversation = compiled.bank.examples[1]
+    assert conversation.history == (("When was the last leap year?", "2024."),)
+    assert conversation.answer == "2028. (improved)"
+    assert transcript(conversation.history, "And the next one?") in world.judge_queries
+
+
+# -- the embedded model ----------------------------------------------------------------------------------------
+@pytest.mark.embedded
+def test_a_multi_turn_responder_compiles_on_the_embedded_model_and_round_trips(tmp_path):
+    pytest.importorskip("llama_cpp")
+    from drpo_dspy.clients.embedded import embedded_lm
+
+    base, helper = embedded_lm(max_tokens=24), embedded_lm(max_tokens=320)
+    drpo = DRPO(base_lm=base, metrics_lm=helper, judge_lm=helper, optimizer_lm=helper, beam_size=1, n_actions=1,
+                depth=1, max_depth_increase=0, k=1, progress=False, num_threads=2, holdout=0,
+                log_dir=tmp_path / "run")
+    student = AlignedResponder("Be brief.", BANK, k=1, embedder="hashing")
+    trainset = [{"messages": RAIN}, TRIP]
+    program = drpo.compile(student, trainset=trainset)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["queries"][0] == {"messages": RAIN}
+    assert program.drpo_result.levels and program.drpo_result.usage["base"]["lm_calls"] >= 1
+    program.save(str(tmp_path / "program.json"))
+    reloaded = AlignedResponder(examples=[], k=0)
+    reloaded.load(str(tmp_path / "program.json"))
+    assert reloaded.instructions == program.instructions
+    assert [e.to_dict() for e in reloaded.bank] == [e.to_dict() for e in program.bank]
+    history = dspy.History(messages=[{"query": RAIN[0]["content"], "response": RAIN[1]["content"]}])
+    assert reloaded.messages_for(RAIN[2]["content"], history) == program.messages_for(RAIN[2]["content"], history)
+    answer = reloaded(query=RAIN[2]["content"], history=history, lm=base).response
+    assert isinstance(answer, str)
