@@ -45,6 +45,7 @@ except ImportError:  # pragma: no cover
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.synthetic_vectors import synthetic  # noqa: E402
 from drpo_dspy.retrievers.bank import AlignmentBank  # noqa: E402
 from drpo_dspy.retrievers.embedders import load_embedder  # noqa: E402
 from drpo_dspy.retrievers.vector_index import (  # noqa: E402
@@ -66,30 +67,6 @@ def question(i: int) -> str:
     """The i-th templated question (distinct for every i)."""
     verb, thing, way = VERBS[i % 12], THINGS[(i // 12) % 20], WAYS[(i // 240) % 8]
     return f"How do I {verb} {thing} {way}? (case {i})"
-
-
-def unit_rows(a: np.ndarray) -> np.ndarray:
-    for start in range(0, len(a), 100_000):
-        a[start : start + 100_000] /= np.linalg.norm(a[start : start + 100_000], axis=1, keepdims=True)
-    return a
-
-
-def synthetic(n: int, m: int, dim: int, mode: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` bank and ``m`` query unit vectors (float32), generated in chunks to bound memory."""
-    if mode == "uniform":
-        return unit_rows(rng.standard_normal((n, dim), dtype=np.float32)), \
-            unit_rows(rng.standard_normal((m, dim), dtype=np.float32))
-    centres = unit_rows(rng.standard_normal((max(1, n // 100), dim), dtype=np.float32))
-
-    def draw(count: int) -> np.ndarray:
-        out = np.empty((count, dim), dtype=np.float32)
-        for start in range(0, count, 100_000):
-            stop = min(count, start + 100_000)
-            noise = rng.standard_normal((stop - start, dim), dtype=np.float32) / np.float32(np.sqrt(dim))
-            out[start:stop] = centres[rng.integers(0, len(centres), stop - start)] + noise
-        return unit_rows(out)
-
-    return draw(n), draw(m)
 
 
 class QueryEmbedder:
