@@ -248,9 +248,28 @@ class DRPO(Teleprompter):
         ``resume=True`` continues the run recorded in ``log_dir`` (same settings and queries required).
         Raises ``SystemicFailure`` when a role cannot work (bad key, unknown model, missing package, too many
         errors, a judge whose output is never readable); the finished levels stay in ``log_dir``.
+
+        Labelled ``dspy.Example``s are accepted (as an outer optimizer such as ``dspy.BetterTogether`` passes
+        them): DRPO reads only their inputs and ignores the labels. While ``mlflow.dspy.autolog(log_compiles=True)``
+        is on, the compile is recorded in MLflow (see ``drpo_dspy/tracking/mlflow_events.py``).
         """
+        from drpo_dspy.tracking import mlflow_events
+
+        options = {"trainset": trainset, "valset": valset, "teacher": teacher, "resume": resume,
+                   "predictors": predictors, "output_field": output_field, **kwargs}
+        if mlflow_events.patch_late(DRPO, _COMPILE):  # autologging was on before DRPO was imported
+            return self.compile(student, **options)
+        with mlflow_events.tracking(self) as done:
+            program = self._compile(student, **options)
+            done(program)
+        return program
+
+    def _compile(self, student: Any, *, trainset: Any, valset: Any = None, teacher: Any = None,
+                 resume: bool = False, predictors: Sequence[Any] | None = None, output_field: str | None = None,
+                 **kwargs: Any) -> Any:
         if teacher is not None:
-            raise ValueError("DRPO does not use a teacher program")
+            raise ValueError("DRPO does not use a teacher program (in dspy.BetterTogether(..., teacher=...), keep it "
+                             "from DRPO's step: optimizer_compile_args={'<DRPO's key>': {'teacher': None}})")
         if kwargs:
             raise TypeError(f"unexpected compile() arguments: {', '.join(sorted(kwargs))}")
         if not isinstance(student, AlignedResponder):
@@ -287,3 +306,6 @@ class DRPO(Teleprompter):
         compilation = Compilation(self, program, queries, roles, run_dir, held or None, redactor=redactor)
         state = compilation.load_checkpoint() if resume else None
         return compilation.run(state)
+
+
+_COMPILE = DRPO.compile  # the unpatched compile, whatever MLflow autologging does later
