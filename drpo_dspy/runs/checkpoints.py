@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "drpo-dspy/checkpoint"
 RESUME_KEYS = ("search", "k", "initial_instructions", "roles", "aspects", "queries", "embedder", "bank_size",
-               "max_answer_tokens", "answer_temperature")
+               "max_answer_tokens", "answer_temperature", "program", "predictors", "output_field")
 
 
 class Checkpointer:

@@ -85,7 +85,9 @@ class BeamSearch:
         should_stop: Callable[[], str | None] = lambda: None,
         budget: Budget | None = None,
         base_lm: Any = None,
+        propose_signature: Callable[[type[dspy.Signature]], type[dspy.Signature]] | None = None,
     ):
+        """``propose_signature`` maps the optimizer's signature to the one used (same fields, other wording)."""
         self.settings = settings
         self.answer = answer  # (instructions, query) -> response text
         self.rewarder = rewarder
@@ -94,7 +96,8 @@ class BeamSearch:
         self.emit, self.should_stop = emit, should_stop
         self.budget, self.base_lm = budget, base_lm
         guards = settings.guards
-        self._propose = dspy.Predict(ProposeInstructionsWithBudget if guards.max_prompt_tokens else ProposeInstructions)
+        propose = ProposeInstructionsWithBudget if guards.max_prompt_tokens else ProposeInstructions
+        self._propose = dspy.Predict(propose_signature(propose) if propose_signature else propose)
         self.state: SearchState | None = None  # the search in progress (listeners read it on LevelFinished)
         probe = None
         if guards.refusal_probes:

@@ -48,7 +48,7 @@ class Compilation:
     def __init__(self, drpo: Any, program: AlignedResponder, queries: list[str], roles: dict[str, Any],
                  run_dir: RunDirectory | None, valset: list[str] | None = None, redactor: Redactor | None = None):
         self.drpo, self.program, self.queries, self.run_dir, self.valset = drpo, program, queries, run_dir, valset
-        self.initial = drpo.initial_instructions or program.instructions
+        self.initial = self.initial_prompt()
         self.redactor = redactor or (run_dir.redactor if run_dir is not None else Redactor(roles.values()))
         self.meter = Meter(FailurePolicy(drpo.max_errors, redact=self.redactor.text))
         self.roles = roles
@@ -61,6 +61,21 @@ class Compilation:
                                     paper_mode=drpo.paper_mode)
         self.started = time.monotonic()
         self.bus = EventBus(drpo.callbacks)
+
+    def initial_prompt(self) -> str:
+        """The root of the search."""
+        return self.drpo.initial_instructions or self.program.instructions
+
+    def new_search(self, **kwargs: Any) -> BeamSearch:
+        """The beam search this compile runs (a subclass may show the optimizer more)."""
+        return BeamSearch(**kwargs)
+
+    def finish(self, best_prompt: str | None, state: SearchState) -> Any:
+        """The compiled program: a copy of the student with the best prompt, and its ``drpo_result``."""
+        compiled = self.program.with_state(instructions=best_prompt) if best_prompt else self.program.deepcopy()
+        compiled.drpo_result = self.result(state)
+        compiled.drpo_result.best_prompt = compiled.instructions
+        return compiled
 
     def _cache(self):
         return run_lm_cache(self.run_dir.file("lm_cache")) if self.run_dir is not None else nullcontext()
@@ -122,7 +137,7 @@ class Compilation:
         if self.run_dir is not None:
             self.run_dir.write_json("config.json", self.config())
         self.preflight()
-        search = BeamSearch(
+        search = self.new_search(
             settings=drpo.settings,
             answer=self.answer,
             rewarder=self.rewarder, optimizer_lm=self.lms["optimizer"], meter=self.meter, emit=self.bus.emit,
@@ -161,9 +176,7 @@ class Compilation:
                 best_prompt = self.validation[0]["prompt"]
             except BudgetExhausted as exc:
                 state.stopped = f"validation re-scoring skipped: {exc}"
-        compiled = self.program.with_state(instructions=best_prompt) if best_prompt else self.program.deepcopy()
-        compiled.drpo_result = self.result(state)
-        compiled.drpo_result.best_prompt = compiled.instructions
+        compiled = self.finish(best_prompt, state)
         if self.run_dir is not None:
             compiled.save(str(self.run_dir.file("program.json")))
             self.run_dir.redact_file("program.json")

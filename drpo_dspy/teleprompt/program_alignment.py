@@ -8,50 +8,39 @@ what each aligned predictor received and produced, and rewrites the sections (``
 The compiled program keeps its structure (demos, LMs, sub-modules) and saves and loads as ordinary DSPy JSON; an
 ``AlignedResponder`` inside it keeps retrieving its examples. No labels and no hand-written metric are needed.
 
-Compared with compiling an ``AlignedResponder``: no ICL stage, no resume, and the run directory (when ``log_dir`` is
-set) holds ``config.json``, ``run.log``, ``trace.jsonl``, ``program.json`` and ``summary.json``.
+It is the same compile as an ``AlignedResponder``'s (:class:`~drpo_dspy.teleprompt.compilation.Compilation`:
+budgets, failure policy, events, checkpoints, ``levels.json``, ``resume=True``), without the ICL stage. The run
+directory also holds ``program_traces.json``, the step-by-step traces the optimizer was shown, so that a resumed
+search shows it the same text.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
-import time
 from collections.abc import Sequence
-from contextlib import nullcontext
+from dataclasses import asdict
 from typing import Any
 
 import dspy
 
 from drpo_dspy.adapters.field_markers import neutralize_field_markers
-from drpo_dspy.clients.budget import Budget, BudgetExhausted, StopSignal
-from drpo_dspy.clients.failures import FailurePolicy, SystemicFailure
-from drpo_dspy.clients.metering import Meter
-from drpo_dspy.clients.run_cache import run_lm_cache
 from drpo_dspy.modules.aligned_program import ProgramView
-from drpo_dspy.rewards.reward_judge import RewardJudge
 from drpo_dspy.runs.run_dir import RunDirectory
-from drpo_dspy.runs.run_log import RunLogWriter
 from drpo_dspy.runs.secrets import Redactor, describe_lm
 from drpo_dspy.signatures.propose_program import program_proposal_signature
 from drpo_dspy.teleprompt.beam_search import BeamSearch
-from drpo_dspy.teleprompt.events import EventBus
-from drpo_dspy.teleprompt.progress import ProgressReporter
-from drpo_dspy.teleprompt.result import DRPOResult
+from drpo_dspy.teleprompt.compilation import Compilation, _ensure_embedded
+from drpo_dspy.teleprompt.events import LevelFinished
 from drpo_dspy.teleprompt.search_state import SearchState
 
-logger = logging.getLogger("drpo_dspy.teleprompt.drpo")
-
+TRACES_FILE = "program_traces.json"
 
 class ProgramBeamSearch(BeamSearch):
     """The beam search, with each answer's step-by-step trace shown to the optimizer after the answer."""
 
     def __init__(self, *, traces: dict[tuple[str, str], str], **kwargs: Any):
-        super().__init__(**kwargs)
+        super().__init__(propose_signature=program_proposal_signature, **kwargs)  # same fields, program wording
         self.traces = traces
-        propose = getattr(self, "_propose", None)  # the search's proposal predictor: same fields, program wording
-        if isinstance(propose, dspy.Predict):
-            propose.signature = program_proposal_signature(propose.signature)
 
     def _propose_inputs(self, node: Any, *args: Any, **kwargs: Any) -> dict[str, str]:
         inputs = super()._propose_inputs(node, *args, **kwargs)
@@ -61,12 +50,6 @@ class ProgramBeamSearch(BeamSearch):
         return inputs
 
 
-def _check_options(drpo: Any, resume: bool) -> None:
-    if resume:
-        raise ValueError("resume=True is for AlignedResponder compiles; a program's alignment reruns from its run "
-                         "directory's LM cache instead (same log_dir: finished calls are not paid again)")
-    if drpo.optimize_icl:
-        raise ValueError("optimize_icl improves an AlignedResponder's example bank; a program has none: drop it")
 
 
 def _decoded(lm: Any, drpo: Any) -> Any:
@@ -80,113 +63,105 @@ def _decoded(lm: Any, drpo: Any) -> Any:
     return decoded
 
 
+class ProgramCompilation(Compilation):
+    """A DRPO compile whose candidates are joint instruction texts of a program's predictors (``view``)."""
+
+    def __init__(self, drpo: Any, view: ProgramView, queries: list[str], roles: dict[str, Any],
+                 run_dir: RunDirectory | None, valset: list[str] | None = None, redactor: Any = None):
+        self.view = view
+        super().__init__(drpo, view.program, queries, roles, run_dir, valset, redactor=redactor)
+        self.base = _decoded(self.lms["base"], drpo)
+        self.traces: dict[tuple[str, str], str] = {}
+        self._lock = threading.Lock()
+
+    def initial_prompt(self) -> str:
+        return self.view.render()
+
+    def new_search(self, **kwargs: Any) -> BeamSearch:
+        return ProgramBeamSearch(traces=self.traces, **kwargs)
+
+    def preflight(self) -> None:
+        for role, lm in self.roles.items():
+            if str(getattr(lm, "model", "")).removeprefix("drpo_text/").startswith("embedded/"):
+                self._check(role, lm, _ensure_embedded)
+
+    def answer(self, prompt: str, query: str) -> str:
+        response, trace = self.view.answer(prompt, query, self.base)
+        with self._lock:
+            self.traces[(prompt, query)] = trace
+        return response
+
+    def finish(self, best_prompt: str | None, state: SearchState) -> Any:
+        text = best_prompt or self.initial
+        compiled = self.view.apply(text)
+        compiled.drpo_result = self.result(state)
+        compiled.drpo_result.best_prompt = self.view.render(self.view.parse(text))
+        return compiled
+
+    def config(self) -> dict[str, Any]:
+        drpo, view = self.drpo, self.view
+        return {
+            "format": "drpo-dspy/program-config", "version": 1, "program": type(view.program).__name__,
+            "predictors": view.names, "output_field": view.output_field, "paper_mode": drpo.paper_mode,
+            "search": asdict(drpo.settings), "initial_instructions": self.initial,
+            "roles": {role: describe_lm(lm) for role, lm in self.lms.items()}, "aspects": drpo.catalogue.names,
+            "num_queries": len(self.queries), "queries": self.queries, "holdout_queries": self.valset or [],
+            "answer_temperature": drpo.answer_temperature, "max_answer_tokens": drpo.answer_max_tokens,
+            "budgets": drpo.budgets, "max_errors": drpo.max_errors, "guards": drpo.settings.guards.describe(),
+        }
+
+    def load_checkpoint(self) -> SearchState | None:
+        state = super().load_checkpoint()
+        if state is not None and self.run_dir is not None and self.run_dir.file(TRACES_FILE).exists():
+            self.traces.update({(r["prompt"], r["query"]): r["trace"] for r in self.run_dir.read_json(TRACES_FILE)})
+        return state
+
+    def run(self, state: SearchState | None = None) -> dspy.Module:
+        if self.run_dir is not None:
+            self.bus.add_listener(self._save_traces)
+        return super().run(state)
+
+    def _save_traces(self, event: Any) -> None:
+        """On every finished level: the traces the optimizer may still be shown, for a resumed search."""
+        if isinstance(event, LevelFinished) and self.run_dir is not None:
+            with self._lock:
+                rows = [{"prompt": p, "query": q, "trace": t} for (p, q), t in self.traces.items()]
+            self.run_dir.write_json(TRACES_FILE, rows)
+
+
 def align_program(drpo: Any, program: dspy.Module, trainset: Any, *, valset: Any = None,
                   predictors: Sequence[Any] | None = None, output_field: str | None = None,
                   resume: bool = False) -> dspy.Module:
     """Align the instructions of ``program``'s predictors with DRPO's search; return a new program.
 
     Args:
-        drpo: The configured ``DRPO`` teleprompter (roles, search shape, budgets, callbacks, ``log_dir``).
+        drpo: The configured ``DRPO`` teleprompter (roles, search shape, budgets, guards, callbacks, ``log_dir``).
         program: Any ``dspy.Module``; it is not modified.
         trainset: The program's inputs: ``dspy.Example``s with input keys, dicts, or strings for a program with one
-            input. No labels are needed.
+            input. No labels are needed (labels present are ignored).
         valset: Inputs that re-score the final beam (optional).
         predictors: The predictors to align, by name (``program.named_predictors()``) or object; default: all.
         output_field: The prediction field a person reads and the judge scores (default: the last output field of
             the program's last predictor).
+        resume: Continue the run recorded in ``log_dir`` (same program, settings and inputs).
 
     Returns:
         A copy of ``program`` with the best instructions found, and ``.drpo_result`` (not saved with it), whose
         ``best_prompt`` is the joint sectioned text.
     """
-    _check_options(drpo, resume)
+    if drpo.optimize_icl:
+        raise ValueError("optimize_icl improves an AlignedResponder's example bank; a program has none: drop it")
+    if resume and not drpo.log_dir:
+        raise ValueError("resume=True needs the log_dir of the run to continue")
     view = ProgramView(program, predictors, output_field, drpo.initial_instructions)
     queries = view.queries(trainset)
     held = view.queries(valset, "valset") if valset is not None else None
     if held is not None and drpo.paper_mode:
         raise ValueError("paper_mode has no valset re-scoring (the original returns the search's best prompt)")
-    split = getattr(drpo, "_split", None)
-    if split is not None:
-        queries, held = split(queries, held)
+    queries, held = drpo._split(queries, held)
     roles = drpo._roles()
     redactor = Redactor(roles.values())
-    run_dir = RunDirectory(drpo.log_dir, redactor=redactor) if drpo.log_dir else None
-    meter = Meter(FailurePolicy(drpo.max_errors, redact=redactor.text))
-    lms = {role: meter.watch(lm, role) if isinstance(lm, dspy.LM) else lm for role, lm in roles.items()}
-    base = _decoded(lms["base"], drpo)
-    stop = StopSignal(run_dir.file("STOP") if run_dir else None)
-    budget = Budget(meter, stop=stop, **drpo.budgets)
-    rewarder = RewardJudge(metrics_lm=lms["metrics"], judge_lm=lms["judge"], catalogue=drpo.catalogue, meter=meter,
-                           budget=budget, paper_mode=drpo.paper_mode)
-    traces: dict[tuple[str, str], str] = {}
-    lock = threading.Lock()
-
-    def answer(prompt: str, query: str) -> str:
-        response, trace = view.answer(prompt, query, base)
-        with lock:
-            traces[(prompt, query)] = trace
-        return response
-
-    bus = EventBus(drpo.callbacks)
-    search = ProgramBeamSearch(traces=traces, settings=drpo.settings, answer=answer, rewarder=rewarder,
-                               optimizer_lm=lms["optimizer"], meter=meter, emit=bus.emit, should_stop=stop,
-                               budget=budget, base_lm=lms["base"])
-    started, initial = time.monotonic(), view.render()
-    if run_dir is not None:
-        run_dir.write_json("config.json", {
-            "format": "drpo-dspy/program-config", "version": 1, "program": type(program).__name__,
-            "predictors": view.names, "output_field": view.output_field, "paper_mode": drpo.paper_mode,
-            "initial_instructions": initial, "roles": {role: describe_lm(lm) for role, lm in lms.items()},
-            "num_queries": len(queries), "queries": queries, "held_out_queries": held or [],
-            "budgets": drpo.budgets, "max_errors": drpo.max_errors})
-        bus.add_listener(RunLogWriter(run_dir))
-    progress = ProgressReporter(bar=drpo.progress, total=min(drpo.settings.depth, len(queries)),
-                                max_levels=len(queries))
-    bus.add_listener(progress)
-    cache = run_lm_cache(run_dir.file("lm_cache")) if run_dir is not None else nullcontext()
-
-    def summary(state: SearchState, validation: Any = None, **extra: Any) -> dict[str, Any]:
-        best = state.best
-        return {"levels": state.level, "best_prompt": best.prompt if best else None,
-                "best_path_mean": best.path_mean if best else None,
-                "reward_per_level": [n.reward for n in state.best_path], "usage": meter.summary(),
-                "wall_time_s": round(time.monotonic() - started, 3), "stopped": state.stopped,
-                "validation": validation, **extra}
-
-    try:
-        with cache:
-            state = search.run(queries, initial)
-    except SystemicFailure as exc:
-        if run_dir is not None:
-            run_dir.write_json("summary.json", summary(search.state or SearchState(), failed=str(exc)))
-        raise
-    finally:
-        progress.close()
-    if state.level and not any(n.judgment.reward is not None for n in state.ancestry):
-        raise meter.policy.no_reward_failure()
-    best_text = state.best.prompt if state.best else initial
-    validation = None
-    if held and state.beam and not state.stopped:
-        from drpo_dspy.teleprompt.rescoring import rescore
-
-        try:
-            with cache:
-                validation = rescore(state.beam, held, search.evaluate, drpo.settings.num_threads)
-            best_text = validation[0]["prompt"]
-        except BudgetExhausted as exc:
-            state.stopped = f"validation re-scoring skipped: {exc}"
-    compiled = view.apply(best_text)
-    best = state.best
-    compiled.drpo_result = DRPOResult(
-        best_prompt=view.render(view.parse(best_text)), best_path_mean=best.path_mean if best else None,
-        levels=state.levels, best_path=[n.to_dict() for n in state.best_path],
-        final_beam=[n.to_dict() for n in state.beam], usage=meter.summary(),
-        wall_time_s=round(time.monotonic() - started, 3), stopped=state.stopped,
-        log_dir=str(run_dir.path) if run_dir else None, reward_per_level=[n.reward for n in state.best_path],
-        validation=validation)
-    if run_dir is not None:
-        compiled.save(str(run_dir.file("program.json")))
-        run_dir.redact_file("program.json")
-        run_dir.write_json("summary.json", summary(state, validation))
-        logger.info("DRPO run directory: %s", run_dir.path)
-    return compiled
+    run_dir = RunDirectory(drpo.log_dir, redactor=redactor, resume=resume) if drpo.log_dir else None
+    compilation = ProgramCompilation(drpo, view, queries, roles, run_dir, held or None, redactor=redactor)
+    state = compilation.load_checkpoint() if resume else None
+    return compilation.run(state)
