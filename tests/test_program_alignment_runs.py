@@ -84,3 +84,18 @@ def test_the_held_out_guard_chooses_among_the_final_beam(tmp_path):
                              questions)
     assert compiled.drpo_result.validation, "room for 16 beyond the levels: 8 are held out"
     assert compiled.signature.instructions == compiled.drpo_result.validation[0]["prompt"].split("\n", 1)[1]
+
+
+def test_the_dry_run_counts_one_base_call_per_predictor_and_matches_the_run():
+    world, base = rewarding("/1"), program_lm()
+    drpo = drpo_for(world, base, max_depth_increase=0)
+    report = drpo.estimate(QUESTIONS[:2], DraftThenPolish())
+    assert report["base_calls_per_answer"] == 2
+    assert world.requests == 0 and not base.history  # a dry run calls nothing
+    align_program(drpo, DraftThenPolish(), QUESTIONS[:2])
+    expected = {role: row["expected"]["lm_calls"] for role, row in report["roles"].items()}
+    assert expected["base"] == len(base.history) == 2 * 3  # three candidates, two predictors each
+    assert expected["judge"] == len(world.calls["judge"])
+    assert expected["optimizer"] == sum(1 for c in world.calls["optimizer"] if c["n_index"] == 0)  # requests
+    with pytest.raises(ValueError, match="not a predictor"):
+        drpo.estimate(QUESTIONS[:2], DraftThenPolish(), predictors=["nope"])

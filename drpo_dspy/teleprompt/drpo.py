@@ -211,10 +211,26 @@ class DRPO(Teleprompter):
             ("base", self.base_lm), ("metrics", self.metrics_lm), ("judge", self.judge_lm),
             ("optimizer", self.optimizer_lm))}
 
-    def estimate(self, trainset: Any, student: AlignedResponder | None = None) -> dict[str, Any]:
-        """Dry run: expected and maximum LM calls, tokens and dollars per role; makes no LM call."""
+    def estimate(self, trainset: Any, student: Any = None, *, predictors: Sequence[Any] | None = None,
+                 output_field: str | None = None) -> dict[str, Any]:
+        """Dry run: expected and maximum LM calls, tokens and dollars per role; makes no LM call.
+
+        For a program other than an ``AlignedResponder``, each answer counts one base call per predictor of the
+        program (a program that loops over a predictor makes more)."""
         from drpo_dspy.teleprompt.estimate import estimate
 
+        if student is not None and not isinstance(student, AlignedResponder):
+            from drpo_dspy.modules.aligned_program import ProgramView
+
+            view = ProgramView(student, predictors, output_field, self.initial_instructions)
+            queries, s = view.queries(trainset), self.settings
+            queries, held = self._split(queries, None)
+            return estimate(queries=queries, roles=self._roles(), minibatch_size=s.minibatch_size,
+                            beam_size=s.beam_size, n_actions=s.n_actions, depth=s.depth,
+                            max_depth_increase=s.max_depth_increase, k=0, batched=s.batched,
+                            instructions_chars=len(view.render()), judge_samples=s.guards.judge_samples,
+                            refusal_probes=s.guards.refusal_probes, holdout=len(held),
+                            base_calls_per_answer=len(student.named_predictors()))
         queries = coerce_queries(trainset)
         bank = student.bank if student is not None else None
         example_chars = (sum(len(e.shown_query) + len(e.answer) for e in bank.examples) // max(1, len(bank))

@@ -60,11 +60,12 @@ def estimate(*, queries: list[str], roles: dict[str, Any], beam_size: int, n_act
              minibatch_size: int = 1,
              max_depth_increase: int, k: int, batched: bool = False, instructions_chars: int = 1500,
              example_chars: int = 1500, judge_samples: int = 1, refusal_probes: int = 0,
-             holdout: int = 0) -> dict[str, Any]:
+             holdout: int = 0, base_calls_per_answer: int = 1) -> dict[str, Any]:
     """Upper bound and expected calls, tokens and dollars per role (the guards' extra calls included, and listed
-    per guard under ``report["guards"]``)."""
+    per guard under ``report["guards"]``). ``base_calls_per_answer``: the base model's calls in one answer (a
+    program's predictors)."""
     avg_query = sum(len(q) for q in queries) / len(queries)
-    report: dict[str, Any] = {"levels": {}, "roles": {}}
+    report: dict[str, Any] = {"levels": {}, "roles": {}, "base_calls_per_answer": base_calls_per_answer}
     m = minibatch_size
     for mode, n_levels in (("expected", min(depth, len(queries) // m)),
                            ("upper", min(depth + max_depth_increase, len(queries) // m))):
@@ -77,6 +78,7 @@ def estimate(*, queries: list[str], roles: dict[str, Any], beam_size: int, n_act
         for guard in extra.values():
             for role, n in guard.items():
                 calls[role] += n * (m if role != "metrics" else 1)
+        calls["base"] *= base_calls_per_answer
         report.setdefault("guards", {})[mode] = extra
         report["levels"][mode] = n_levels
         for role, n in calls.items():
