@@ -205,3 +205,37 @@ def test_a_chat_program_is_aligned_on_the_embedded_model(tmp_path):
     assert fresh.signature.instructions == compiled.signature.instructions
     with dspy.context(adapter=dspy.JSONAdapter()):
         assert isinstance(fresh(question="Give me one tip for better sleep.", lm=base).answer, str)
+
+
+@pytest.mark.embedded
+def test_a_two_step_program_with_a_responder_inside_is_aligned_on_the_embedded_model(tmp_path):
+    """Chain of thought, then an AlignedResponder; only the responder is aligned; saved and loaded as DSPy JSON."""
+    pytest.importorskip("llama_cpp")
+    from drpo_dspy.clients.embedded import embedded_lm
+
+    class NotesThenReply(dspy.Module):
+        def __init__(self):
+            super().__init__()
+            self.notes = dspy.ChainOfThought("question -> notes")
+            self.reply = AlignedResponder("Answer helpfully and briefly.", EXAMPLES, k=1, embedder="hashing")
+
+        def forward(self, question):
+            notes = self.notes(question=question).notes
+            return dspy.Prediction(response=self.reply(query=f"{question}\n\nNotes: {notes}").response)
+
+    base, helper = embedded_lm(max_tokens=40), embedded_lm(max_tokens=320)
+    drpo = DRPO(base_lm=base, metrics_lm=helper, judge_lm=helper, optimizer_lm=helper, beam_size=1, n_actions=1,
+                depth=2, max_depth_increase=0, progress=False, num_threads=2, log_dir=tmp_path / "run")
+    program = NotesThenReply()
+    with dspy.context(adapter=dspy.JSONAdapter()):
+        compiled = drpo.compile(program, trainset=["How do I keep basil alive indoors?", "Suggest a name for a cat."],
+                                predictors=["reply.respond"])
+    assert compiled.drpo_result.num_levels == 2 and compiled.drpo_result.reward_per_level[0] is not None
+    assert compiled.notes.predict.signature.instructions == program.notes.predict.signature.instructions
+    assert (tmp_path / "run" / "levels.json").exists()
+    compiled.save(str(tmp_path / "program.json"))
+    fresh = NotesThenReply()
+    fresh.load(str(tmp_path / "program.json"))
+    assert fresh.reply.instructions == compiled.reply.instructions and len(fresh.reply.bank) == 2
+    with dspy.context(adapter=dspy.JSONAdapter(), lm=base):
+        assert isinstance(fresh(question="Give me one tip for better sleep.").response, str)
