@@ -72,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configs", default="auto", help="comma list: auto, exact, ivf, hnsw:M:efConstruction")
     parser.add_argument("--build-threads", type=int, default=os.cpu_count())
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--keep-bank", type=Path, default=None,
+                        help="save the 'auto' index as an AlignmentBank folder for bench_responder.py --bank-1m")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "index_scale.json")
     args = parser.parse_args(argv)
 
@@ -123,9 +125,35 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name:18s} {row['index']:40s} p50 {p50:8.3f} ms  p99 {row['p99_ms']:8.3f} ms  "
               f"recall@{args.k} {recall:.4f}  {row['speedup_vs_exact_p50']}x exact", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"config": {k: v for k, v in vars(args).items() if k != "out"},
+    args.out.write_text(json.dumps({"config": {k: v for k, v in vars(args).items() if k not in ("out", "keep_bank")},
                                     "machine": machine, "results": results}, indent=1), encoding="utf-8")
+    if args.keep_bank and "auto" in indexes:
+        keep_bank(args.keep_bank, bank, indexes["auto"])
     return 0
+
+
+class _VectorsOnly:
+    """The embedder name of bench_responder.py's synthetic banks; the bank's vectors are given, never computed."""
+
+    name = "bench-minilm"
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+
+    def encode(self, texts: list[str], **_: object) -> np.ndarray:
+        raise RuntimeError("this bank is for bench_responder.py, which loads it with its own embedder")
+
+
+def keep_bank(folder: Path, vectors: np.ndarray, index: VectorIndex) -> None:
+    """Save a bank of these vectors with the index just built (``bank_<n>.jsonl`` and its ``.index`` folder)."""
+    from drpo_dspy.retrievers.bank import AlignmentBank
+
+    n = len(vectors)
+    bank = AlignmentBank.from_vectors([(f"doc:{i}", "answer") for i in range(n)], vectors,
+                                      embedder=_VectorsOnly(vectors.shape[1]), query_cache_size=0)
+    bank._attach(vectors, index)  # the index built and timed above, not a second build
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"  saved {bank.save(folder / f'bank_{n}.jsonl', save_index=True)}", flush=True)
 
 
 if __name__ == "__main__":
