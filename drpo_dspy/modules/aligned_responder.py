@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import itertools
 import logging
 import os
 import threading
@@ -195,7 +196,7 @@ class AlignedResponder(dspy.Module):
         if k == 0:
             return []
         if self.examples.fixed:
-            return self.examples.bank.examples[:k]
+            return list(itertools.islice(self.examples.bank, k))  # the first k, without copying the whole bank
         return [example for example, _score in self.examples.bank.search(query, k)]
 
     def _needs_retrieval(self, demos: list[tuple[str, str]]) -> bool:

@@ -102,7 +102,7 @@ class AlignmentBank:
         return len(self._examples)
 
     def __iter__(self) -> Iterator[ICLExample]:
-        return iter(self.examples)
+        return (ex.copy() for ex in list(self._examples))  # copies made as they are read: islice(bank, k) is cheap
 
     def __contains__(self, query: object) -> bool:
         return isinstance(query, str) and normalize_query(query) in self._counts
