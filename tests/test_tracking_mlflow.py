@@ -46,8 +46,9 @@ def compile_drpo(world=None, **options):
     world = world or World(lambda p, q: [3, 4] if p.endswith("/1") else [3, 3])
     for lm in world.roles().values():
         lm.kwargs["api_key"] = SECRET
-    return DRPO(**world.roles(), **{**SHAPE, **options}).compile(AlignedResponder(examples=[], k=0),
-                                                                 trainset=QUERIES)
+    student = AlignedResponder(examples=[], k=0)
+    student.set_lm(world.base_lm)  # its state goes to MLflow's best_model.json: without the key
+    return DRPO(**world.roles(), **{**SHAPE, **options}).compile(student, trainset=QUERIES)
 
 
 def runs():
