@@ -74,3 +74,28 @@ def test_object_callbacks_get_their_methods_and_a_failing_callback_does_not_stop
 def test_a_callback_that_is_neither_callable_nor_a_watcher_is_refused():
     with pytest.raises(ValueError, match="callback"):
         DRPO(callbacks=[object()])
+
+
+def test_event_callbacks_are_not_handed_to_dspys_compile_hooks(caplog):
+    """DSPy calls ``on_compile_start``/``on_compile_end`` on ``Teleprompter.callbacks``: a plain function or an event
+    watcher passed to DRPO is not such a callback, so no DSPy "Error when calling callback" warning appears; a DSPy
+    ``BaseCallback`` passed to DRPO does get DSPy's compile hooks."""
+    import dspy
+    from dspy.utils.callback import BaseCallback
+
+    class DSPyHooks(BaseCallback):
+        def __init__(self):
+            self.seen = []
+
+        def on_compile_start(self, call_id, instance, inputs):
+            self.seen.append("start")
+
+        def on_compile_end(self, call_id, outputs, exception=None):
+            self.seen.append("end")
+
+    hooks, events = DSPyHooks(), []
+    with caplog.at_level("WARNING"):
+        compile_with([events.append, hooks])
+    assert events and hooks.seen == ["start", "end"]
+    assert not [r for r in caplog.records if "callback" in r.getMessage().lower()]
+    assert dspy.settings.callbacks == [] or hooks not in dspy.settings.callbacks

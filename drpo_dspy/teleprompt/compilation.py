@@ -60,7 +60,7 @@ class Compilation:
                                     catalogue=drpo.catalogue, meter=self.meter, budget=self.budget,
                                     paper_mode=drpo.paper_mode)
         self.started = time.monotonic()
-        self.bus = EventBus(drpo.callbacks)
+        self.bus = EventBus(drpo.event_callbacks)
 
     def initial_prompt(self) -> str:
         """The root of the search."""

@@ -10,6 +10,7 @@ from typing import Any
 
 import dspy
 from dspy.teleprompt import Teleprompter
+from dspy.utils.callback import BaseCallback
 
 from drpo_dspy.clients.budget import Budget
 from drpo_dspy.clients.failures import DEFAULT_MAX_ERRORS, FailurePolicy
@@ -199,8 +200,10 @@ class DRPO(Teleprompter):
         self.log_dir = log_dir
         self.catalogue = catalogue or AspectCatalogue()
         self.progress = progress
-        self.callbacks = list(callbacks or [])
-        EventBus(self.callbacks)  # validates the callbacks now
+        self.event_callbacks = list(callbacks or [])
+        EventBus(self.event_callbacks)  # validates the callbacks now
+        # DSPy calls ``on_compile_start``/``on_compile_end`` of ``self.callbacks``: only DSPy callbacks belong there.
+        self.callbacks = [cb for cb in self.event_callbacks if isinstance(cb, BaseCallback)]
         self.max_errors = max_errors
         FailurePolicy(max_errors)  # validates max_errors now
         self.budgets = {"max_calls": max_calls, "max_total_tokens": max_total_tokens, "max_cost_usd": max_cost_usd}

@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from dspy.utils.callback import BaseCallback
+
 logger = logging.getLogger(__name__)
 
 
@@ -117,9 +119,9 @@ class EventBus:
         self.callbacks = list(callbacks)
         self.listeners = list(listeners)
         for cb in self.callbacks:
-            if not callable(cb) and not any(hasattr(cb, m) for m in _METHODS):
-                raise ValueError(f"a DRPO callback must be callable or define one of {', '.join(_METHODS)}; "
-                                 f"got {type(cb).__name__}")
+            if not callable(cb) and not any(hasattr(cb, m) for m in _METHODS) and not isinstance(cb, BaseCallback):
+                raise ValueError(f"a DRPO callback must be callable, define one of {', '.join(_METHODS)}, or be a "
+                                 f"dspy BaseCallback (for DSPy's compile hooks); got {type(cb).__name__}")
 
     def add_listener(self, listener: Callable[[Any], None]) -> None:
         self.listeners.append(listener)

@@ -203,7 +203,7 @@ class MLflowLogger:
 
             mlflow.log_artifacts(str(folder), artifact_path="drpo", run_id=self.run_id)
 
-    # DSPy's optimizer callbacks (``Teleprompter.callbacks``) are looked up on DRPO's callbacks too: nothing to do
+    # Harmless if an MLflowLogger is also given to DSPy as an optimizer callback: nothing to do there.
     def on_compile_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
         pass
 
@@ -253,7 +253,7 @@ class MLflowLogger:
 def tracking(drpo: Any):
     """Around one compile: the user's :class:`MLflowLogger` callbacks, or one added while autologging is on, are
     told when it begins and ends. Yields a function to call with the compiled program."""
-    loggers = [cb for cb in drpo.callbacks if isinstance(cb, MLflowLogger)]
+    loggers = [cb for cb in drpo.event_callbacks if isinstance(cb, MLflowLogger)]
     added = None
     if not loggers and autologging_active() and _has_active_run():
         added = MLflowLogger()
@@ -265,9 +265,9 @@ def tracking(drpo: Any):
             started.append(tracker)
         except Exception:
             logger.warning("MLflow tracking could not start; compiling without it", exc_info=True)
-    saved = drpo.callbacks
+    saved = drpo.event_callbacks
     if added is not None and added in started:
-        drpo.callbacks = [*saved, added]
+        drpo.event_callbacks = [*saved, added]
     result: dict[str, Any] = {}
     try:
         yield lambda program: result.update(program=program)
@@ -277,7 +277,7 @@ def tracking(drpo: Any):
     else:
         _finish(started, result.get("program"), None)
     finally:
-        drpo.callbacks = saved
+        drpo.event_callbacks = saved
 
 
 def _has_active_run() -> bool:
