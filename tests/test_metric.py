@@ -125,3 +125,18 @@ def test_no_lm_is_a_clear_error():
     metric = DynamicReward()
     with pytest.raises(ValueError, match="no LM for the metrics role"):
         metric(dspy.Example(query="q"), dspy.Prediction(response="a"))
+
+
+def test_a_conversation_example_is_judged_with_its_earlier_turns():
+    metrics_lm, judge_lm, _ = _roles()
+    metric = DynamicReward(metrics_lm=metrics_lm, judge_lm=judge_lm)
+    history = dspy.History(messages=[{"query": "I am planning a trip to Lisbon.", "response": "Lovely! When?"}])
+    example = dspy.Example(query="In May. What should I pack?", history=history).with_inputs("query", "history")
+    assert metric(example, dspy.Prediction(response="good answer")) == pytest.approx(0.75)
+    sent = field(judge_lm.history[-1]["messages"], "query")
+    assert "User: I am planning a trip to Lisbon." in sent and "Assistant: Lovely! When?" in sent
+    assert sent.rstrip().endswith("In May. What should I pack?")
+    chat = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+                         {"role": "user", "content": "Explain tides."}]}
+    assert metric(chat, dspy.Prediction(response="weak answer")) == pytest.approx(1 / 12)
+    assert "User: Hi" in field(judge_lm.history[-1]["messages"], "query")

@@ -24,6 +24,7 @@ import dspy
 from drpo_dspy.clients.budget import Budget, StopSignal
 from drpo_dspy.clients.failures import DEFAULT_MAX_ERRORS, FailurePolicy
 from drpo_dspy.clients.metering import Meter
+from drpo_dspy.modules.conversation_query import parse_conversation
 from drpo_dspy.rewards.aspects import AspectCatalogue
 from drpo_dspy.rewards.reward_judge import AspectSelection, Judgment, RewardJudge
 
@@ -45,8 +46,12 @@ def rescale(mean_score: float) -> float:
 
 
 def _query_of(example: Any) -> str:
+    """The text the judge reads: the query, or for a conversation (``history`` or ``messages``) its transcript."""
     if isinstance(example, str):
         return example
+    fields = example if isinstance(example, dict) else getattr(example, "_store", {})
+    if fields.get("history") is not None or fields.get("messages") is not None:
+        return parse_conversation(example, "the example")
     for name in ("query", "instruction"):
         value = example.get(name) if isinstance(example, dict) else getattr(example, name, None)
         if isinstance(value, str) and value.strip():
@@ -84,7 +89,8 @@ class DynamicReward:
             unknown model) raises at once. ``None``: never on counts.
         stop_file: A path whose existence stops further calls (``StopRequested``), as a run's ``STOP`` file does.
 
-    The query is read from ``example.query`` (or ``example.instruction``), the answer from ``prediction.response``.
+    The query is read from ``example.query`` (or ``example.instruction``) — for a conversation (``history`` or
+    ``messages`` on the example) the judge reads its transcript — and the answer from ``prediction.response``.
     ``metric.meter.summary()`` gives LM calls, tokens and failures per role.
     """
 
