@@ -36,6 +36,7 @@ except ImportError:  # load drpo_dspy.retrievers without drpo_dspy/__init__.py, 
 
 import faiss  # noqa: E402
 
+from bench.peer_timing import interleaved  # noqa: E402
 from bench.synthetic_vectors import synthetic  # noqa: E402
 from drpo_dspy.retrievers.exact_search import exact_topk  # noqa: E402
 from drpo_dspy.retrievers.vector_index import VectorIndex  # noqa: E402
@@ -102,15 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     faiss.omp_set_num_threads(1)
     peers = {"exact scan": lambda q: exact_topk(q[None, :], bank, args.k)[1][0]}
     peers.update({config: (lambda q, ix=ix: ix.search(q, args.k)[1][0]) for config, ix in indexes.items()})
-    for fn in peers.values():
-        fn(queries[0])
-    lat = {name: np.empty(len(queries)) for name in peers}
-    found: dict[str, list] = {name: [] for name in peers}
-    for i, q in enumerate(queries):
-        for name, fn in peers.items():
-            s = time.perf_counter()
-            found[name].append(fn(q))
-            lat[name][i] = time.perf_counter() - s
+    timed = interleaved(peers, list(queries))
+    lat = {name: timed[name][0] for name in peers}
+    found = {name: timed[name][1] for name in peers}
     exact_p50 = float(np.percentile(lat["exact scan"], 50)) * 1e3
     results = []
     for name in peers:

@@ -45,6 +45,7 @@ except ImportError:  # pragma: no cover
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.peer_timing import interleaved  # noqa: E402
 from bench.synthetic_vectors import synthetic  # noqa: E402
 from drpo_dspy.retrievers.bank import AlignmentBank  # noqa: E402
 from drpo_dspy.retrievers.embedders import load_embedder  # noqa: E402
@@ -86,21 +87,6 @@ class QueryEmbedder:
         return vectors if self.substitutes is None else np.stack([self.substitutes[t] for t in texts])
 
     __call__ = encode  # dspy.retrievers.Embeddings calls its embedder with a list of texts
-
-
-def interleaved(peers: dict[str, object], items: list) -> dict[str, tuple[np.ndarray, list]]:
-    """Per-item latency of every peer, the peers taking turns on each item so that the load of the shared machine
-    falls on all of them alike; one warm-up call each."""
-    for fn in peers.values():
-        fn(items[0])
-    lat = {name: np.empty(len(items)) for name in peers}
-    out: dict[str, list] = {name: [] for name in peers}
-    for i, item in enumerate(items):
-        for name, fn in peers.items():
-            t0 = time.perf_counter()
-            out[name].append(fn(item))
-            lat[name][i] = time.perf_counter() - t0
-    return {name: (lat[name], out[name]) for name in peers}
 
 
 def summary(lat: np.ndarray) -> dict:
