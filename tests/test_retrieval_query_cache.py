@@ -110,3 +110,28 @@ def test_concurrent_searches_equal_sequential_and_stay_bounded():
         assert [(e.query, round(s, 5)) for e, s in result] == \
             [(e.query, round(s, 5)) for e, s in sequential[i % 20]]
     assert len(bank.query_cache) <= 8
+
+
+def test_responder_batch_embeds_the_queries_in_one_call_and_answers_as_a_loop():
+    import dspy
+
+    from drpo_dspy import AlignedResponder
+    from drpo_dspy.testing import last_user_text, scripted_lm
+
+    embedder = CountingEmbedder()
+    responder = AlignedResponder("Be kind.", STORED, k=2, embedder=embedder)
+    responder.examples.bank.search("warm the index", 1)  # the bank's own queries embedded, the index built
+    calls_before = len(embedder.texts)
+    lm = scripted_lm(lambda messages, params: "reply to " + last_user_text(messages)[-40:] + "\n<END>")
+    queries = [f"how to cook meal {i}" for i in range(12)] + ["how to cook meal 3"]
+    examples = [dspy.Example(query=q).with_inputs("query") for q in queries]
+    embedded_calls = []
+    original = embedder.encode
+    embedder.encode = lambda texts, **kw: embedded_calls.append(list(texts)) or original(texts, **kw)
+    with dspy.context(lm=lm):
+        batched = responder.batch(examples, num_threads=4)
+        looped = [responder(query=q) for q in queries]
+    assert embedded_calls == [list(dict.fromkeys(queries))]  # one call, each distinct query once
+    assert [p.response for p in batched] == [p.response for p in looped]
+    assert [p.examples for p in batched] == [p.examples for p in looped]
+    assert len(embedder.texts) - calls_before == 12
