@@ -99,3 +99,24 @@ def test_the_dry_run_counts_one_base_call_per_predictor_and_matches_the_run():
     assert expected["optimizer"] == sum(1 for c in world.calls["optimizer"] if c["n_index"] == 0)  # requests
     with pytest.raises(ValueError, match="not a predictor"):
         drpo.estimate(QUESTIONS[:2], DraftThenPolish(), predictors=["nope"])
+
+
+def test_a_program_with_a_history_input_is_judged_on_its_earlier_turns():
+    class ChatTurn(dspy.Signature):
+        """Answer the question, continuing the conversation."""
+
+        question: str = dspy.InputField()
+        history: dspy.History = dspy.InputField()
+        answer: str = dspy.OutputField()
+
+    history = dspy.History(messages=[{"question": "I am planning a trip to Lisbon.", "answer": "Lovely! When?"}])
+    world = rewarding("/1")
+    compiled = align_program(drpo_for(world, program_lm()), dspy.Predict(ChatTurn),
+                             [dspy.Example(question="In May. What should I pack?", history=history)
+                              .with_inputs("question", "history")])
+    judged = [last_user_text(e["messages"]) for e in world.judge_lm.history]
+    assert judged and all("question: I am planning a trip to Lisbon.; answer: Lovely! When?" in t for t in judged)
+    assert compiled.signature.instructions.startswith("Answer the question, continuing the conversation.")
+    with pytest.raises(ValueError, match=r"non-empty string or a dspy\.History"):
+        align_program(drpo_for(world, program_lm()), dspy.Predict(ChatTurn),
+                      [dspy.Example(question="Hi", history=["not", "a", "history"]).with_inputs("question", "history")])

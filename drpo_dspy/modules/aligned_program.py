@@ -34,6 +34,14 @@ def _short(value: Any) -> str:
     return text if len(text) <= _TRACE_VALUE_CHARS else text[:_TRACE_VALUE_CHARS] + " [...]"
 
 
+def _readable(value: Any) -> str:
+    """An input as the judge and the optimizer read it: a ``dspy.History`` as its earlier turns, one per line."""
+    if not isinstance(value, dspy.History):
+        return "" if value is None else str(value)
+    turns = ["; ".join(f"{k}: {v}" for k, v in message.items()) for message in value.messages]
+    return "Earlier turns:\n" + "\n".join(f"- {t}" for t in turns) if turns else "(no earlier turns)"
+
+
 def _input_names(program: dspy.Module, predictors: list[tuple[str, Any]]) -> tuple[list[str], list[str]]:
     """(every input name, the required ones) of the program: its ``forward`` parameters, or for modules that take
     ``**kwargs`` (``dspy.Predict``, ``dspy.ChainOfThought``) the input fields of its first predictor."""
@@ -159,9 +167,11 @@ class ProgramView:
                                  f"{', '.join(sorted(data)) or 'no keys'})")
         else:
             raise ValueError(f"{where} must be a dspy.Example, a dict or a string, got {type(item).__name__}")
-        if not all(isinstance(v, str) and v.strip() for v in inputs.values() if v is not None) or not inputs:
-            raise ValueError(f"{where}: every input must be a non-empty string")
-        text = next(iter(inputs.values())) if len(inputs) == 1 else "\n\n".join(f"{k}: {v}" for k, v in inputs.items())
+        if not inputs or not all(isinstance(v, dspy.History) or (isinstance(v, str) and v.strip())
+                                 for v in inputs.values() if v is not None):
+            raise ValueError(f"{where}: every input must be a non-empty string or a dspy.History")
+        shown = {k: _readable(v) for k, v in inputs.items()}
+        text = next(iter(shown.values())) if len(shown) == 1 else "\n\n".join(f"{k}: {v}" for k, v in shown.items())
         self._inputs[text] = inputs
         return text
 
