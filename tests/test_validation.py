@@ -74,3 +74,18 @@ def test_non_empty_log_dir_is_refused(tmp_path, counting_lm):
     with pytest.raises(ValueError, match="already holds files"):
         drpo.compile(AlignedResponder(examples=[], k=0), trainset=["q"])
     assert calls == []
+
+
+def test_jsonl_queries_may_hold_a_line_separator_inside_a_string(tmp_path):
+    """JSON allows U+2028 inside a string: it must not split the JSONL line (str.splitlines would)."""
+    import json
+
+    from drpo_dspy.runs.query_files import read_queries
+
+    path = tmp_path / "queries.jsonl"
+    path.write_text(json.dumps({"query": "first part\u2028second part"}, ensure_ascii=False) + "\n"
+                    + json.dumps("plain query") + "\n", encoding="utf-8")
+    assert read_queries(path) == ["first part\u2028second part", "plain query"]
+    path.write_text('{"query": "ok"}\n{not json\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"queries\.jsonl line 2 is not valid JSON"):
+        read_queries(path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from drpo_dspy.runs.jsonl_lines import jsonl_values
 from drpo_dspy.runs.validation import coerce_queries, query_text
 
 MAX_TRAINSET_BYTES = 512 * 1024 * 1024
@@ -60,15 +61,7 @@ def read_queries(path: str | Path) -> list[str]:
                              f"got a JSON {type(data).__name__}")
         return coerce_queries(data, name=str(path))
     if suffix == ".jsonl":
-        queries = []
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path} line {lineno} is not valid JSON: {exc.msg}") from exc
-            queries.append(query_text(record, f"{path} line {lineno}"))
+        queries = [query_text(record, f"{path} line {lineno}") for lineno, record in jsonl_values(text, str(path))]
         return coerce_queries(queries, name=path.name)
     lines = [(lineno, line) for lineno, line in enumerate(text.splitlines(), start=1) if line.strip()]
     return coerce_queries([query_text(line, f"{path} line {lineno}") for lineno, line in lines], name=path.name)

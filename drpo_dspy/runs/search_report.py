@@ -18,6 +18,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from drpo_dspy.runs.jsonl_lines import jsonl_values
 from drpo_dspy.runs.run_log import is_node_line
 from drpo_dspy.teleprompt.search_state import path_mean
 
@@ -72,13 +73,7 @@ def load_trace(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """The evaluated candidates of a run, in trace order; clear errors for a missing, empty or corrupt trace."""
     path = _check_run_dir(run_dir) / "trace.jsonl"
     nodes = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            node = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path} line {lineno} is not valid JSON: {exc.msg}") from exc
+    for lineno, node in jsonl_values(path.read_text(encoding="utf-8"), str(path)):
         if isinstance(node, dict) and not is_node_line(node):
             continue  # a dropped rewrite: recorded for the reader, not a node of the tree
         missing = [key for key in _REQUIRED if not isinstance(node, dict) or key not in node]
