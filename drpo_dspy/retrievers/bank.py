@@ -24,6 +24,7 @@ from drpo_dspy.retrievers.embedders import Embedder, canonical_embedder_name, l2
 from drpo_dspy.retrievers.examples import END, START, ICLExample, normalize_query, strip_answer_markers, to_example
 from drpo_dspy.retrievers.query_cache import DEFAULT_QUERY_CACHE_SIZE, QueryVectorCache
 from drpo_dspy.retrievers.vector_index import EXACT_MAX, INDEX_KINDS, VectorIndex, _check_vectors, mmr_select
+from drpo_dspy.runs.atomic_files import atomic_write_text
 
 __all__ = ["FORMAT_VERSION", "INDEX_SAVE_THRESHOLD", "AlignmentBank", "ICLExample", "normalize_query",
            "strip_answer_markers"]
@@ -342,7 +343,7 @@ class AlignmentBank:
             raise ValueError(f"bank path must end in .json or .jsonl, got {target}")
         with self._lock:
             target.parent.mkdir(parents=True, exist_ok=True)
-            bank_files.atomic_write(target, bank_files.bank_file_text(self.to_state(), target.suffix))
+            atomic_write_text(target, bank_files.bank_file_text(self.to_state(), target.suffix))
             if save_index if save_index is not None else len(self) >= INDEX_SAVE_THRESHOLD:
                 if not len(self):
                     return target

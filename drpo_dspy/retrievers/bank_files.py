@@ -15,6 +15,7 @@ import numpy as np
 from drpo_dspy.retrievers.embedders import Embedder, canonical_embedder_name
 from drpo_dspy.retrievers.examples import ICLExample, strip_answer_markers
 from drpo_dspy.retrievers.vector_index import VectorIndex
+from drpo_dspy.runs.atomic_files import atomic_write_text
 
 
 def read_bank_json(path: Path, what: str) -> Any:
@@ -44,12 +45,6 @@ def read_bank_json(path: Path, what: str) -> Any:
         raise ValueError(f"{path}: corrupt JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}") from exc
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path}: not UTF-8 text: {exc}") from exc
-
-
-def atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def bank_file_text(state: dict[str, Any], suffix: str) -> str:
@@ -98,7 +93,7 @@ def write_index_folder(folder: Path, index: VectorIndex, embeddings: np.ndarray,
     np.save(folder / "embeddings.npy", embeddings)
     meta = {"embedder": embedder_name, "count": len(embeddings), "dim": int(embeddings.shape[1]),
             "queries_sha256": fingerprint}
-    atomic_write(folder / "meta.json", json.dumps(meta, indent=1))
+    atomic_write_text(folder / "meta.json", json.dumps(meta, indent=1))
 
 
 def read_index_folder(folder: Path, embedder_name: str, count: int,

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
+from drpo_dspy.runs.atomic_files import atomic_write_text
 from drpo_dspy.runs.secrets import Redactor
 
 RUN_FILES = ("config.json", "run.log", "trace.jsonl", "levels.json", "metrics_cache.json", "checkpoint.json",
@@ -74,17 +74,8 @@ class RunDirectory:
             fh.write(self.redactor.text(text))
 
     def _atomic_write(self, name: str, text: str) -> Path:
-        target = self.file(name)
         with self._lock:
-            fd, tmp = tempfile.mkstemp(dir=self.path, prefix=f".{name}.")
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                    fh.write(text)
-                os.replace(tmp, target)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-        return target
+            return atomic_write_text(self.file(name), text)
 
     def redact_file(self, name: str) -> None:
         """Re-write a file produced by other code (e.g. a saved program) through the redactor."""
