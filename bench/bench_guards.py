@@ -2,7 +2,7 @@
 
 Runs ``drpo optimize --quick`` settings (all four roles on ``embedded/smollm2-135m``) once per configuration, in one
 process: the defaults, each costly guard alone, and every guard together. Per run: LM calls per role, prompt and
-completion tokens, wall time, and the dry run's expected extra calls for the same settings (``DRPO.estimate``), so the
+completion tokens, wall time (DSPy's LM cache off, so that no run replays another's calls), and the dry run's expected extra calls for the same settings (``DRPO.estimate``), so the
 estimate shown by ``--dry-run`` is checked against what the compile really made.
 
     nice python bench/bench_guards.py [--out bench/results/guards.json]
@@ -41,6 +41,8 @@ def compile_once(name: str, guards: dict[str, Any]) -> dict[str, Any]:
     import dspy
 
     lms = {role: make_lm(None, role=role) for role in ROLES}
+    for lm in lms.values():
+        lm.cache = False  # every configuration pays for its own calls: DSPy's cache would replay earlier runs
     queries = load_train_queries(limit=NUM_QUERIES)
     student = AlignedResponder(k=QUICK["k"], max_tokens=QUICK["max_tokens"])
     with tempfile.TemporaryDirectory() as tmp:
