@@ -2,7 +2,7 @@
 
 Runs ``drpo optimize --quick`` settings (all four roles on ``embedded/smollm2-135m``) once per configuration, in one
 process: the defaults, each costly guard alone, and every guard together. Per run: LM calls per role, prompt and
-completion tokens, wall time (DSPy's LM cache off, so that no run replays another's calls), and the dry run's
+completion tokens, wall time (each run starts cold: DSPy's LM cache off and the embedded model's prefix snapshots cleared), and the dry run's
 expected calls for the same settings (``DRPO.estimate``), so the estimate ``--dry-run`` shows is checked against
 what the compile really made.
 
@@ -24,6 +24,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 from drpo_dspy import DRPO, AlignedResponder
 from drpo_dspy.cli.common import make_lm, quiet_truncation_warnings
 from drpo_dspy.cli.optimize import QUICK
+from drpo_dspy.clients.embedded import get_runtime
 from drpo_dspy.datasets import load_train_queries
 
 ROLES = ("base", "metrics", "judge", "optimizer")
@@ -52,6 +53,10 @@ def compile_once(name: str, guards: dict[str, Any]) -> dict[str, Any]:
                     depth=QUICK["depth"], max_depth_increase=0, k=QUICK["k"], log_dir=Path(tmp) / "run",
                     progress=False, **guards)
         estimate = drpo.estimate(queries, student)
+        student.retrieve("warm-up")  # the embedder loads outside the timed compile
+        runtime = get_runtime()
+        runtime.configure(prefix_cache=True, fast_grammar=True)  # clears the prefix snapshots of earlier runs
+        runtime.reset()
         started = time.perf_counter()
         with dspy.context(lm=lms["base"]):
             program = drpo.compile(student, trainset=queries)
