@@ -2,9 +2,9 @@
 
 Runs ``drpo optimize --quick`` settings (all four roles on ``embedded/smollm2-135m``) once per configuration, in one
 process: the defaults, each costly guard alone, and every guard together. Per run: LM calls per role, prompt and
-completion tokens, wall time (each run starts cold: DSPy's LM cache off and the embedded model's prefix snapshots cleared), and the dry run's
-expected calls for the same settings (``DRPO.estimate``), so the estimate ``--dry-run`` shows is checked against
-what the compile really made.
+completion tokens, wall time, and the dry run's expected calls for the same settings (``DRPO.estimate``), so the
+estimate ``--dry-run`` shows is checked against what the compile really made. Each run starts cold: DSPy's LM cache
+is off and the embedded model's prefix snapshots are cleared.
 
     nice python bench/bench_guards.py [--out bench/results/guards.json]
 """
