@@ -14,6 +14,7 @@ It prints the speed-up of the batched run and, per sequence, whether the tokens 
 difference, for a unified KV cache and for one KV stream per sequence.
 
     nice python bench/probe_batched_decode.py
+    PROBE_FLASH_ATTN=off nice python bench/probe_batched_decode.py     # auto (default), off or on
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ _params.use_extra_bufts = False  # as the embedded runtime loads it
 MODEL = c.llama_model_load_from_file(str(gguf_path()).encode(), _params)
 VOCAB = c.llama_model_get_vocab(MODEL)
 N_VOCAB = c.llama_vocab_n_tokens(VOCAB)
+# llama.cpp's default ("auto") uses flash attention on the CPU, whose kernel for a single query token over 512+ cached
+# tokens splits the cache across threads: a sequence decoded alone and in a batch then takes different paths.
+FLASH_ATTN = {"auto": c.LLAMA_FLASH_ATTN_TYPE_AUTO, "off": c.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+              "on": c.LLAMA_FLASH_ATTN_TYPE_ENABLED}[os.environ.get("PROBE_FLASH_ATTN", "auto")]
 
 
 def new_context(n_seq: int, unified: bool):
@@ -45,6 +50,7 @@ def new_context(n_seq: int, unified: bool):
     p.n_ctx, p.n_batch, p.n_ubatch, p.n_seq_max = 8192, N_BATCH, N_BATCH, n_seq
     p.n_threads = p.n_threads_batch = len(os.sched_getaffinity(0))
     p.kv_unified = unified
+    p.flash_attn_type = FLASH_ATTN
     return c.llama_init_from_model(MODEL, p)
 
 
