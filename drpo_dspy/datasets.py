@@ -22,6 +22,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from drpo_dspy.runs.jsonl_lines import jsonl_values
+
 __all__ = [
     "EVAL_SETS",
     "KINDS",
@@ -139,14 +141,7 @@ def load_instruction_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]
         raise ValueError(f"{file_path}: line {line_no}: file is not valid UTF-8 ({exc.reason})") from exc
 
     records: list[dict[str, Any]] = []
-    # Split on "\n" only: str.splitlines() would also break on U+2028 and similar, which JSON allows inside strings.
-    for line_no, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{file_path}: line {line_no}: invalid JSON ({exc.msg})") from exc
+    for line_no, obj in jsonl_values(text, str(file_path), "{where}: line {lineno}: invalid JSON ({msg})"):
         if not isinstance(obj, dict):
             raise ValueError(f"{file_path}: line {line_no}: expected a JSON object, got {type(obj).__name__}")
         if "instruction" not in obj:
