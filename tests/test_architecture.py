@@ -140,3 +140,13 @@ def test_a_non_editable_install_imports_every_subpackage(tmp_path):
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith("ok")
+
+
+def test_ci_runs_the_readmes_test_command_exactly():
+    """CI runs ``.ci/run``; it must be the README's test command, character for character."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    after = readme.split("Run the tests", 1)[1]
+    command = after.split("```bash\n", 1)[1].split("\n```", 1)[0].strip()
+    ci_lines = [line for line in (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+                if line.strip() and not line.startswith(("#", "set ", "cd "))]
+    assert ci_lines == [command]
