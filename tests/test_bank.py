@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from drpo_dspy.retrievers import bank as bank_mod
+from drpo_dspy.retrievers import bank_persistence
 from drpo_dspy.retrievers.bank import AlignmentBank, ICLExample, normalize_query, strip_answer_markers
 from drpo_dspy.retrievers.embedders import Embedder, HashingEmbedder
 
@@ -226,7 +226,7 @@ def test_provenance_survives_jsonl(tmp_path):
 
 
 def test_large_banks_save_their_index_by_default(tmp_path, monkeypatch):
-    monkeypatch.setattr(bank_mod, "INDEX_SAVE_THRESHOLD", 30)
+    monkeypatch.setattr(bank_persistence, "INDEX_SAVE_THRESHOLD", 30)  # where save() reads it
     embedder, examples, _ = random_table(40, 0)
     path = AlignmentBank(examples, embedder=embedder).save(tmp_path / "big.json")
     folder = Path(str(path) + ".index")

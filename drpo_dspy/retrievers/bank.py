@@ -9,32 +9,25 @@ A conversation example is searched by its last user turn and keyed (duplicates) 
 
 from __future__ import annotations
 
-import os
 import threading
-import warnings
 from collections.abc import Iterable, Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from drpo_dspy.retrievers import bank_files
+from drpo_dspy.retrievers.bank_persistence import FORMAT_VERSION, INDEX_SAVE_THRESHOLD, BankPersistence
 from drpo_dspy.retrievers.bank_rules import admit, check_policy, check_search_args, dedupe_drops, progress_bar
 from drpo_dspy.retrievers.embedders import Embedder, canonical_embedder_name, l2_normalize, load_embedder
-from drpo_dspy.retrievers.examples import END, START, ICLExample, normalize_query, strip_answer_markers, to_example
+from drpo_dspy.retrievers.examples import ICLExample, normalize_query, strip_answer_markers, to_example
 from drpo_dspy.retrievers.query_cache import DEFAULT_QUERY_CACHE_SIZE, QueryVectorCache
-from drpo_dspy.retrievers.vector_index import EXACT_MAX, INDEX_KINDS, VectorIndex, _check_vectors, mmr_select
-from drpo_dspy.runs.atomic_files import atomic_write_text
+from drpo_dspy.retrievers.vector_index import EXACT_MAX, INDEX_KINDS, VectorIndex, mmr_select
 
 __all__ = ["FORMAT_VERSION", "INDEX_SAVE_THRESHOLD", "AlignmentBank", "ICLExample", "normalize_query",
            "strip_answer_markers"]
 
-FORMAT = "drpo-dspy/alignment-bank"
-FORMAT_VERSION = 1
-INDEX_SAVE_THRESHOLD = 10_000
 
 
-class AlignmentBank:
+class AlignmentBank(BankPersistence):
     """A pool of ICL examples searched by cosine similarity of the live query to the stored queries.
 
     ``on_duplicate`` decides what a repeated (normalised) query does: "error" (ValueError naming it), "keep_last"
@@ -316,85 +309,3 @@ class AlignmentBank:
         if k > n:
             raise ValueError(f"k={k} is larger than the bank ({n} examples)")
         return n
-
-    # -- persistence -------------------------------------------------------------------------------------------------
-    def to_state(self) -> dict[str, Any]:
-        """JSON-able state: format, version, embedder name, index kind, duplicate policy, examples."""
-        with self._lock:
-            return {"format": FORMAT, "version": FORMAT_VERSION, "embedder": self._embedder_name,
-                    "index_kind": self._index_kind, "on_duplicate": self._on_duplicate, "count": len(self),
-                    "examples": [ex.to_dict() for ex in self._examples]}
-
-    @classmethod
-    def from_state(cls, state: Mapping[str, Any], embedder: str | Embedder | None = None) -> AlignmentBank:
-        """Rebuild a bank from ``to_state``; refuses an ``embedder`` other than the recorded one."""
-        recorded, examples = bank_files.check_bank_state(state, FORMAT, FORMAT_VERSION, embedder)
-        return cls(examples, embedder=recorded if embedder is None else embedder,
-                   index_kind=state.get("index_kind", "auto"), on_duplicate=state.get("on_duplicate", "error"))
-
-    def _fingerprint(self) -> str:
-        return bank_files.queries_fingerprint([ex.query for ex in self._examples])
-
-    def save(self, path: str | os.PathLike[str], *, save_index: bool | None = None) -> Path:
-        """Write ``.json`` (one object) or ``.jsonl`` (header line + one example per line). With ``save_index``
-        (default: when the bank has >= 10k examples) also write ``<path>.index/`` with the index and embeddings."""
-        target = Path(path)
-        if target.suffix.lower() not in (".json", ".jsonl"):
-            raise ValueError(f"bank path must end in .json or .jsonl, got {target}")
-        with self._lock:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(target, bank_files.bank_file_text(self.to_state(), target.suffix))
-            if save_index if save_index is not None else len(self) >= INDEX_SAVE_THRESHOLD:
-                if not len(self):
-                    return target
-                bank_files.write_index_folder(Path(str(target) + ".index"), self._ensure_index(),
-                                              self._emb[: len(self)], self._embedder_name, self._fingerprint())
-        return target
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str], embedder: str | Embedder | None = None) -> AlignmentBank:
-        """Read a bank written by ``save``; a matching ``<path>.index/`` is reused instead of re-embedding."""
-        source = Path(path)
-        state = bank_files.read_bank_json(source, "alignment bank file")
-        try:
-            bank = cls.from_state(state, embedder=embedder)
-        except (TypeError, ValueError) as exc:
-            raise type(exc)(f"{source}: {exc}") from exc
-        folder = Path(str(source) + ".index")
-        if folder.is_dir():
-            problem = bank._attach_saved_index(folder)
-            if problem:
-                warnings.warn(f"ignoring {folder}: {problem}; the queries will be re-embedded", stacklevel=2)
-        return bank
-
-    def _attach_saved_index(self, folder: Path) -> str | None:
-        with self._lock:
-            found = bank_files.read_index_folder(folder, self._embedder_name, len(self), self._fingerprint())
-            return found if isinstance(found, str) else self._attach(*found)
-
-    def _attach(self, embeddings: np.ndarray, index: VectorIndex | None) -> None:
-        with self._lock:
-            self._emb, self._emb_n, self._shared = embeddings, len(embeddings), False
-            self._index, self._index_n, self._index_built_n = index, len(embeddings) if index else 0, len(embeddings)
-
-    @classmethod
-    def from_vectors(cls, examples: Iterable[ICLExample | Mapping[str, Any] | tuple[str, str]], vectors: Any, *,
-                     embedder: str | Embedder | None = None, **options: Any) -> AlignmentBank:
-        """A bank whose queries are already embedded (``vectors``: one unit row per example, in ``embedder``'s
-        space, e.g. computed on a GPU); the index is built on the first search. ``options`` as for the bank."""
-        bank, rows = cls(examples, embedder=embedder, **options), _check_vectors(vectors, None)
-        if rows.shape[0] != len(bank):
-            raise ValueError(f"{rows.shape[0]} vectors for {len(bank)} examples (duplicates dropped?)")
-        bank._attach(rows, None)
-        return bank
-
-    @classmethod
-    def from_published_json(cls, path_or_dict: str | os.PathLike[str] | Mapping[str, str],
-                            embedder: str | Embedder | None = None) -> AlignmentBank:
-        """Import the original release's ``{query: "<START>\\n...\\n<END>"}`` file (or dict)."""
-        return cls(bank_files.read_published_examples(path_or_dict), embedder=embedder)
-
-    def to_published_json(self) -> dict[str, str]:
-        """Export in the original release's ``{query: "<START>\\n...\\n<END>"}`` shape."""
-        with self._lock:
-            return {ex.shown_query: f"{START}\n{ex.answer}\n{END}" for ex in self._examples}
