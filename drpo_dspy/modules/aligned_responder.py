@@ -290,16 +290,14 @@ class AlignedResponder(dspy.Module):
     def batch(self, examples: list[Any], *args: Any, **kwargs: Any) -> Any:
         """``dspy.Module.batch``, with the queries embedded first in one batched call (the bank's query-vector
         cache), instead of once per answer in each thread."""
-        if self._needs_retrieval(demo_pairs(self.respond.demos)) and not self.examples.fixed:
-            bank = self.examples.bank
-            queries = [q for q in dict.fromkeys(getattr(ex, "query", None) if not isinstance(ex, dict)
-                                                else ex.get("query") for ex in examples)
-                       if isinstance(q, str) and q.strip()]
-            if queries and len(bank) and bank.query_cache.maxsize:
-                try:
-                    bank.search_batch(queries[: bank.query_cache.maxsize], 1)
-                except Exception:  # each answer embeds its own query again and reports what fails
-                    logger.debug("batched query embedding failed; answering without it", exc_info=True)
+        bank = self.examples.bank
+        if self._needs_retrieval(demo_pairs(self.respond.demos)) and not self.examples.fixed and len(bank):
+            queries = [q for q in dict.fromkeys(ex.get("query") for ex in examples) if isinstance(q, str) and q.strip()]
+            try:
+                if queries and bank.query_cache.maxsize:
+                    bank.embed_queries(queries[: bank.query_cache.maxsize])
+            except Exception:  # each answer embeds its own query again and reports what fails
+                logger.debug("batched query embedding failed; answering without it", exc_info=True)
         return super().batch(examples, *args, **kwargs)
 
     def respond_with(self, instructions: str, query: str, *, lm: Any = None, paper_layout: bool = False,

@@ -288,9 +288,7 @@ class AlignmentBank(BankPersistence):
         self._check_k(k)
         if k == 0 or not queries:
             return [[] for _ in queries]
-        with self._lock:
-            embedder, cache = self.embedder, self._query_cache
-        vectors = cache.encode(queries, lambda texts: self._encode(texts, embedder=embedder))
+        vectors, embedder = self._query_vectors(queries)
         with self._lock:
             if self._embedder is not embedder:  # re-embedded meanwhile: embed again in the new space
                 vectors = self._query_cache.encode(queries, self._encode)
@@ -303,6 +301,16 @@ class AlignmentBank(BankPersistence):
                 picks = range(k) if mmr_lambda is None else mmr_select(self._emb[irow], srow, k, float(mmr_lambda))
                 results.append([(self._examples[irow[j]].copy(), float(srow[j])) for j in picks])
             return results
+
+    def embed_queries(self, queries: list[str]) -> None:
+        """Embed live queries ahead, in one call, into the query-vector cache (``responder.batch`` does)."""
+        self._query_vectors(list(queries))
+
+    def _query_vectors(self, queries: list[str]) -> tuple[np.ndarray, Embedder]:
+        """The live queries' vectors through the cache (the embedding runs outside the lock), and the embedder."""
+        with self._lock:
+            embedder, cache = self.embedder, self._query_cache
+        return cache.encode(queries, lambda texts: self._encode(texts, embedder=embedder)), embedder
 
     def _check_k(self, k: int) -> int:
         n = len(self._examples)

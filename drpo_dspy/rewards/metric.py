@@ -45,15 +45,18 @@ def rescale(mean_score: float) -> float:
     return min(1.0, max(0.0, (float(mean_score) - 1.0) / 4.0))
 
 
+def _field(example: Any, name: str) -> Any:
+    return example.get(name) if isinstance(example, dict) else getattr(example, name, None)
+
+
 def _query_of(example: Any) -> str:
     """The text the judge reads: the query, or for a conversation (``history`` or ``messages``) its transcript."""
     if isinstance(example, str):
         return example
-    fields = example if isinstance(example, dict) else getattr(example, "_store", {})
-    if fields.get("history") is not None or fields.get("messages") is not None:
+    if _field(example, "history") is not None or _field(example, "messages") is not None:
         return parse_conversation(example, "the example")
     for name in ("query", "instruction"):
-        value = example.get(name) if isinstance(example, dict) else getattr(example, name, None)
+        value = _field(example, name)
         if isinstance(value, str) and value.strip():
             return value
     raise ValueError("the example has no 'query' or 'instruction' field to judge the answer against")

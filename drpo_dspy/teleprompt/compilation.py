@@ -112,6 +112,10 @@ class Compilation:
             model = str(getattr(lm, "model", ""))
             if model.removeprefix("drpo_text/").startswith("embedded/"):
                 self._check(role, lm, _ensure_embedded)
+        self.preflight_retrieval()
+
+    def preflight_retrieval(self) -> None:
+        """The student's example retrieval, tried once on the first query."""
         if self.program.k and len(self.program.bank) and not self.program.examples.fixed:
             self._check("base", self.roles["base"], lambda: self.program.retrieve(live_query(self.queries[0])))
 

@@ -222,30 +222,27 @@ class DRPO(Teleprompter):
         program (a program that loops over a predictor makes more)."""
         from drpo_dspy.teleprompt.estimate import estimate
 
+        shape: dict[str, Any] = {}
         if student is not None and not isinstance(student, AlignedResponder):
             from drpo_dspy.modules.aligned_program import ProgramView
 
             view = ProgramView(student, predictors, output_field, self.initial_instructions)
-            queries, s = view.queries(trainset), self.settings
-            queries, held = self._split(queries, None)
-            return estimate(queries=queries, roles=self._roles(), minibatch_size=s.minibatch_size,
-                            beam_size=s.beam_size, n_actions=s.n_actions, depth=s.depth,
-                            max_depth_increase=s.max_depth_increase, k=0, batched=s.batched,
-                            instructions_chars=len(view.render()), judge_samples=s.guards.judge_samples,
-                            refusal_probes=s.guards.refusal_probes, holdout=len(held),
-                            base_calls_per_answer=len(student.named_predictors()))
-        queries = coerce_queries(trainset)
-        bank = student.bank if student is not None else None
-        example_chars = (sum(len(e.shown_query) + len(e.answer) for e in bank.examples) // max(1, len(bank))
-                         if bank is not None and len(bank) else 1500)
-        k = self.k if self.k is not None else (student.k if student is not None else 2)
+            queries = view.queries(trainset)
+            shape = {"k": 0, "instructions_chars": len(view.render()),
+                     "base_calls_per_answer": len(student.named_predictors())}
+        else:
+            queries = coerce_queries(trainset)
+            bank = student.bank if student is not None else None
+            if bank is not None and len(bank):
+                shape["example_chars"] = sum(len(e.shown_query) + len(e.answer) for e in bank.examples) // len(bank)
+            shape["k"] = self.k if self.k is not None else (student.k if student is not None else 2)
         s = self.settings
         queries, held = self._split(queries, None)
         return estimate(queries=queries, roles=self._roles(), minibatch_size=s.minibatch_size,
                         beam_size=s.beam_size, n_actions=s.n_actions, depth=s.depth,
-                        max_depth_increase=s.max_depth_increase, k=k, batched=s.batched,
-                        example_chars=example_chars, judge_samples=s.guards.judge_samples,
-                        refusal_probes=s.guards.refusal_probes, holdout=len(held))
+                        max_depth_increase=s.max_depth_increase, batched=s.batched,
+                        judge_samples=s.guards.judge_samples, refusal_probes=s.guards.refusal_probes,
+                        holdout=len(held), **shape)
 
     def _split(self, queries: list[str], valset: list[str] | None) -> tuple[list[str], list[str]]:
         """(search queries, held-out queries): an explicit valset, or the automatic held-out split."""

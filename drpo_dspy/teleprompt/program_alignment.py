@@ -29,7 +29,7 @@ from drpo_dspy.runs.run_dir import RunDirectory
 from drpo_dspy.runs.secrets import Redactor, describe_lm
 from drpo_dspy.signatures.propose_program import program_proposal_signature
 from drpo_dspy.teleprompt.beam_search import BeamSearch
-from drpo_dspy.teleprompt.compilation import Compilation, _ensure_embedded
+from drpo_dspy.teleprompt.compilation import Compilation
 from drpo_dspy.teleprompt.events import LevelFinished
 from drpo_dspy.teleprompt.search_state import SearchState
 
@@ -80,10 +80,8 @@ class ProgramCompilation(Compilation):
     def new_search(self, **kwargs: Any) -> BeamSearch:
         return ProgramBeamSearch(traces=self.traces, **kwargs)
 
-    def preflight(self) -> None:
-        for role, lm in self.roles.items():
-            if str(getattr(lm, "model", "")).removeprefix("drpo_text/").startswith("embedded/"):
-                self._check(role, lm, _ensure_embedded)
+    def preflight_retrieval(self) -> None:
+        """Nothing to try: a program has no student bank (an AlignedResponder inside it retrieves as it answers)."""
 
     def answer(self, prompt: str, query: str) -> str:
         response, trace = self.view.answer(prompt, query, self.base)
