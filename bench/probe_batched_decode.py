@@ -48,7 +48,7 @@ FLASH_ATTN = {"auto": c.LLAMA_FLASH_ATTN_TYPE_AUTO, "off": c.LLAMA_FLASH_ATTN_TY
 def new_context(n_seq: int, unified: bool):
     p = c.llama_context_default_params()
     p.n_ctx, p.n_batch, p.n_ubatch, p.n_seq_max = 8192, N_BATCH, N_BATCH, n_seq
-    p.n_threads = p.n_threads_batch = len(os.sched_getaffinity(0))
+    p.n_threads = p.n_threads_batch = int(os.environ.get("PROBE_THREADS", len(os.sched_getaffinity(0))))
     p.kv_unified = unified
     p.flash_attn_type = FLASH_ATTN
     return c.llama_init_from_model(MODEL, p)

@@ -231,7 +231,7 @@ def test_speedups_on_and_off_give_identical_completions_for_interleaved_roles() 
              (judge, "Query: boil an egg?\nAnswer: microwave it.", _JUDGE_FORMAT)]
 
     def run(enabled: bool) -> tuple[list[str], TokenStats]:
-        runtime.configure(prefix_cache=enabled, fast_grammar=enabled)
+        runtime.configure(prefix_cache=enabled, fast_grammar=enabled, parallel=False)  # one request at a time
         runtime.reset()
         runtime.reset_stats()
         outputs = []
@@ -246,7 +246,8 @@ def test_speedups_on_and_off_give_identical_completions_for_interleaved_roles() 
         on, on_stats = run(True)
     finally:
         runtime.configure(prefix_cache=cache_mod.prefix_cache_enabled_by_env(),
-                          fast_grammar=sampling_mod.fast_grammar_enabled_by_env())
+                          fast_grammar=sampling_mod.fast_grammar_enabled_by_env(),
+                          parallel=embedded.parallel_enabled_by_env())
     assert on == off and on[0].startswith("{")
     assert off_stats.snapshot_restores == 0 and off_stats.reused_tokens == 0
     assert on_stats.snapshot_saves >= 2 and on_stats.snapshot_restores == 1

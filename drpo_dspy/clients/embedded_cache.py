@@ -73,6 +73,8 @@ class TokenStats:
     snapshot_saves: int = 0
     restored_tokens: int = 0
     generated_tokens: int = 0
+    prompt_seconds: float = 0.0  # parallel decoders: time spent evaluating prompts and generating, all summed
+    decode_seconds: float = 0.0
 
     def record(self, prompt_tokens: int, reused: int) -> None:
         self.calls += 1
@@ -85,6 +87,8 @@ class TokenStats:
         calls = max(self.calls, 1)
         data["prompt_tokens_per_call"] = round(self.prompt_tokens / calls, 1)
         data["evaluated_tokens_per_call"] = round(self.evaluated_tokens / calls, 1)
+        data["prompt_seconds"] = round(self.prompt_seconds, 2)
+        data["decode_seconds"] = round(self.decode_seconds, 2)
         return data
 
 
