@@ -1,9 +1,9 @@
 """The vector index alone at large sizes: build time, memory, the search width chosen, p50/p99 and recall@k.
 
 Runs ``VectorIndex.build`` (the code ``AlignmentBank`` uses) on synthetic unit vectors (see ``synthetic_vectors``)
-for each ``--configs`` entry ("auto", "hnsw:M:efConstruction", "ivf", "exact"), then times single queries on one
-thread, every index taking turns on each query (the load of a shared machine falls on all alike), against exact
-search measured in the same run. Builds use every core (``--build-threads``); queries use one.
+for each ``--configs`` entry ("auto", "hnsw:M:efConstruction", "pq[:refine]", "ivf", "exact"), then times single
+queries on one thread, every index taking turns on each query (the load of a shared machine falls on all alike),
+against exact search measured in the same run. Builds use every core (``--build-threads``); queries use one.
 
 It needs only numpy and faiss: on a host without DSPy (a bare accelerator machine) the retrieval modules are loaded
 without the package's DSPy parts.
@@ -51,6 +51,8 @@ def build(config: str, bank: np.ndarray, seed: int) -> VectorIndex:
     kind, *rest = config.split(":")
     if kind == "hnsw" and rest:
         return VectorIndex.build(bank, kind="hnsw", seed=seed, hnsw_m=int(rest[0]), ef_construction=int(rest[1]))
+    if kind == "pq" and rest:
+        return VectorIndex.build(bank, kind="pq", seed=seed, pq_refine=int(rest[0]))
     return VectorIndex.build(bank, kind=kind, seed=seed)
 
 
@@ -60,6 +62,8 @@ def describe(index: VectorIndex) -> str:
         return f"hnsw M={p['M']} efC={p['ef_construction']} ef={p['ef_search']}"
     if index.kind == "ivf":
         return f"ivf nlist={p['nlist']} nprobe={p['nprobe']}" + (" (fallback)" if "fallback" in p else "")
+    if index.kind == "pq":
+        return f"pq m={p['pq_m']}x4bit refine={p['refine']}" + (" (graph fell back)" if "fallback" in p else "")
     return "exact" + (" (fallback)" if "fallback" in p else "")
 
 
@@ -70,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--k", type=int, default=3)
-    parser.add_argument("--configs", default="auto", help="comma list: auto, exact, ivf, hnsw:M:efConstruction")
+    parser.add_argument("--configs", default="auto",
+                        help="comma list: auto, exact, ivf, pq[:refine], hnsw:M:efConstruction")
     parser.add_argument("--build-threads", type=int, default=os.cpu_count())
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep-bank", type=Path, default=None,

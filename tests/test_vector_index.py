@@ -98,9 +98,25 @@ def test_auto_picks_by_size_and_measured_recall():
     graph = VectorIndex.build(base, kind="auto", exact_max=1_000)
     assert graph.kind == "hnsw" and graph.params["calibration_reached_target"] and "fallback" not in graph.params
     uniform = VectorIndex.build(random_unit(3_000, 64), kind="auto", exact_max=1_000)
-    assert uniform.kind == "exact" and "comparisons per query" in uniform.params["fallback"]  # a graph visits ~all
+    assert uniform.kind == "pq" and "comparisons per query" in uniform.params["fallback"]  # a graph visits ~all
+    assert uniform.params["calibration_reached_target"] and uniform.params["refine"] * 11 <= 3_000 // 8
     unreachable = VectorIndex.build(base, kind="auto", exact_max=1_000, target_recall=1.01)
-    assert unreachable.kind == "exact" and "fallback" in unreachable.params
+    assert unreachable.kind == "exact" and "PQ re-ranking reached" in unreachable.params["fallback"]
+
+
+def test_pq_codes_with_exact_reranking_on_noise():
+    base, queries = random_unit(5_000, 64, 11), random_unit(100, 64, 12)
+    index = VectorIndex.build(base, kind="pq", seed=0)
+    assert index.kind == "pq" and index.params["pq_m"] == 32 and index.params["calibrated_recall"] >= 0.99
+    ref_scores, truth = brute(queries, base, 3)
+    scores, ids = index.search(queries, 3)
+    assert np.mean([len(set(a) & set(b)) / 3 for a, b in zip(ids.tolist(), truth.tolist(), strict=True)]) >= 0.99
+    found = ids == truth
+    np.testing.assert_allclose(scores[found], ref_scores[found], atol=1e-5)  # re-ranked on the exact vectors
+    assert VectorIndex.build(base, kind="pq", pq_refine=7).params["refine"] == 7
+    assert index.memory_bytes() == 5_000 * 64 * 4 + 5_000 * 16
+    with pytest.raises(ValueError, match="at least 16"):
+        VectorIndex.build(base[:10], kind="pq")
 
 
 def test_hnsw_recall_and_explicit_width():
@@ -112,7 +128,7 @@ def test_hnsw_recall_and_explicit_width():
     assert VectorIndex.build(base, kind="hnsw", ef_search=77).params["ef_search"] == 77
 
 
-@pytest.mark.parametrize("kind", ["exact", "ivf", "hnsw"])
+@pytest.mark.parametrize("kind", ["exact", "ivf", "hnsw", "pq"])
 def test_add_and_remove_keep_ids_positional(kind):
     base, queries = clustered(1_500, 10, 16, seed=4)
     index = VectorIndex.build(base[:1_000], kind=kind)
@@ -129,7 +145,7 @@ def test_add_and_remove_keep_ids_positional(kind):
         index.remove_ids([len(rest)])
 
 
-@pytest.mark.parametrize("kind", ["exact", "ivf", "hnsw"])
+@pytest.mark.parametrize("kind", ["exact", "ivf", "hnsw", "pq"])
 def test_save_load_round_trip(tmp_path, kind):
     base, queries = clustered(2_000, 20, 16, seed=5)
     index = VectorIndex.build(base, kind=kind)
@@ -158,7 +174,7 @@ def test_load_errors_name_the_file(tmp_path):
         VectorIndex.load(tmp_path / "nowhere")
 
 
-@pytest.mark.parametrize("kind", ["exact", "ivf"])
+@pytest.mark.parametrize("kind", ["exact", "ivf", "pq"])
 def test_concurrent_searches_match_sequential(kind):
     base, queries = clustered(4_000, 64, 32, seed=6)
     index = VectorIndex.build(base, kind=kind)

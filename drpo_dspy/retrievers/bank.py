@@ -135,7 +135,7 @@ class AlignmentBank(BankPersistence):
 
     @property
     def index_kind(self) -> str:
-        """The requested index kind ("auto", "exact", "ivf" or "hnsw")."""
+        """The requested index kind ("auto", "exact", "hnsw", "pq" or "ivf")."""
         return self._index_kind
 
     # -- mutation ----------------------------------------------------------------------------------------------------

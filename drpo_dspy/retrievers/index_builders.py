@@ -1,8 +1,10 @@
-"""Building FAISS approximate indexes (HNSW, IVF-Flat) whose search width is calibrated on the data itself.
+"""Building FAISS approximate indexes (HNSW, PQ fast-scan with exact re-ranking, IVF-Flat) whose search width is
+calibrated on the data itself.
 
 Calibration draws up to 512 leave-one-out queries from the indexed vectors and measures recall@10 against exact
-search; it keeps the smallest width (``efSearch`` for HNSW, ``nprobe`` for IVF) whose recall, less two standard
-errors, reaches the target. Both builders return the faiss index, its parameters and whether the target was reached.
+search; it keeps the smallest width (``efSearch`` for HNSW, candidates re-ranked per result for PQ, ``nprobe`` for
+IVF) whose recall, less two standard errors, reaches the target. The builders return the faiss index, its
+parameters and whether the target was reached.
 """
 
 from __future__ import annotations
@@ -15,11 +17,14 @@ import numpy as np
 
 from drpo_dspy.retrievers.exact_search import exact_topk
 
-__all__ = ["CALIBRATION_K", "HNSW_EF_WIDTHS", "build_hnsw", "build_ivf", "faiss_module", "new_hnsw"]
+__all__ = ["CALIBRATION_K", "HNSW_EF_WIDTHS", "PQ_REFINE_FACTORS", "build_hnsw", "build_ivf", "build_pq",
+           "faiss_module", "new_hnsw"]
 
 CALIBRATION_K = 10
 HNSW_EF_WIDTHS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
+PQ_REFINE_FACTORS = (2, 4, 8, 16, 32, 48, 64, 100, 150, 200, 300)
 _CALIB_QUERIES = 512
+_PQ_TRAIN_ROWS = 65_536
 _CHUNK_ROWS = 65_536
 
 
@@ -164,4 +169,42 @@ def build_ivf(base: np.ndarray, *, seed: int, target_recall: float, nlist: int |
         params.update(calibrated_recall=recall, calibration_reached_target=reached)
     index.nprobe = nprobe
     params["nprobe"] = nprobe
+    return index, params, reached
+
+
+def pq_subquantizers(dim: int) -> int:
+    """Sub-vectors of a PQ code: two dimensions each (one when ``dim`` is odd), 4 bits per sub-vector."""
+    return dim // 2 if dim % 2 == 0 else dim
+
+
+def build_pq(base: np.ndarray, *, seed: int, target_recall: float, refine: int | None,
+             max_candidates: int | None = None) -> tuple[Any, dict[str, Any], bool]:
+    """A PQ fast-scan index over ``base`` whose candidates are re-ranked on the exact vectors
+    (``IndexRefineFlat``): every query scans all codes (4 bits per two dimensions, SIMD lookup tables) and
+    re-ranks ``refine`` x k of them exactly. ``refine=None`` calibrates it over ``PQ_REFINE_FACTORS``, re-ranking
+    at most ``max_candidates`` vectors per calibration query."""
+    faiss = faiss_module()
+    n, dim = base.shape
+    m = pq_subquantizers(dim)
+    codes = faiss.IndexPQFastScan(dim, m, 4, faiss.METRIC_INNER_PRODUCT)
+    rng = np.random.default_rng(seed)
+    train = base if n <= _PQ_TRAIN_ROWS else base[np.sort(rng.choice(n, _PQ_TRAIN_ROWS, replace=False))]
+    codes.pq.cp.seed = seed
+    codes.train(train)
+    index = faiss.IndexRefineFlat(codes)
+    for start in range(0, n, _CHUNK_ROWS):
+        index.add(base[start : start + _CHUNK_ROWS])
+    params: dict[str, Any] = {"pq_m": m, "pq_nbits": 4}
+    reached = True
+    if refine is None:
+        def search(q: np.ndarray, kk: int, width: int) -> np.ndarray:
+            index.k_factor = width
+            return index.search(q, kk)[1]
+
+        limit = max_candidates or n
+        widths = [f for f in PQ_REFINE_FACTORS if f * (CALIBRATION_K + 1) <= limit] or [PQ_REFINE_FACTORS[0]]
+        refine, recall, reached = _calibrate(base, search, widths, target_recall, seed)
+        params.update(calibrated_recall=recall, calibration_reached_target=reached)
+    index.k_factor = refine
+    params["refine"] = refine
     return index, params, reached

@@ -1,4 +1,4 @@
-"""Cosine top-k search over L2-normalised float32 vectors: exact for small sets, FAISS HNSW/IVF for large ones.
+"""Cosine top-k search over L2-normalised float32 vectors: exact for small sets, FAISS HNSW/PQ/IVF for large ones.
 
 Ids are positions ``0..len-1`` in insertion order; ``remove_ids`` deletes like ``del list[i]`` (later ids shift down).
 Results are ordered by score, ties by id. ``search`` may run concurrently; ``add``/``remove_ids``/``save`` need
@@ -8,9 +8,11 @@ exclusive access (the caller's lock).
 calibrated on the data itself (see ``index_builders``): the smallest width whose measured recall@10 reaches the
 target. If no width up to 2048 reaches it, or the width found makes a search compare more than half as many vectors
 as an exact scan would (structure-free noise in hundreds of dimensions, where every neighbour is a near-tie and a
-graph must visit nearly everything), "auto" tries a calibrated IVF index scanning at most half its lists (clustered
-data a graph fragments on), then exact search. HNSW removals are tombstones (a filter at
-search time) until a quarter of the graph is dead, then the graph is rebuilt from the live vectors.
+graph must visit nearly everything), "auto" tries PQ fast-scan codes with exact re-ranking (every query scans all
+the 4-bit codes, then re-ranks a calibrated number of candidates on the vectors, at most an eighth of them), then a
+calibrated IVF index scanning at most half its lists (clustered data a graph fragments on), then exact search. HNSW
+removals are tombstones (a filter at search time) until a quarter of the graph is dead, then the graph is rebuilt
+from the live vectors.
 """
 
 from __future__ import annotations
@@ -24,14 +26,15 @@ from typing import Any
 import numpy as np
 
 from drpo_dspy.retrievers.exact_search import exact_topk, mmr_select
-from drpo_dspy.retrievers.index_builders import build_hnsw, build_ivf, faiss_module, new_hnsw
+from drpo_dspy.retrievers.index_builders import build_hnsw, build_ivf, build_pq, faiss_module, new_hnsw
 
 __all__ = ["EXACT_MAX", "INDEX_KINDS", "TARGET_RECALL", "VectorIndex", "exact_topk", "mmr_select"]
 
 EXACT_MAX = 10_000  # measured (bench_retrieval.py, 2 busy cores, d=384): exact p50 ~0.7 ms at 10k, ~1.5 ms at 20k
 TARGET_RECALL = 0.99
-INDEX_KINDS = ("auto", "exact", "hnsw", "ivf")
+INDEX_KINDS = ("auto", "exact", "hnsw", "pq", "ivf")
 HNSW_M = 32
+PQ_AUTO_MIN = 1_000  # "auto" tries PQ codes only on banks this large (16 centroids per sub-vector to train)
 HNSW_EF_CONSTRUCTION = 80
 _FORMAT = "drpo-dspy/vector-index"
 _VERSION = 1
@@ -86,9 +89,9 @@ class VectorIndex:
     def build(cls, vectors: Any, *, kind: str = "auto", seed: int = 0, exact_max: int = EXACT_MAX,
               target_recall: float = TARGET_RECALL, nlist: int | None = None, nprobe: int | None = None,
               hnsw_m: int = HNSW_M, ef_construction: int = HNSW_EF_CONSTRUCTION,
-              ef_search: int | None = None) -> VectorIndex:
-        """Index ``vectors`` (n, d) with unit rows. ``kind``: "auto", "exact", "ivf" or "hnsw"; search widths
-        (``nprobe``/``ef_search``) left ``None`` are calibrated to ``target_recall``."""
+              ef_search: int | None = None, pq_refine: int | None = None) -> VectorIndex:
+        """Index ``vectors`` (n, d) with unit rows. ``kind``: "auto", "exact", "hnsw", "pq" or "ivf"; search widths
+        (``ef_search``, ``pq_refine``, ``nprobe``) left ``None`` are calibrated to ``target_recall``."""
         if kind not in INDEX_KINDS:
             raise ValueError(f"kind must be one of {INDEX_KINDS}, got {kind!r}")
         base = _check_vectors(vectors, None)
@@ -101,6 +104,11 @@ class VectorIndex:
         if kind == "ivf":
             index, built, _ = build_ivf(base, seed=seed, target_recall=target_recall, nlist=nlist, nprobe=nprobe)
             return cls("ivf", dim, {**params, **built}, index=index)
+        if kind == "pq":
+            if n < 16:
+                raise ValueError(f"a PQ index needs at least 16 vectors to train its codes, got {n}")
+            index, built, _ = build_pq(base, seed=seed, target_recall=target_recall, refine=pq_refine)
+            return cls("pq", dim, {**params, **built}, index=index)
         index, built, reached, positions = build_hnsw(base, seed=seed, target_recall=target_recall, m=hnsw_m,
                                                       ef_construction=ef_construction, ef_search=ef_search)
         params.update(built)
@@ -109,6 +117,14 @@ class VectorIndex:
             reason = (f"HNSW recall@10 was {built['calibrated_recall']:.4f} at efSearch={built['ef_search']} (about "
                       f"{visits:,} comparisons per query for {n:,} vectors)")
             del index
+            if n >= PQ_AUTO_MIN:  # near-ties everywhere (noise): scan compact codes, re-rank a few exactly
+                pq, pq_built, pq_reached = build_pq(base, seed=seed, target_recall=target_recall, refine=None,
+                                                    max_candidates=n // 8)
+                if pq_reached:
+                    return cls("pq", dim, {"requested": kind, "seed": seed, **pq_built,
+                                           "fallback": f"{reason}; using PQ codes with exact re-ranking"}, index=pq)
+                del pq
+                reason += f"; PQ re-ranking reached recall@10 {pq_built['calibrated_recall']:.4f}"
             # Clustered banks a graph fragments on still suit IVF, if it reaches the recall scanning half the lists.
             ivf, ivf_built, ivf_reached = build_ivf(base, seed=seed, target_recall=target_recall, nlist=nlist,
                                                     nprobe=None, max_fraction=0.5)
@@ -123,7 +139,7 @@ class VectorIndex:
     # -- properties -------------------------------------------------------------------------------------------------
     @property
     def kind(self) -> str:
-        """The index actually used: "exact", "ivf" or "hnsw"."""
+        """The index actually used: "exact", "hnsw", "pq" or "ivf"."""
         return self._kind
 
     @property
@@ -145,6 +161,8 @@ class VectorIndex:
             hnsw = self._index.hnsw
             links = hnsw.neighbors.size() * 4 + hnsw.offsets.size() * 8 + hnsw.levels.size() * 4
             return stored + links + (self._positions.nbytes * 2 if self._positions is not None else 0)
+        if self._kind == "pq":
+            return stored + int(self._index.ntotal) * int(self._params["pq_m"]) // 2
         return stored + int(self._index.ntotal) * 16 + int(self._params["nlist"]) * self._dim * 4
 
     def __len__(self) -> int:
@@ -320,7 +338,7 @@ class VectorIndex:
             raise ValueError(f"{meta_path}: unsupported index format version {meta.get('version')!r}")
         kind, dim, count, params = meta.get("kind"), meta.get("dim"), meta.get("count"), meta.get("params")
         stored = meta.get("stored", count)
-        if kind not in ("exact", "ivf", "hnsw") or not isinstance(dim, int) or not isinstance(count, int) or \
+        if kind not in ("exact", "ivf", "hnsw", "pq") or not isinstance(dim, int) or not isinstance(count, int) or \
                 not isinstance(params, dict) or not isinstance(stored, int):
             raise ValueError(f"{meta_path}: missing or invalid kind/dim/count/params")
         try:
@@ -336,6 +354,9 @@ class VectorIndex:
             index.nprobe = int(params["nprobe"])
             if count:
                 index.make_direct_map()
+            return cls(kind, dim, params, index=index)
+        if kind == "pq":
+            index.k_factor = float(params["refine"])
             return cls(kind, dim, params, index=index)
         index.hnsw.efSearch = int(params["ef_search"])
         positions = None
