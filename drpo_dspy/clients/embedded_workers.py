@@ -60,6 +60,27 @@ def workers_from_env() -> int:
         return default
 
 
+def sampler_options(grammar: Any, sampling: dict[str, Any]) -> dict[str, Any]:
+    """``Llama._init_sampler`` arguments as ``create_completion`` passes them (its defaults for what is left out)."""
+    return {
+        "top_k": sampling.get("top_k", 40),
+        "top_p": sampling.get("top_p", 0.95),
+        "min_p": sampling.get("min_p", 0.05),
+        "typical_p": 1.0,
+        "temp": sampling.get("temperature", 0.8),
+        "repeat_penalty": sampling.get("repeat_penalty", 1.0),
+        "frequency_penalty": sampling.get("frequency_penalty", 0.0),
+        "presence_penalty": sampling.get("presence_penalty", 0.0),
+        "tfs_z": 1.0,
+        "mirostat_mode": 0,
+        "mirostat_tau": 5.0,
+        "mirostat_eta": 0.1,
+        "penalize_nl": True,
+        "logits_processor": None,
+        "grammar": grammar,
+    }
+
+
 @dataclass
 class Job:
     """One completion to produce: the prompt, how to sample, how to stop; filled with its sample or error."""
