@@ -12,9 +12,10 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from drpo_dspy.adapters.drpo_layout import END, START
 from drpo_dspy.retrievers import bank_files
 from drpo_dspy.retrievers.embedders import Embedder
-from drpo_dspy.retrievers.examples import END, START, ICLExample
+from drpo_dspy.retrievers.examples import ICLExample
 from drpo_dspy.retrievers.vector_index import VectorIndex, _check_vectors
 from drpo_dspy.runs.atomic_files import atomic_write_text
 

@@ -16,9 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from drpo_dspy.adapters.drpo_layout import END, START
 from drpo_dspy.modules.conversation_query import Turn, transcript, turns_of
-
-START, END = "<START>", "<END>"
 
 
 def strip_answer_markers(text: str) -> str:
