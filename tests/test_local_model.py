@@ -174,14 +174,9 @@ def test_join_messages_is_exact() -> None:
 # ---------------------------------------------------------------- with the real embedded model
 
 
-@pytest.fixture(scope="module")
-def runtime() -> lm_mod.EmbeddedRuntime:
-    pytest.importorskip("llama_cpp")
-    try:
-        ensure_embedded_runtime()
-    except ImportError as exc:
-        pytest.skip(str(exc))
-    return lm_mod.get_runtime()
+@pytest.fixture()
+def runtime(embedded_runtime: lm_mod.EmbeddedRuntime) -> lm_mod.EmbeddedRuntime:
+    return embedded_runtime
 
 
 @pytest.mark.embedded

@@ -111,7 +111,8 @@ def ensure_embedded_runtime() -> Path:
 
 
 class EmbeddedRuntime:
-    """The shared ``llama_cpp.Llama`` and all that touches it, behind one lock (llama.cpp is not thread-safe)."""
+    """The shared ``llama_cpp.Llama`` (tokenizer, sampler settings, the one-at-a-time path) behind one lock
+    (llama.cpp is not thread-safe), and the parallel decoders, each owning its own context."""
 
     def __init__(self, path: Path) -> None:
         set_thread_wait_policy()

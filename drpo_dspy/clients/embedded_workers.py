@@ -1,9 +1,9 @@
 """The embedded model's concurrent requests on parallel decoders: one llama.cpp context and one core per request.
 
 A search level sends its requests (answers, judgments, rewrites) at once, from several threads. On a small model
-like SmolLM2-135M a generated token costs about the same on one thread as on two (6.4 vs 5.9 ms here: the work is
-too small to share), and batching two sequences in one evaluation costs twice one (``bench/probe_batched_decode.py``).
-Two requests decoded at the same time on two single-threaded contexts cost 3.4-5 ms a token each.
+like SmolLM2-135M a generated token costs about the same on one thread as on two (7.2 vs 7.0 ms on 2 cores: the
+work is too small to share), and batching two sequences in one evaluation costs twice one. Two requests decoded at
+the same time on two single-threaded contexts cost 3.7-5.6 ms a token (``bench/probe_decode_costs.py``).
 ``ParallelDecoder`` therefore runs ``workers`` threads, each with its own llama.cpp context: a worker takes a queued
 request, evaluates its prompt (with every core no other worker is using) and generates its tokens on one thread.
 
