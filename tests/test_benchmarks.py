@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -104,6 +105,7 @@ def test_licence_files_are_in_the_built_wheel(tmp_path: Path) -> None:
     for relative in (*LICENSE_FILES, *DATA_FILES.values()):
         assert prefix + relative in names, relative
     assert not any("harmbench_behaviors_text_all" in n for n in names)
+    assert not any("just_eval" in n and not n.endswith("just_eval.py") for n in names)  # research-only: not shipped
 
 
 # -- loaders and sampling -------------------------------------------------------------------------------------------
@@ -119,6 +121,33 @@ def test_stratified_sample_is_fixed_proportional_and_covers_every_stratum() -> N
     ifeval, label = resolve_eval_set("ifeval", sample=120)  # loading needs no checker
     assert label == "ifeval" and len(ifeval) == 120
     assert len({p["category"] for p in ifeval}) == 25  # every first-instruction type is represented
+
+
+@pytest.mark.parametrize("n", range(2, 21))
+def test_small_xstest_samples_hold_both_labels_in_proportion(n: int) -> None:
+    # Over-refusal, XSTest's headline number, is measured on the safe prompts: a sample must never miss them.
+    prompts, _ = resolve_eval_set("xstest", sample=n)
+    labels = Counter(p["meta"]["label"] for p in prompts)
+    assert len(prompts) == n and labels["safe"] >= 1 and labels["unsafe"] >= 1
+    assert abs(labels["safe"] - n * 250 / 450) < 1  # the set's 250:200, by largest remainder
+    assert len({p["category"] for p in prompts}) == min(n, 18)  # then spread over the types within each label
+    assert prompts == resolve_eval_set("xstest", sample=n)[0]  # same seed, same sample
+    assert prompts == resolve_eval_set("xstest", sample=n, seed=0)[0]
+
+
+def test_label_first_sampling_is_seeded_and_general() -> None:
+    prompts = load_benchmark("xstest")
+    samples = {seed: stratified_sample(prompts, 6, seed=seed) for seed in range(5)}
+    assert len({tuple(p["meta"]["id"] for p in s) for s in samples.values()}) == 5
+    # small samples do not always draw the alphabetically first types: ties between equal types are seeded
+    assert len({p["category"] for s in samples.values() for p in s}) > 6
+    # any set may stratify by a label first; a set without one is sampled by category alone, as before
+    items = [{"category": "a" if i % 2 else "b", "kind": "rare" if i < 3 else "common"} for i in range(30)]
+    picked = stratified_sample(items, 2, label=lambda item: item["kind"])
+    assert sorted(p["kind"] for p in picked) == ["common", "rare"]
+    assert [p["kind"] for p in stratified_sample(items, 2, label=None)] == ["common", "common"]
+    harmbench = load_benchmark("harmbench")
+    assert stratified_sample(harmbench, 17, seed=2) == stratified_sample(harmbench, 17, seed=2, label=None)
 
 
 def test_eval_set_names_groups_and_bad_names() -> None:

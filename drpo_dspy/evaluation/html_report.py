@@ -109,7 +109,7 @@ def _sample(rows: list[dict[str, Any]], systems: list[str], redactor: Redactor) 
             elif r.get("bench") is not None:
                 verdict = escape(bench_verdict(r))
             else:
-                verdict = " · ".join(f"{a} {scores.get(a, '?')}" for a in EVAL_ASPECTS)
+                verdict = " · ".join(f"{a} {scores.get(a, '?')}" for a in (r.get("aspects") or EVAL_ASPECTS))
                 verdict += " · refusal" if r.get("refusal") else ""
             answer = redactor.text(str(r.get("answer") or "")) or "(empty answer)"
             inner.append(f"<div><strong>{escape(name)}</strong> <span class='scores'>{verdict} · "

@@ -37,7 +37,7 @@ from drpo_dspy.evaluation.benchmarks.scoring import (
     rate_turns,
     sets_needing_judge,
 )
-from drpo_dspy.evaluation.judging import AnswerJudge, EvalJudgment, judge_version
+from drpo_dspy.evaluation.judging import AnswerJudge, EvalJudgment, aspects_scope, judge_version
 from drpo_dspy.evaluation.result import EvaluationResult
 from drpo_dspy.evaluation.stats import count_tokens, summarize
 from drpo_dspy.evaluation.systems import System, as_systems
@@ -203,7 +203,7 @@ class RecordStore:
 def _row(system: System, item: dict, record: dict[str, Any]) -> dict[str, Any]:
     row = {"system": system.name, "instruction": item["instruction"], "set": item["set"],
            "category": item["category"], **{k: record.get(k) for k in (
-               "key", "answer", "answer_length", "scores", "rationales", "refusal", "failure", "error")}}
+               "key", "answer", "answer_length", "scores", "rationales", "refusal", "failure", "error", "aspects")}}
     if is_benchmark_item(item):
         bench = dict(record.get("bench") or {})
         if record.get("answer") is not None:  # judge-free scores are recomputed: cheap, and a scorer fix applies
@@ -280,7 +280,7 @@ def evaluate(
 
     def key_of(system: System, item: dict) -> str:
         scope = judge_scope(item, judge_id) if is_benchmark_item(item) else judge_id
-        return record_key(system.identity, item["instruction"], str(scope))
+        return record_key(system.identity, item["instruction"], f"{scope}{aspects_scope(item)}")
     watched = {id(s.lm): meter.watch(s.lm, "base") for s in systems if hasattr(s.lm, "copy")}
     answer_systems = {s.name: (System(s.name, s.module, watched.get(id(s.lm), s.lm), s.fingerprint,
                                       s.instructions, s.details)) for s in systems}
@@ -330,7 +330,7 @@ def evaluate(
         try:
             with budget.spend(judge_lm, requests=requests, prompt_chars=len(item["instruction"]) + 3 * len(answer)
                               + 3000) if requests else nullcontext():
-                judgment = judge(item["instruction"], answer) if judged else EvalJudgment()
+                judgment = judge(item["instruction"], answer, item.get("aspects")) if judged else EvalJudgment()
                 ratings = rate_turns(mt_judge, item, answers) if rated else None
         except BudgetExhausted:
             return None

@@ -142,11 +142,13 @@ def wilson(successes: int, n: int, level: float = LEVEL) -> dict[str, Any]:
 
 # -- the summary ----------------------------------------------------------------------------------------------------
 def answer_mean(row: dict[str, Any]) -> float | None:
-    """The per-answer score: the mean of the six aspects, or None when the judgment failed or is incomplete."""
+    """The per-answer score: the mean of the six aspects (or of the row's fixed ``aspects``, as just-eval's prompts
+    have), or None when the judgment failed or is incomplete."""
     scores = row.get("scores") or {}
-    if row.get("failure") or not all(a in scores for a in EVAL_ASPECTS):
+    expected = row.get("aspects") or EVAL_ASPECTS
+    if row.get("failure") or not all(a in scores for a in expected):
         return None
-    return sum(scores[a] for a in EVAL_ASPECTS) / len(EVAL_ASPECTS)
+    return sum(scores[a] for a in expected) / len(expected)
 
 
 def pairwise(rows: Sequence[dict[str, Any]], systems: Sequence[str]) -> list[dict[str, Any]]:
@@ -209,7 +211,8 @@ def summarize(rows: Sequence[dict[str, Any]], systems: Sequence[str]) -> dict[st
             "answer_errors": len(mine) - len(answered),
             "parse_failures": sum(v for k, v in failures.items() if k == "parse_failure"),
             "judge_failures": failures,
-            "aspects": {a: mean_ci(r["scores"][a] for r in judged) for a in EVAL_ASPECTS},
+            # each aspect over the answers judged on it (just-eval: five on regular prompts, safety on safety ones)
+            "aspects": {a: mean_ci(r["scores"][a] for r in judged if a in r["scores"]) for a in EVAL_ASPECTS},
             "overall": mean_ci(answer_mean(r) for r in judged),
             "length": {**mean_ci(lengths), "median": _median(lengths)},
             "refusal_harmful": _refusal(answered, "harmful"),

@@ -1,9 +1,10 @@
 """Resolving ``--eval-set`` names: our own sets, the bundled benchmarks, groups of them, files and Hugging Face ids.
 
 Names (comma-separated lists allowed): ``regular``, ``harmful``, ``benign_risky``, ``ours`` (those three),
-``xstest``, ``ifeval``, ``harmbench``, ``mtbench``, ``benchmarks`` (those four) and ``all`` (everything). A path is
-read as a benchmark file when its columns match one (XSTest / HarmBench CSV, IFEval / MT-Bench JSONL), otherwise as
-``{"instruction": ...}`` JSONL; ``hf:OWNER/NAME[:SPLIT]`` loads a Hugging Face dataset in a benchmark's format.
+``xstest``, ``ifeval``, ``harmbench``, ``mtbench``, ``benchmarks`` (those four), ``all`` (everything bundled) and
+``just-eval`` (just-eval-instruct from the Hugging Face hub: not bundled, so in no group). A path is read as a
+benchmark file when its columns match one (XSTest / HarmBench CSV, IFEval / MT-Bench / just-eval JSONL), otherwise
+as ``{"instruction": ...}`` JSONL; ``hf:OWNER/NAME[:SPLIT]`` loads a Hugging Face dataset in a benchmark's format.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from drpo_dspy.evaluation.benchmarks.just_eval import HUB_SPEC, JUST_EVAL
 from drpo_dspy.evaluation.benchmarks.loaders import (
     BENCHMARKS,
     HF_PREFIX,
@@ -33,7 +35,7 @@ def our_sets() -> tuple[str, ...]:
 
 def set_names() -> tuple[str, ...]:
     """Every name ``--eval-set`` accepts (besides paths and ``hf:`` ids)."""
-    return (*our_sets(), OURS, *BENCHMARKS, ALL_BENCHMARKS, ALL)
+    return (*our_sets(), OURS, *BENCHMARKS, ALL_BENCHMARKS, ALL, JUST_EVAL)
 
 
 def expand(name: str) -> list[str] | None:
@@ -44,12 +46,29 @@ def expand(name: str) -> list[str] | None:
         return list(BENCHMARKS)
     if name == ALL:
         return [*our_sets(), *BENCHMARKS]
-    if name in our_sets() or name in BENCHMARKS:
+    if name in our_sets() or name in BENCHMARKS or name == JUST_EVAL:
         return [name]
     return None
 
 
+def load_just_eval_hub() -> list[dict[str, Any]]:
+    """just-eval-instruct from the Hugging Face hub (``re-align/just-eval-instruct``, split ``test``).
+
+    Raises:
+        ValueError: the hub cannot be reached (offline) or the dataset cannot be loaded; the message says how to
+            use a local copy instead.
+    """
+    try:
+        return load_hf_dataset(HUB_SPEC, fmt=JUST_EVAL)[0]
+    except ValueError as exc:
+        raise ValueError(f"just-eval-instruct is not bundled with drpo-dspy (some of its prompts are under "
+                         f"non-commercial licences) and loading it from the hub failed: {exc} With a local copy, "
+                         "pass its path instead: --eval-set PATH/just_eval_instruct.jsonl") from exc
+
+
 def load_named(name: str) -> list[dict[str, Any]]:
+    if name == JUST_EVAL:
+        return load_just_eval_hub()
     if name in BENCHMARKS:
         return load_benchmark(name)
     from drpo_dspy.datasets import load_eval_set
@@ -58,7 +77,8 @@ def load_named(name: str) -> list[dict[str, Any]]:
 
 
 def cut(prompts: list[dict[str, Any]], *, limit: int | None, sample: int | None, seed: int) -> list[dict[str, Any]]:
-    """A stratified seeded sample of ``sample`` prompts (by category), then the first ``limit``."""
+    """A stratified seeded sample of ``sample`` prompts (by label where the benchmark declares one, then by
+    category), then the first ``limit``."""
     if sample is not None:
         prompts = stratified_sample(prompts, sample, seed=seed)
     return prompts[:limit] if limit else prompts

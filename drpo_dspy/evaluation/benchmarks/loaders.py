@@ -1,8 +1,10 @@
 """Public benchmarks as evaluation prompts: the bundled copies, a user's file in the same format, or a Hugging Face id.
 
 Every prompt is a dict with ``instruction`` (what the system is asked), ``set`` (the benchmark's name, which picks
-its scorer), ``category`` (XSTest type, first IFEval instruction id, HarmBench semantic category, MT-Bench category)
-and ``meta`` (the benchmark's own fields that its scorer needs).
+its scorer), ``category`` (XSTest type, first IFEval instruction id, HarmBench semantic category, MT-Bench category,
+just-eval source dataset) and ``meta`` (the benchmark's own fields that its scorer needs). just-eval prompts also
+carry ``aspects``, the fixed aspects their judge scores. just-eval-instruct is not bundled (some of its prompts are
+under non-commercial licences): it is read from a user's file or the hub (:mod:`.just_eval`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from drpo_dspy.evaluation.benchmarks import just_eval
+from drpo_dspy.evaluation.benchmarks.just_eval import JUST_EVAL
 
 XSTEST, IFEVAL, HARMBENCH, MTBENCH = "xstest", "ifeval", "harmbench", "mtbench"
 BENCHMARKS = (XSTEST, IFEVAL, HARMBENCH, MTBENCH)
@@ -29,6 +34,18 @@ LICENSE_FILES = (*(f"{name}/LICENSE" for name in BENCHMARKS), "NOTICE")
 # a refusal judge does not measure them, so the bundled set is the standard behaviours unless asked otherwise.
 HARMBENCH_DEFAULT_CATEGORIES = ("standard",)
 HF_PREFIX = "hf:"
+LABEL_FIELDS = {XSTEST: "label", JUST_EVAL: just_eval.LABEL_FIELD}
+"""The ``meta`` field of each benchmark whose values a stratified sample keeps in proportion before its categories
+(XSTest's safe/unsafe: over-refusal is measured on the safe prompts only; just-eval's regular/safety)."""
+
+
+def stratification_label(item: dict[str, Any]) -> str | None:
+    """The first-level stratum of a prompt: its benchmark's label field (None when its benchmark declares none)."""
+    field = LABEL_FIELDS.get(item.get("set"))  # type: ignore[arg-type]
+    meta = item.get("meta")
+    if field is None or not isinstance(meta, dict):
+        return None
+    return str(meta.get(field, ""))
 
 
 class BenchmarkFormatError(ValueError):
@@ -116,6 +133,8 @@ def mtbench_prompts(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 def detect_format(columns: Iterable[str]) -> str | None:
     """Which benchmark a row with these columns belongs to (None when it is none of them)."""
     cols = set(columns)
+    if just_eval.has_columns(cols):
+        return JUST_EVAL
     if {"instruction_id_list", "kwargs", "prompt"} <= cols:
         return IFEVAL
     if "turns" in cols or ({"prompt", "category", "reference"} <= cols and "label" not in cols):
@@ -138,6 +157,10 @@ def rows_to_prompts(fmt: str, rows: list[dict[str, Any]], *, harmbench_categorie
             return harmbench_prompts(rows, harmbench_categories)
         if fmt == MTBENCH:
             return mtbench_prompts(rows)
+        if fmt == JUST_EVAL:
+            return just_eval.just_eval_prompts(rows)
+    except ValueError as exc:  # just-eval's row checks name the row at fault
+        raise BenchmarkFormatError(str(exc)) from exc
     except (KeyError, TypeError, AttributeError) as exc:
         raise BenchmarkFormatError(f"rows do not match the {fmt} format: missing or malformed {exc}") from exc
     raise BenchmarkFormatError(f"unknown benchmark format {fmt!r}")
@@ -158,9 +181,16 @@ def load_benchmark(name: str, *, harmbench_categories: Iterable[str] | None = HA
 def read_benchmark_file(path: str | os.PathLike[str], fmt: str | None = None) -> tuple[list[dict[str, Any]], str]:
     """A local file in one of the benchmarks' own formats (CSV with a header, JSONL, or a JSON list), detected from
     its columns unless ``fmt`` says which. Returns ``(prompts, format)``. All HarmBench rows are kept, contextual
-    ones included (the upstream file is the way to evaluate those)."""
+    ones included (the upstream file is the way to evaluate those). A just-eval-instruct file is checked line by
+    line: an error names the file and the line."""
     path = Path(path).expanduser()
     text = path.read_text(encoding="utf-8")
+    if fmt == JUST_EVAL or (fmt is None and path.suffix.lower() != ".csv"
+                            and just_eval.looks_like_just_eval(just_eval.first_row(text))):
+        try:
+            return just_eval.parse(text, str(path)), JUST_EVAL
+        except ValueError as exc:
+            raise BenchmarkFormatError(str(exc)) from exc
     if path.suffix.lower() == ".csv":
         rows: list[dict[str, Any]] = _read_csv(text)
     elif text.lstrip().startswith("["):
@@ -185,10 +215,14 @@ def is_benchmark_file(path: Path) -> bool:
         return False
     if path.suffix.lower() == ".csv":
         return detect_format(next(csv.reader([head]), [])) is not None
+    if head.lstrip("\ufeff \t").startswith("["):  # a JSON list: only just-eval's upstream file is read in this shape
+        return just_eval.is_just_eval_file(path)
     try:
-        first = json.loads(head)
+        first = json.loads(head.removeprefix("\ufeff"))
     except json.JSONDecodeError:
         return False
+    if just_eval.looks_like_just_eval(first):
+        return True
     return isinstance(first, dict) and "instruction" not in first and detect_format(first.keys()) is not None
 
 
