@@ -2,6 +2,16 @@
 
 Wire it into a parent parser with ``add_evaluate_parser(subparsers)``; the subcommand's handler is
 ``run_evaluate(args) -> int`` (also set as ``args.func``).
+
+Keys: each role reads its provider's usual environment variable (``OPENAI_API_KEY``, ``HOSTED_VLLM_API_KEY``, ...,
+as litellm does), or takes ``--base-api-key`` / ``--judge-api-key``. A key given either way is sent to its provider
+only: it is never printed, logged or written (``summary.json``, the records and the reports hold the model string
+and secret-free settings, and every text written passes the redactor, which knows the keys of both roles). Prefer
+the environment: a flag's value can be seen in the shell history and by ``ps``.
+
+Exit status: 0 done (or stopped by a budget: run again to finish), 2 bad input (before any LM call), 3 a role cannot
+work (``SystemicFailure``: bad key, unknown model, or every call failing, e.g. no server), 130 interrupted. The
+answers finished before a stop are saved in the output directory, so the same command resumes.
 """
 
 from __future__ import annotations
@@ -11,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from drpo_dspy.cli.common import EMBEDDED, make_lm
+from drpo_dspy.cli.common import EMBEDDED, EXIT_ROLE_CANNOT_WORK, make_lm
 
 DEFAULT_MAX_TOKENS = 512
 DEFAULT_JUDGE_MAX_TOKENS = 1024
@@ -32,12 +42,9 @@ def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "default: base,urial")
     p.add_argument("--eval-set", default="regular",
                    help="our sets: regular | harmful | benign_risky | ours (the three); public benchmarks, bundled: "
-                        "xstest | ifeval | harmbench | mtbench | benchmarks (the four); all (everything); "
-                        "just-eval (just-eval-instruct, the DRPO/URIAL papers' set, from the Hugging Face hub: not "
-                        "bundled, research-only; judged on five aspects for regular prompts, safety for safety ones); "
-                        "or a comma-separated list of these; or PATH: a file in a benchmark's own format "
-                        "(XSTest/HarmBench CSV, IFEval/MT-Bench/just-eval JSONL) or JSONL with one "
-                        "{\"instruction\": ...} per line; or "
+                        "xstest | ifeval | harmbench | mtbench | benchmarks (the four); all (everything); or a "
+                        "comma-separated list of these; or PATH: a file in a benchmark's own format (XSTest/HarmBench "
+                        "CSV, IFEval/MT-Bench JSONL) or JSONL with one {\"instruction\": ...} per line; or "
                         "hf:OWNER/NAME[:SPLIT] (a Hugging Face dataset in a benchmark's format; needs network). "
                         "IFEval is scored by its official checkers, XSTest and HarmBench also by string match; "
                         "default: regular")
@@ -50,8 +57,13 @@ def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--base-api-base", help="API base URL for the base model (vLLM, Ollama, proxies)")
     p.add_argument("--base-model-type", choices=["chat", "text"], default=None,
                    help="'text' for base (non-chat) models served by text completion")
+    p.add_argument("--base-api-key", help="API key of the base model (default: the provider's environment variable, "
+                                          "e.g. OPENAI_API_KEY or HOSTED_VLLM_API_KEY, which keeps it out of the "
+                                          "shell history); never printed or saved")
     p.add_argument("--judge-model", help=f"litellm model string for the judge (default: {EMBEDDED})")
     p.add_argument("--judge-api-base", help="API base URL for the judge model")
+    p.add_argument("--judge-api-key", help="API key of the judge model (default: the provider's environment "
+                                           "variable); never printed or saved")
     p.add_argument("--out", type=Path, help="output directory (default: runs/eval-<eval set>); reuse it to resume")
     p.add_argument("--num-threads", type=int, default=4, help="concurrent (system, prompt) pairs (default: 4)")
     p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
@@ -66,6 +78,13 @@ def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--stop-file", type=Path, help="stop starting new answers when this file appears (resume later)")
     p.set_defaults(handler=run_evaluate, func=run_evaluate)
     return p
+
+
+def _key(value: str | None) -> dict[str, str]:
+    """``{"api_key": value}`` for a key given on the command line, else nothing (the provider's environment)."""
+    if value is not None and not value.strip():
+        raise ValueError("an API key option was given an empty value")
+    return {"api_key": value} if value else {}
 
 
 def _positive(name: str, value: Any) -> None:
@@ -96,8 +115,10 @@ def _progress_bar(total_hint: bool):
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """Run ``drpo evaluate``; returns the exit status (2 for bad input, reported before any LM call)."""
+    from drpo_dspy.clients.failures import SystemicFailure
     from drpo_dspy.evaluation.runner import ensure_writable_dir, evaluate, resolve_eval_set
     from drpo_dspy.evaluation.systems import build_systems, parse_system_specs
+    from drpo_dspy.runs.secrets import redacted_message
 
     try:
         # Input checks first: nothing below them is allowed to call a model.
@@ -109,9 +130,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
         if not prompts:
             raise ValueError(f"evaluation set {args.eval_set} is empty: nothing to evaluate")
         out = ensure_writable_dir(args.out or Path("runs") / f"eval-{Path(label).stem}")
-        base_lm = make_lm(args.base_model, args.base_api_base, args.base_model_type, temperature=0.0)
-        judge_lm = None if args.no_judge else make_lm(args.judge_model, args.judge_api_base, temperature=0.0,
-                                                      max_tokens=args.judge_max_tokens)
+        base_lm = make_lm(args.base_model, args.base_api_base, args.base_model_type, role="base", temperature=0.0,
+                          **_key(getattr(args, "base_api_key", None)))
+        judge_lm = None if args.no_judge else make_lm(args.judge_model, args.judge_api_base, role="judge",
+                                                      temperature=0.0, max_tokens=args.judge_max_tokens,
+                                                      **_key(getattr(args, "judge_api_key", None)))
         systems = build_systems(specs, base_lm=base_lm, max_tokens=args.max_tokens)
     except (ValueError, FileNotFoundError, ImportError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
@@ -127,8 +150,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
                           max_total_tokens=args.max_total_tokens, max_cost_usd=args.max_cost_usd,
                           max_errors=args.max_errors, stop_file=args.stop_file)
     except (ValueError, FileNotFoundError, ImportError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {redacted_message(exc).split(': ', 1)[-1]}", file=sys.stderr)
         return 2
+    except SystemicFailure as exc:
+        print(f"{PROG}: stopped: {redacted_message(exc).split(': ', 1)[-1]}\nAnswers finished before the stop are "
+              f"saved in {out}; fix the cause and run the same command to resume.", file=sys.stderr)
+        return EXIT_ROLE_CANNOT_WORK
     except KeyboardInterrupt:
         print(f"\n{PROG}: interrupted; finished judgments are saved in {out}. Run the same command to resume.",
               file=sys.stderr)

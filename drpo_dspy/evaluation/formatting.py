@@ -23,6 +23,13 @@ def fmt_rate(stat: dict[str, Any]) -> str:
     return f"{100 * stat['rate']:.0f}% ({stat['count']}/{stat['n']})"
 
 
+def fmt_count(count: int | None, n: int | None) -> str:
+    """``2/40``: a count out of the answers it could be, ``n/a`` when unknown."""
+    if count is None:
+        return "n/a"
+    return f"{count}/{n}" if n else str(count)
+
+
 def aspect_title(aspect: str) -> str:
     return aspect.replace("_", " ").capitalize()
 
@@ -39,15 +46,23 @@ def aspect_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 
 def behaviour_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Lengths (of the non-empty answers), refusal rates, the answer checks and the failures, one row per system.
+
+    ``Empty answers`` (failures, never judged) and ``Copied from examples`` (share of the non-empty answers that
+    copy 40+ characters of an in-context example) have their own columns; ``Other failures`` excludes both.
+    """
     header = ["System", "Answer length (tokens)", "Median length", "Refusal on harmful",
-              "Over-refusal on benign-risky", "Parse failures", "Other failures"]
+              "Over-refusal on benign-risky", "Empty answers", "Copied from examples", "Parse failures",
+              "Other failures"]
     rows = []
     for name in summary["systems"]:
         s = summary["per_system"][name]
-        other = s["answer_errors"] + sum(v for k, v in s["judge_failures"].items() if k != "parse_failure")
+        other = s["answer_errors"] + sum(v for k, v in s["judge_failures"].items()
+                                         if k not in ("parse_failure", "empty_answer"))
         median = s["length"].get("median")
         rows.append([name, fmt_mean(s["length"], 0), "n/a" if median is None else f"{median:.0f}",
                      fmt_rate(s["refusal_harmful"]), fmt_rate(s["over_refusal_benign"]),
+                     fmt_count(s.get("empty_answers"), s.get("n_answered")), fmt_rate(s.get("copied_answers")),
                      str(s["parse_failures"]), str(other)])
     return header, rows
 

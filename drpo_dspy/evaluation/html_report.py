@@ -67,10 +67,13 @@ def bench_verdict(row: dict[str, Any]) -> str:
         parts.append(f"IFEval {followed}/{len(b.get('instructions', []))} instructions followed (strict), prompt "
                      f"{strict} strict, {loose} loose")
     if "strmatch_refusal" in b:
-        verdict = "refusal" if b["strmatch_refusal"] else "compliance"
+        verdict = ("empty answer, left out" if b["strmatch_refusal"] is None
+                   else "refusal" if b["strmatch_refusal"] else "compliance")
         parts.append(f"XSTest {b['label']} prompt; string match: {verdict}")
     if "lexical_refusal" in b:
-        parts.append(f"lexical pre-check: {'refusal' if b['lexical_refusal'] else 'no refusal phrase'}")
+        verdict = ("empty answer, left out" if b["lexical_refusal"] is None
+                   else "refusal" if b["lexical_refusal"] else "no refusal phrase")
+        parts.append(f"lexical pre-check: {verdict}")
     if b.get("judged_refusal") is not None:
         parts.append(f"judged: {'refusal' if b['judged_refusal'] else 'compliance'}")
     if b.get("turns"):
@@ -104,6 +107,10 @@ def _sample(rows: list[dict[str, Any]], systems: list[str], redactor: Redactor) 
             scores = r.get("scores") or {}
             if r.get("error"):
                 verdict = f"<span class='fail'>no answer: {escape(redactor.text(str(r['error'])))}</span>"
+            elif r.get("empty"):
+                verdict = "<span class='fail'>empty answer (a failure: not judged, left out of scores)</span>"
+                if r.get("bench") is not None:
+                    verdict += " · " + escape(bench_verdict(r))
             elif r.get("failure"):
                 verdict = f"<span class='fail'>judge failure: {escape(str(r['failure']))}</span>"
             elif r.get("bench") is not None:
@@ -112,6 +119,11 @@ def _sample(rows: list[dict[str, Any]], systems: list[str], redactor: Redactor) 
                 verdict = " · ".join(f"{a} {scores.get(a, '?')}" for a in (r.get("aspects") or EVAL_ASPECTS))
                 verdict += " · refusal" if r.get("refusal") else ""
             answer = redactor.text(str(r.get("answer") or "")) or "(empty answer)"
+            copied = r.get("copied")
+            if copied:
+                verdict += (f" · <span class='fail'>copies {copied.get('length')} characters of example "
+                            f"{int(copied.get('example', 0)) + 1} ({escape(str(copied.get('part')))} of "
+                            f"&ldquo;{escape(redactor.text(str(copied.get('example_query', ''))[:80]))}&rdquo;)</span>")
             inner.append(f"<div><strong>{escape(name)}</strong> <span class='scores'>{verdict} · "
                          f"{r.get('answer_length') or 0} tokens</span><div class='answer'>{escape(answer)}</div></div>")
         parts.append(f"<details><summary>{escape(redactor.text(instruction))} <span class='set'>[{escape(set_name)}]"
@@ -150,9 +162,10 @@ def render_html(summary: dict[str, Any], settings: dict[str, Any], rows: list[di
                                                         "Student-t confidence interval over answers.")]
     body += [
         "<h2>Length, refusals and failures</h2>",
-        _table(*behaviour_table(summary), caption=f"Lengths: {summary['length_unit']}. Refusals are "
-               "judged, not string-matched: refusal on harmful prompts (higher is safer), over-refusal on benign "
-               "prompts that sound risky (lower is better)."),
+        _table(*behaviour_table(summary), caption=f"Lengths: {summary['length_unit']}, over the non-empty "
+               "answers. Refusals are judged, not string-matched: refusal on harmful prompts (higher is safer), "
+               "over-refusal on benign prompts that sound risky (lower is better). Empty answers are failures, never "
+               "judged; copied: non-empty answers repeating 40+ characters of an in-context example verbatim."),
     ]
     if summary["pairwise"] and judged:
         body += ["<h2>Pairwise comparison</h2>",

@@ -43,7 +43,9 @@ def to_markdown(summary: dict[str, Any], settings: dict[str, Any]) -> str:
     parts += [
         "## Length, refusals and failures",
         "Refusal rate on harmful prompts (higher is safer) and over-refusal rate on benign prompts that sound "
-        "risky (lower is better), as judged by the judge.",
+        "risky (lower is better), as judged by the judge. Empty answers are failures: never judged, left out of "
+        "scores, refusal rates and lengths. Copied: share of the non-empty answers that repeat 40+ characters of an "
+        "in-context example verbatim.",
         markdown_table(*behaviour_table(summary)),
     ]
     if summary["pairwise"] and judged_anything(summary):
@@ -76,14 +78,16 @@ def systems_csv(summary: dict[str, Any]) -> str:
     rows: list[list[Any]] = [["system", "n_prompts", "n_judged", "parse_failures", "answer_errors",
                               "length_mean", "length_ci_low", "length_ci_high", "length_median",
                               "refusal_harmful", "refusal_harmful_n", "over_refusal_benign", "over_refusal_benign_n",
-                              "refusal_all", "refusal_all_n"]]
+                              "refusal_all", "refusal_all_n", "empty_answers", "copied_answers", "copied_answers_n",
+                              "copied_rate"]]
     for name in summary["systems"]:
         s = summary["per_system"][name]
-        length = s["length"]
+        length, copied = s["length"], s.get("copied_answers") or {}
         rows.append([name, s["n_prompts"], s["n_judged"], s["parse_failures"], s["answer_errors"], length["mean"],
                      length["ci_low"], length["ci_high"], length["median"], s["refusal_harmful"]["rate"],
                      s["refusal_harmful"]["n"], s["over_refusal_benign"]["rate"], s["over_refusal_benign"]["n"],
-                     s["refusal_all"]["rate"], s["refusal_all"]["n"]])
+                     s["refusal_all"]["rate"], s["refusal_all"]["n"], s.get("empty_answers"), copied.get("count"),
+                     copied.get("n"), copied.get("rate")])
     return _csv(rows)
 
 
@@ -98,11 +102,12 @@ def pairwise_csv(summary: dict[str, Any]) -> str:
 
 def judgments_csv(rows: list[dict[str, Any]]) -> str:
     out: list[list[Any]] = [["system", "set", "category", "instruction", *EVAL_ASPECTS, "refusal", "answer_length",
-                             "failure", "error", "answer"]]
+                             "failure", "error", "empty", "copied_from_example", "copied_chars", "answer"]]
     for r in rows:
-        scores = r.get("scores") or {}
+        scores, copied = r.get("scores") or {}, r.get("copied") or {}
         out.append([r["system"], r["set"], r["category"], r["instruction"], *(scores.get(a) for a in EVAL_ASPECTS),
-                    r.get("refusal"), r.get("answer_length"), r.get("failure"), r.get("error"), r.get("answer")])
+                    r.get("refusal"), r.get("answer_length"), r.get("failure"), r.get("error"), r.get("empty"),
+                    copied.get("example_query"), copied.get("length"), r.get("answer")])
     return _csv(out)
 
 
@@ -110,7 +115,7 @@ def benchmarks_csv(rows: list[dict[str, Any]]) -> str:
     """One line per benchmark answer: its judge-free and judged verdicts (IFEval: per-instruction results)."""
     out: list[list[Any]] = [["system", "set", "category", "instruction", "ifeval_prompt_strict", "ifeval_prompt_loose",
                              "ifeval_instructions", "strmatch_refusal", "lexical_refusal", "judged_refusal",
-                             "mtbench_ratings", "answer"]]
+                             "mtbench_ratings", "empty", "answer"]]
     for r in rows:
         b = r.get("bench")
         if b is None:
@@ -119,7 +124,7 @@ def benchmarks_csv(rows: list[dict[str, Any]]) -> str:
         ratings = ";".join(str(t.get("rating")) for t in b.get("turns", []))
         out.append([r["system"], r["set"], r["category"], r["instruction"], b.get("prompt_strict"),
                     b.get("prompt_loose"), instructions, b.get("strmatch_refusal"), b.get("lexical_refusal"),
-                    b.get("judged_refusal"), ratings, r.get("answer")])
+                    b.get("judged_refusal"), ratings, r.get("empty"), r.get("answer")])
     return _csv(out)
 
 

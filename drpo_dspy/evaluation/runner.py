@@ -1,17 +1,20 @@
 """Running an evaluation: every system answers every prompt, the judge scores every answer, in parallel.
 
 Every finished (system, prompt) pair is appended to ``records.jsonl`` in the output directory as soon as it is
-judged, keyed by a stable hash of (system identity, instruction, judge model and judge prompt version). A later
-run with the same output directory reloads that file and skips the finished pairs, so an interrupted evaluation
-resumes without paying again for answers or judgments. Judge parse failures are finished (they are reported);
-LM errors (network, rate limits) and system crashes are not saved, so they are retried next time.
+judged (:mod:`drpo_dspy.evaluation.records`); a later run with the same output directory skips the finished pairs,
+re-judges the answers whose judgment failed with an LM error, and retries the answers a system failed to give.
+
+An empty (whitespace-only) answer is a failure, ``empty_answer``: not sent to the judge, saved, counted in its own
+column and, as a judge parse failure, never a score (left out of means, pairwise and refusal rates; IFEval counts
+it as following nothing). Answers are checked for 40+ characters copied verbatim from the examples they were shown
+(:mod:`drpo_dspy.adapters.answer_checks`). Failing roles follow the compile's policy (``clients.failures``): a
+systemic error stops the run with ``SystemicFailure``, transient ones past ``max_errors``, and a role that failed
+every call it made stops it at the end instead of yielding a report of n/a; finished records stay for a resume.
 """
 
 from __future__ import annotations
 
 import contextvars
-import hashlib
-import json
 import logging
 import os
 import threading
@@ -22,8 +25,9 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+from drpo_dspy.adapters.answer_checks import ShownExamples, copy_check, is_empty
 from drpo_dspy.clients.budget import Budget, BudgetExhausted, StopSignal
-from drpo_dspy.clients.failures import DEFAULT_MAX_ERRORS, FailurePolicy
+from drpo_dspy.clients.failures import DEFAULT_MAX_ERRORS, FailurePolicy, SystemicFailure
 from drpo_dspy.clients.metering import Meter
 from drpo_dspy.evaluation.benchmarks.loaders import MTBENCH
 from drpo_dspy.evaluation.benchmarks.mtbench import MTBenchJudge
@@ -37,7 +41,17 @@ from drpo_dspy.evaluation.benchmarks.scoring import (
     rate_turns,
     sets_needing_judge,
 )
-from drpo_dspy.evaluation.judging import AnswerJudge, EvalJudgment, aspects_scope, judge_version
+from drpo_dspy.evaluation.judging import AnswerJudge, EvalJudgment, judge_version
+from drpo_dspy.evaluation.records import (
+    EMPTY_ANSWER,
+    FINISHED_FAILURES,
+    RECORDS_FILE,
+    RecordStore,
+    answer_check_fields,
+    answer_checks_summary,
+    record_key,
+    redact_values,
+)
 from drpo_dspy.evaluation.result import EvaluationResult
 from drpo_dspy.evaluation.stats import count_tokens, summarize
 from drpo_dspy.evaluation.systems import System, as_systems
@@ -45,18 +59,10 @@ from drpo_dspy.runs.secrets import Redactor, describe_lm
 
 logger = logging.getLogger(__name__)
 
-RECORDS_FILE = "records.jsonl"
-_PERSISTED_FAILURES = (None, "parse_failure")
 
 
 class EvaluationInputError(ValueError):
     """Bad evaluation input, detected before any LM call."""
-
-
-def record_key(system_identity: str, instruction: str, judge_id: str) -> str:
-    """Stable key of one (system, prompt, judge) judgment."""
-    payload = json.dumps([system_identity, instruction, judge_id], ensure_ascii=False)
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
 def prepare_eval_set(records: Any, *, limit: int | None = None, source: str = "evaluation set") -> list[dict]:
@@ -138,80 +144,31 @@ def ensure_writable_dir(path: str | os.PathLike[str]) -> Path:
     return out
 
 
-def redact_values(redactor: Redactor, value: Any) -> Any:
-    """Mask secret values in strings, keeping every key: for our own records, whose field names are fixed and hold
-    no credential (``Redactor.data`` would also blank fields such as ``max_tokens`` for their names)."""
-    if isinstance(value, str):
-        return redactor.text(value)
-    if isinstance(value, dict):
-        return {k: redact_values(redactor, v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [redact_values(redactor, v) for v in value]
-    return value
-
-
-class RecordStore:
-    """The append-only ``records.jsonl`` of finished judgments, loaded on start (thread-safe appends)."""
-
-    def __init__(self, path: Path, redactor: Redactor | None = None):
-        self.path = path
-        self.redactor = redactor or Redactor()
-        self.records: dict[str, dict[str, Any]] = {}
-        self.skipped_lines = 0
-        self._lock = threading.Lock()
-        self._load()
-
-    def _load(self) -> None:
-        if not self.path.exists():
-            return
-        raw = self.path.read_bytes()
-        if raw and not raw.endswith(b"\n"):  # an interrupted write: drop the partial last line
-            cut = raw.rfind(b"\n") + 1
-            logger.warning("%s: dropping a partial last line left by an interrupted run", self.path)
-            with open(self.path, "r+b") as fh:
-                fh.truncate(cut)
-            raw = raw[:cut]
-        for line in raw.decode("utf-8", errors="replace").split("\n"):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                self.records[record["key"]] = record
-            except (json.JSONDecodeError, KeyError, TypeError):
-                self.skipped_lines += 1
-        if self.skipped_lines:
-            logger.warning("%s: skipped %d unreadable line(s)", self.path, self.skipped_lines)
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.records
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        return self.records.get(key)
-
-    def add(self, record: dict[str, Any]) -> dict[str, Any]:
-        record = redact_values(self.redactor, record)
-        line = json.dumps(record, ensure_ascii=False) + "\n"
-        with self._lock:
-            with open(self.path, "a", encoding="utf-8") as fh:
-                fh.write(line)
-                fh.flush()
-                os.fsync(fh.fileno())
-            self.records[record["key"]] = record
-        return record
-
-
 def _row(system: System, item: dict, record: dict[str, Any]) -> dict[str, Any]:
     row = {"system": system.name, "instruction": item["instruction"], "set": item["set"],
            "category": item["category"], **{k: record.get(k) for k in (
-               "key", "answer", "answer_length", "scores", "rationales", "refusal", "failure", "error", "aspects")}}
+               "key", "answer", "answer_length", "scores", "rationales", "refusal", "failure", "error")}}
+    row.update(answer_check_fields(record))  # empty answers as failures, even in old records; the copy found
     if is_benchmark_item(item):
         bench = dict(record.get("bench") or {})
         if record.get("answer") is not None:  # judge-free scores are recomputed: cheap, and a scorer fix applies
             bench.update(judge_free_scores(item, record["answer"]))
             if item["set"] in JUDGE_OPTIONAL:
-                bench["judged_refusal"] = record.get("refusal")
+                bench["judged_refusal"] = row["refusal"]
         row.update({"bench": bench, "meta": item["meta"]})
     return row
+
+
+def check_roles_worked(policy: FailurePolicy) -> None:
+    """Raise ``SystemicFailure`` for a role (base, judge) that failed every call it made in this run (each error
+    maybe transient, all under ``max_errors``): a report on no answer or no judgment is n/a, not a result."""
+    for role in ("base", "judge"):
+        errors, successes = policy.errors[role], policy.successes[role]
+        if errors and not successes:
+            first = getattr(policy, "_first", {}).get(role, "(none recorded)")
+            failure = SystemicFailure(role, policy.models.get(role, "unknown model"), "too many errors", first, errors)
+            logger.error("evaluation stopped: %s", failure)
+            raise failure
 
 
 def evaluate(
@@ -280,71 +237,100 @@ def evaluate(
 
     def key_of(system: System, item: dict) -> str:
         scope = judge_scope(item, judge_id) if is_benchmark_item(item) else judge_id
-        return record_key(system.identity, item["instruction"], f"{scope}{aspects_scope(item)}")
+        return record_key(system.identity, item["instruction"], str(scope))
     watched = {id(s.lm): meter.watch(s.lm, "base") for s in systems if hasattr(s.lm, "copy")}
-    answer_systems = {s.name: (System(s.name, s.module, watched.get(id(s.lm), s.lm), s.fingerprint,
-                                      s.instructions, s.details)) for s in systems}
+    recorders: dict[int, ShownExamples] = {}
+    answer_systems = {s.name: (System(s.name, recorders.setdefault(id(s.module), ShownExamples(s.module)),
+                                      watched.get(id(s.lm), s.lm), s.fingerprint, s.instructions, s.details))
+                      for s in systems}
 
     records: dict[str, dict[str, Any]] = {}
-    todo: list[tuple[System, dict, str]] = []
+    todo: list[tuple[System, dict, str, dict[str, Any] | None]] = []
     scheduled: set[str] = set()
     reused = 0
     for system in systems:
         for item in items:
             key = key_of(system, item)
             saved = store.get(key) if store is not None else None
-            if saved is not None:
+            if saved is not None and saved.get("failure") in FINISHED_FAILURES:
                 records[key] = saved
                 reused += 1
-            elif key not in scheduled:
+            elif key not in scheduled:  # new, or answered earlier with its judgment still pending
                 scheduled.add(key)
-                todo.append((answer_systems[system.name], item, key))
+                todo.append((answer_systems[system.name], item, key, saved))
     total, done = len(todo), 0
     lock = threading.Lock()
 
-    def work(system: System, item: dict, key: str) -> dict[str, Any]:
+    def answer(system: System, item: dict, benchmark: bool, turns: int) -> tuple[list[str], dict[str, Any]]:
+        """The system's answers (one per turn) and the copy-check fields; raises what the system raised."""
+        with budget.spend(system.lm, requests=turns, prompt_chars=len(item["instruction"]) + 4000), \
+                meter.usage("base"):
+            system.module.take()  # forget what an interrupted call of this thread left
+            answers = answer_turns(system, item) if benchmark else [system.answer(item["instruction"])]
+            shown = system.module.take()
+        meter.record_success("base")
+        if is_empty(answers[0]):
+            meter.record_failure("base", EMPTY_ANSWER)
+        return answers, copy_check(item["instruction"], answers, shown)
+
+    def work(system: System, item: dict, key: str, pending: dict[str, Any] | None) -> dict[str, Any] | None:
         record: dict[str, Any] = {"key": key, "system": system.name, "system_identity": system.identity,
                                   "instruction": item["instruction"], "judge": judge_id}
         benchmark = is_benchmark_item(item)
         started = time.perf_counter()
         turns = len((item.get("meta") or {}).get("turns") or [1]) if benchmark else 1
-        try:
-            with budget.spend(system.lm, requests=turns, prompt_chars=len(item["instruction"]) + 4000), \
-                    meter.usage("base"):
-                answers = answer_turns(system, item) if benchmark else [system.answer(item["instruction"])]
-        except BudgetExhausted:
-            return None  # not started: left for a later run
-        except Exception as exc:
-            logger.warning("system %s failed on %.60r: %s", system.name, item["instruction"],
-                           redactor.text(f"{type(exc).__name__}: {exc}"))
-            meter.record_error("base", exc, f"error:{type(exc).__name__}")  # a systemic error stops the run
-            return {**record, "error": redactor.text(f"{type(exc).__name__}: {exc}"), "answer": None,
-                    "answer_length": None,
-                    **EvalJudgment(failure="no_answer").to_dict()}
-        answer = answers[0]
+        if pending is not None:  # answered by an earlier run whose judgment failed: only the judge is asked again
+            answers = list((pending.get("bench") or {}).get("answers") or [pending.get("answer") or ""])
+            checks = {k: pending[k] for k in ("examples", "copied") if k in pending}
+        else:
+            try:
+                answers, checks = answer(system, item, benchmark, turns)
+            except BudgetExhausted:
+                return None  # not started: left for a later run
+            except SystemicFailure:
+                raise  # the run stops (refused before the call): not an error of this pair
+            except Exception as exc:
+                message = redactor.text(f"{type(exc).__name__}: {exc}")
+                logger.warning("system %s failed on %.60r: %s", system.name, item["instruction"], message)
+                meter.record_error("base", exc, f"error:{type(exc).__name__}")  # a systemic error stops the run
+                return {**record, "error": message, "answer": None, "answer_length": None,
+                        **EvalJudgment(failure="no_answer").to_dict()}
+        answer_text = answers[0]
         answered = time.perf_counter()
-        bench: dict[str, Any] = {}
-        judged = judge is not None and (not benchmark or item["set"] in JUDGE_OPTIONAL)
+        empty = is_empty(answer_text)
+        judged = judge is not None and (not benchmark or item["set"] in JUDGE_OPTIONAL) and not empty
         rated = benchmark and item["set"] == MTBENCH and mt_judge is not None
         requests = 2 * (int(judged) + (turns if rated else 0))  # a chat reply may be retried in JSON mode
+        record.update({"answer": answer_text, "answer_length": count_tokens(answer_text), "error": None,
+                       "answer_seconds": pending.get("answer_seconds") if pending else round(answered - started, 3),
+                       **checks})
         try:
-            with budget.spend(judge_lm, requests=requests, prompt_chars=len(item["instruction"]) + 3 * len(answer)
-                              + 3000) if requests else nullcontext():
-                judgment = judge(item["instruction"], answer, item.get("aspects")) if judged else EvalJudgment()
+            with budget.spend(judge_lm, requests=requests, prompt_chars=len(item["instruction"])
+                              + 3 * len(answer_text) + 3000) if requests else nullcontext():
+                # An empty answer is not an answer: it is not sent to the judge (see the module docstring).
+                judgment = judge(item["instruction"], answer_text) if judged else EvalJudgment(
+                    failure=EMPTY_ANSWER if empty else None)
                 ratings = rate_turns(mt_judge, item, answers) if rated else None
         except BudgetExhausted:
+            if store is not None and pending is None:  # keep the answer: the next run only asks the judge
+                store.add({**record, **EvalJudgment(failure="not_judged").to_dict(), "created": time.time(),
+                           **({"bench": {"answers": answers}} if benchmark else {})})
             return None
+        if judged and not (judgment.failure or "").startswith("lm_error:"):
+            meter.record_success("judge")
+        bench: dict[str, Any] = {}
         if rated:
             bench = {"answers": answers, "turns": ratings}
-            lm_failures = [t["failure"] for t in bench["turns"] if t["failure"] not in _PERSISTED_FAILURES]
-            if lm_failures:  # an LM error on a turn: not saved, so the next run retries it
+            if any(t["failure"] in (None, "parse_failure") for t in ratings):
+                meter.record_success("judge")
+            lm_failures = [t["failure"] for t in bench["turns"] if t["failure"] not in FINISHED_FAILURES]
+            if lm_failures:  # an LM error on a turn: saved as pending, so the next run asks the judge again
                 judgment.failure = lm_failures[0]
-        record.update({"answer": answer, "answer_length": count_tokens(answer), **judgment.to_dict(),
-                       "error": None, "answer_seconds": round(answered - started, 3),
-                       "judge_seconds": round(time.perf_counter() - answered, 3), "created": time.time()})
+        record.update({**judgment.to_dict(), "judge_seconds": round(time.perf_counter() - answered, 3),
+                       "created": time.time()})
         if benchmark:
             record["bench"] = bench
-        if store is not None and judgment.failure in _PERSISTED_FAILURES:
+        if store is not None:
             record = store.add(record)
         return record
 
@@ -361,17 +347,20 @@ def evaluate(
                     done += 1
                 if progress is not None:
                     progress(done, total)
-        except BaseException:
+        except BaseException as exc:
             # Interrupted (Ctrl-C) or failed: start nothing new, let the pairs already in flight finish and be saved
             # (a second Ctrl-C stops waiting), then re-raise.
-            logger.warning("evaluation interrupted: waiting for the answers in flight; finished ones are saved")
+            what = "stopped" if isinstance(exc, SystemicFailure) else "interrupted"
+            logger.warning("evaluation %s: waiting for the answers in flight; finished ones are saved", what)
             pool.shutdown(wait=True, cancel_futures=True)
             raise
         pool.shutdown(wait=True)
+    check_roles_worked(meter.policy)
 
     rows = [_row(s, item, records[key_of(s, item)]) for s in systems for item in items
             if key_of(s, item) in records]
     summary = summarize(rows, [s.name for s in systems])
+    answer_checks_summary(rows, summary["per_system"])
     if any("bench" in r for r in rows):
         from drpo_dspy.evaluation.benchmarks.summary import summarize_benchmarks
 

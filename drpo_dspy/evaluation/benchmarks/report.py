@@ -12,14 +12,18 @@ TITLES = {IFEVAL: "IFEval (verifiable instruction following)", XSTEST: "XSTest (
 NOTES = {
     IFEVAL: "Accuracy in %, with 95% Wilson intervals, by the official IFEval checkers (no judge). Prompt level: every "
             "instruction of the prompt followed; instruction level: each instruction. Loose also accepts the answer "
-            "without its first/last line or markdown asterisks. Higher is better.",
+            "without its first/last line or markdown asterisks. Higher is better. An empty answer counts as "
+            "following no instruction (it stays in every denominator).",
     XSTEST: "String match: XSTest's own refusal detector (answer starts with a refusal phrase). Judged: the judge's "
             "refusal verdict. Over-refusal on the safe prompts and compliance on the unsafe (contrast) prompts: "
-            "lower is better for both. 95% Wilson intervals.",
+            "lower is better for both. 95% Wilson intervals. Empty answers neither refuse nor comply: they are left "
+            "out of these rates and counted in the Empty column.",
     HARMBENCH: "Refusal rate on HarmBench's standard behaviours (higher is safer): judged, and HarmBench's lexical "
-               "pre-check (refusal phrases anywhere in the answer; it over-detects). 95% Wilson intervals.",
+               "pre-check (refusal phrases anywhere in the answer; it over-detects). 95% Wilson intervals. Empty "
+               "answers are left out of the rates and counted in the Empty column.",
     MTBENCH: "Ratings 1-10 by the judge, mean with 95% Student-t interval. Turn 2 was answered with turn 1 (question "
-             "and the system's own answer) in its query text, as the responders take no chat history.",
+             "and the system's own answer) in its query text, as the responders take no chat history. An empty turn is "
+             "not rated (Empty turns).",
 }
 
 
@@ -50,9 +54,10 @@ Table = tuple[str, list[str], list[list[str]]]
 def ifeval_tables(data: dict[str, Any]) -> list[Table]:
     systems = list(data)
     main = ["System", "Prompt strict", "Prompt loose", "Instruction strict", "Instruction loose", "Prompts",
-            "Instructions"]
+            "Instructions", "Empty answers"]
     rows = [[s, pct(d["prompt_strict"]), pct(d["prompt_loose"]), pct(d["instruction_strict"]),
-             pct(d["instruction_loose"]), str(d["n_prompts"]), str(d["n_instructions"])] for s, d in data.items()]
+             pct(d["instruction_loose"]), str(d["n_prompts"]), str(d["n_instructions"]), str(d.get("n_empty", 0))]
+            for s, d in data.items()]
     ids = sorted({i for d in data.values() for i in d["by_instruction"]})
     per = [[i, *(short_pct(data[s]["by_instruction"].get(i, {}).get("strict")) + " / "
                  + short_pct(data[s]["by_instruction"].get(i, {}).get("loose")) for s in systems)] for i in ids]
@@ -63,10 +68,10 @@ def ifeval_tables(data: dict[str, Any]) -> list[Table]:
 def xstest_tables(data: dict[str, Any]) -> list[Table]:
     systems = list(data)
     main = ["System", "Over-refusal, safe (string match)", "Compliance, unsafe (string match)",
-            "Over-refusal, safe (judged)", "Compliance, unsafe (judged)", "Safe", "Unsafe"]
+            "Over-refusal, safe (judged)", "Compliance, unsafe (judged)", "Safe", "Unsafe", "Empty (excluded)"]
     rows = [[s, pct(d["strmatch"]["over_refusal_safe"]), pct(d["strmatch"]["compliance_unsafe"]),
              pct(d["judged"]["over_refusal_safe"]), pct(d["judged"]["compliance_unsafe"]), str(d["n_safe"]),
-             str(d["n_unsafe"])] for s, d in data.items()]
+             str(d["n_unsafe"]), str(d.get("n_empty", 0))] for s, d in data.items()]
     types = sorted({t for d in data.values() for t in d["by_type"]}, key=lambda t: (t.startswith("contrast_"), t))
     judged = any(d["by_type"][t]["judged_refusal"]["n"] for d in data.values() for t in d["by_type"])
     per = []
@@ -86,9 +91,10 @@ def xstest_tables(data: dict[str, Any]) -> list[Table]:
 
 def harmbench_tables(data: dict[str, Any]) -> list[Table]:
     systems = list(data)
-    main = ["System", "Refusal (judged)", "Refusal (lexical pre-check)", "Lexical agrees with judge", "Prompts"]
-    rows = [[s, pct(d["judged_refusal"]), pct(d["lexical_refusal"]), pct(d["agreement"]), str(d["n_prompts"])]
-            for s, d in data.items()]
+    main = ["System", "Refusal (judged)", "Refusal (lexical pre-check)", "Lexical agrees with judge", "Prompts",
+            "Empty (excluded)"]
+    rows = [[s, pct(d["judged_refusal"]), pct(d["lexical_refusal"]), pct(d["agreement"]), str(d["n_prompts"]),
+             str(d.get("n_empty", 0))] for s, d in data.items()]
     categories = sorted({c for d in data.values() for c in d["by_category"]})
     per = [[c, *(short_pct(data[s]["by_category"].get(c, {}).get("judged_refusal")) + " / "
                  + short_pct(data[s]["by_category"].get(c, {}).get("lexical_refusal")) for s in systems)]
@@ -99,9 +105,10 @@ def harmbench_tables(data: dict[str, Any]) -> list[Table]:
 def mtbench_tables(data: dict[str, Any]) -> list[Table]:
     systems = list(data)
     n_turns = max((len(d["per_turn"]) for d in data.values()), default=0)
-    main = ["System", *(f"Turn {i + 1}" for i in range(n_turns)), "Overall", "Judge failures", "Questions"]
+    main = ["System", *(f"Turn {i + 1}" for i in range(n_turns)), "Overall", "Judge failures", "Empty turns",
+            "Questions"]
     rows = [[s, *(rating(t) for t in d["per_turn"]), rating(d["overall"]), str(d["judge_failures"]),
-             str(d["n_prompts"])] for s, d in data.items()]
+             str(d.get("empty_turns", 0)), str(d["n_prompts"])] for s, d in data.items()]
     categories = sorted({c for d in data.values() for c in d["by_category"]})
     per = [[c, *(rating(data[s]["by_category"].get(c)) for s in systems)] for c in categories]
     return [("Scores", main, rows), ("By category (both turns)", ["Category", *systems], per)]
