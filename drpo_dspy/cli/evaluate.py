@@ -42,9 +42,12 @@ def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "default: base,urial")
     p.add_argument("--eval-set", default="regular",
                    help="our sets: regular | harmful | benign_risky | ours (the three); public benchmarks, bundled: "
-                        "xstest | ifeval | harmbench | mtbench | benchmarks (the four); all (everything); or a "
-                        "comma-separated list of these; or PATH: a file in a benchmark's own format (XSTest/HarmBench "
-                        "CSV, IFEval/MT-Bench JSONL) or JSONL with one {\"instruction\": ...} per line; or "
+                        "xstest | ifeval | harmbench | mtbench | benchmarks (the four); all (everything); "
+                        "just-eval (just-eval-instruct, the DRPO/URIAL papers' set, from the Hugging Face hub: not "
+                        "bundled, research-only; judged on five aspects for regular prompts, safety for safety ones); "
+                        "or a comma-separated list of these; or PATH: a file in a benchmark's own format "
+                        "(XSTest/HarmBench CSV, IFEval/MT-Bench/just-eval JSONL) or JSONL with one "
+                        "{\"instruction\": ...} per line; or "
                         "hf:OWNER/NAME[:SPLIT] (a Hugging Face dataset in a benchmark's format; needs network). "
                         "IFEval is scored by its official checkers, XSTest and HarmBench also by string match; "
                         "default: regular")

@@ -41,7 +41,7 @@ from drpo_dspy.evaluation.benchmarks.scoring import (
     rate_turns,
     sets_needing_judge,
 )
-from drpo_dspy.evaluation.judging import AnswerJudge, EvalJudgment, judge_version
+from drpo_dspy.evaluation.judging import AnswerJudge, EvalJudgment, aspects_scope, judge_version
 from drpo_dspy.evaluation.records import (
     EMPTY_ANSWER,
     FINISHED_FAILURES,
@@ -147,7 +147,7 @@ def ensure_writable_dir(path: str | os.PathLike[str]) -> Path:
 def _row(system: System, item: dict, record: dict[str, Any]) -> dict[str, Any]:
     row = {"system": system.name, "instruction": item["instruction"], "set": item["set"],
            "category": item["category"], **{k: record.get(k) for k in (
-               "key", "answer", "answer_length", "scores", "rationales", "refusal", "failure", "error")}}
+               "key", "answer", "answer_length", "scores", "rationales", "refusal", "failure", "error", "aspects")}}
     row.update(answer_check_fields(record))  # empty answers as failures, even in old records; the copy found
     if is_benchmark_item(item):
         bench = dict(record.get("bench") or {})
@@ -237,7 +237,7 @@ def evaluate(
 
     def key_of(system: System, item: dict) -> str:
         scope = judge_scope(item, judge_id) if is_benchmark_item(item) else judge_id
-        return record_key(system.identity, item["instruction"], str(scope))
+        return record_key(system.identity, item["instruction"], f"{scope}{aspects_scope(item)}")
     watched = {id(s.lm): meter.watch(s.lm, "base") for s in systems if hasattr(s.lm, "copy")}
     recorders: dict[int, ShownExamples] = {}
     answer_systems = {s.name: (System(s.name, recorders.setdefault(id(s.module), ShownExamples(s.module)),
@@ -308,7 +308,7 @@ def evaluate(
             with budget.spend(judge_lm, requests=requests, prompt_chars=len(item["instruction"])
                               + 3 * len(answer_text) + 3000) if requests else nullcontext():
                 # An empty answer is not an answer: it is not sent to the judge (see the module docstring).
-                judgment = judge(item["instruction"], answer_text) if judged else EvalJudgment(
+                judgment = judge(item["instruction"], answer_text, item.get("aspects")) if judged else EvalJudgment(
                     failure=EMPTY_ANSWER if empty else None)
                 ratings = rate_turns(mt_judge, item, answers) if rated else None
         except BudgetExhausted:
