@@ -77,7 +77,7 @@ def test_dspy_routes_embedded_to_litellm_with_response_schema() -> None:
 
 
 def test_embedded_lm_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(lm_mod, "ensure_embedded_runtime", lambda: None)
+    monkeypatch.setattr(lm_mod, "ensure_embedded_runtime", lambda *a: lm_mod.resolve_embedded(lm_mod.EMBEDDED_MODEL))
     lm = embedded_lm(max_tokens=16)
     assert (lm.model, lm.engine, lm.kwargs["temperature"], lm.kwargs["max_tokens"]) == (
         EMBEDDED_MODEL,
@@ -89,7 +89,7 @@ def test_embedded_lm_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_param_mapping_usage_and_n_with_fake_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
     fake = _FakeRuntime()
-    monkeypatch.setattr(lm_mod, "get_runtime", lambda: fake)
+    monkeypatch.setattr(lm_mod, "get_runtime", lambda *a: fake)
     lm = _lm(max_tokens=7)
     assert lm("hi", stop="END", seed=5, n=2, temperature=0.5, top_p=0.9) == ["seed=5", "seed=6"]
     call = fake.calls[-1]
@@ -102,11 +102,14 @@ def test_param_mapping_usage_and_n_with_fake_runtime(monkeypatch: pytest.MonkeyP
 
 def test_missing_runtime_raises_import_error_with_pip_hint(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(lm_mod.GGUF_ENV_VAR, raising=False)
-    real = lm_mod.importlib.util.find_spec
-    monkeypatch.setattr(lm_mod.importlib.util, "find_spec", lambda name: None if name == "llama_cpp" else real(name))
+    from drpo_dspy.clients import embedded_models
+
+    real = embedded_models.importlib.util.find_spec
+    monkeypatch.setattr(embedded_models.importlib.util, "find_spec",
+                        lambda name: None if name == "llama_cpp" else real(name))
     with pytest.raises(ImportError, match=r'pip install "drpo-dspy\[local\]"'):
         ensure_embedded_runtime()
-    monkeypatch.setattr(lm_mod.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(embedded_models.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ImportError, match=r'pip install "drpo-dspy\[local\]"'):
         lm_mod.gguf_path()
 

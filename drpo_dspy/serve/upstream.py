@@ -66,8 +66,9 @@ class Upstream:
     def __init__(self, settings: ServeSettings):
         self.model = settings.base_model
         if self.model.startswith(f"{EMBEDDED_PROVIDER}/"):
-            ensure_embedded_runtime()  # ImportError with the pip command, at startup rather than per request
-            register_embedded_provider()
+            # UnknownEmbeddedModel (exit 2) or ImportError with the pip command, at startup rather than per request
+            self.model = ensure_embedded_runtime(self.model).model
+            register_embedded_provider(self.model)
         try:
             litellm.get_llm_provider(self.model)
         except Exception:

@@ -8,6 +8,7 @@ exception reaches the caller; no prompt is returned that no reward was read for.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from contextlib import nullcontext
@@ -36,10 +37,10 @@ from drpo_dspy.teleprompt.search_state import SearchState
 logger = logging.getLogger("drpo_dspy.teleprompt.drpo")
 
 
-def _ensure_embedded() -> None:
+def _ensure_embedded(model: str) -> None:
     from drpo_dspy.clients.embedded import ensure_embedded_runtime
 
-    ensure_embedded_runtime()
+    ensure_embedded_runtime(model)
 
 
 class Compilation:
@@ -73,6 +74,8 @@ class Compilation:
     def finish(self, best_prompt: str | None, state: SearchState) -> Any:
         """The compiled program: a copy of the student with the best prompt, and its ``drpo_result``."""
         compiled = self.program.with_state(instructions=best_prompt) if best_prompt else self.program.deepcopy()
+        if self.drpo.paper_mode and getattr(compiled, "layout", None) is not None:
+            compiled.layout = "marked"  # the original's inference layout: the user turn ends at <START>
         compiled.drpo_result = self.result(state)
         compiled.drpo_result.best_prompt = compiled.instructions
         return compiled
@@ -111,7 +114,7 @@ class Compilation:
         for role, lm in self.roles.items():
             model = str(getattr(lm, "model", ""))
             if model.removeprefix("drpo_text/").startswith("embedded/"):
-                self._check(role, lm, _ensure_embedded)
+                self._check(role, lm, functools.partial(_ensure_embedded, model))
         self.preflight_retrieval()
 
     def preflight_retrieval(self) -> None:
