@@ -143,9 +143,9 @@ def test_compile_over_conversations_answers_the_last_turn_and_judges_the_convers
     assert program.instructions == "Start here./1"
     first = world.base_messages[0]
     assert [m["role"] for m in first] == ["system", "user", "assistant", "user"]
-    assert first[1]["content"] == "# Query:\nWrite a haiku about rain.\n\n# Answer:\n<START>\n"
-    assert first[2]["content"] == "Soft rain on the roof.\n<END>\n\n"
-    assert last_user_text(first) == "# Query:\nNow one about snow.\n\n# Answer:\n<START>\n"
+    assert first[1]["content"] == "# Query:\nWrite a haiku about rain.\n\n# Answer:\n"
+    assert first[2]["content"] == "<START>\nSoft rain on the roof.\n<END>\n\n"
+    assert last_user_text(first) == "# Query:\nNow one about snow.\n\n# Answer:\n"
     assert all(len(m) == 4 for m in world.base_messages)  # every answer had the earlier turns as chat turns
     rain = transcript([(RAIN[0]["content"], RAIN[1]["content"])], RAIN[2]["content"])
     trip = transcript([("Plan a day in Rome.", "See the Forum.")], "And for three days?")

@@ -210,10 +210,10 @@ def test_generate_layout_examples_and_decoding_parameters(release):
     assert call["system"].startswith("Be helpful.\n- Refuse harm.\n\n# Query:\nQuestion number 2?\n\n# Answer:\n"
                                      "<START>\nAnswer number 2.\n<END>")  # the most similar example first
     assert call["system"].count("# Query:") == 3 and call["system"].count("<END>") == 3
-    assert call["user"] == "# Query:\nQuestion number 2?\n\n# Answer:\n<START>\n"
+    assert call["user"] == "# Query:\nQuestion number 2?\n\n# Answer:\n"
     params = call["params"]
     assert (params["temperature"], params["top_p"], params["max_tokens"]) == (0.3, 0.9, 77)
-    assert "<END>" in params["stop"]
+    assert "<END" in params["stop"]
     generate("Question number 2?", program=program, lm=lm)
     assert seen[-1]["system"].count("# Query:") == 3  # num_optimized_icl defaults to 3
     assert (seen[-1]["params"]["temperature"], seen[-1]["params"]["top_p"], seen[-1]["params"]["max_tokens"]) == \

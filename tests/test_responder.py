@@ -35,7 +35,7 @@ def test_layout_matches_the_drpo_template():
         "content": "Be kind.\n\n# Query:\nQ1\n\n# Answer:\n<START>\nA1\n<END>\n\n"
                    "# Query:\nQ2\n\n# Answer:\n<START>\nA2\n<END>\n\n",
     }
-    assert messages[1] == {"role": "user", "content": "# Query:\nLive?\n\n# Answer:\n<START>\n"}
+    assert messages[1] == {"role": "user", "content": "# Query:\nLive?\n\n# Answer:\n"}
 
 
 @pytest.mark.parametrize(("raw", "expected"), [
@@ -51,7 +51,7 @@ def test_responder_answers_in_layout_with_retrieved_examples():
     pred = responder(query="Why do volcanoes erupt?", lm=echo_lm(seen))
     assert pred.response == "answer to <Why do volcanoes erupt?>"
     messages, params = seen[0]
-    assert params["stop"] == ["<END>", "<END", "<|eot_id|>"]
+    assert params["stop"] == ["<END", "\n# Query:", "\n# Answer:", "<|eot_id|>"]
     system = system_text(messages)
     assert system.startswith("Be honest.\n\n# Query:\n")
     assert pred.examples[0] == "How do volcanoes form?"  # most similar first
@@ -136,6 +136,6 @@ def test_text_completion_models_get_one_concatenated_prompt(monkeypatch):
     assert responder(query="Tell me about lava.", lm=base).response == "base answer"
     assert captured["prompt"] == (
         "Be helpful.\n\n# Query:\nHow do volcanoes form?\n\n# Answer:\n<START>\nMagma rises through the crust.\n<END>"
-        "\n\n# Query:\nTell me about lava.\n\n# Answer:\n<START>\n"
+        "\n\n# Query:\nTell me about lava.\n\n# Answer:\n"
     )
     assert captured["model"] == "text-completion-openai/my-base-model"

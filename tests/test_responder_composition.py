@@ -270,5 +270,5 @@ def test_inspect_history_shows_the_drpo_layout(capsys):
         program(query="Why do volcanoes erupt?")
     dspy.inspect_history(n=1)
     shown = capsys.readouterr().out
-    assert "Be honest." in shown and "# Query:\nWhy do volcanoes erupt?\n\n# Answer:\n<START>" in shown
+    assert "Be honest." in shown and "# Query:\nWhy do volcanoes erupt?\n\n# Answer:\n" in shown
     assert "answer to <Why do volcanoes erupt?>" in shown

@@ -43,11 +43,11 @@ def test_earlier_turns_are_chat_turns_and_the_last_turn_is_answered():
     assert seen[0] == [
         {"role": "system", "content": "Be honest.\n\n# Query:\nHow do volcanoes form?\n\n# Answer:\n<START>\n"
                                       "Magma rises through the crust.\n<END>\n\n"},
-        {"role": "user", "content": "# Query:\nWrite a haiku about rain.\n\n# Answer:\n<START>\n"},
-        {"role": "assistant", "content": "Soft rain falls.\n<END>\n\n"},
-        {"role": "user", "content": "# Query:\nAnother one?\n\n# Answer:\n<START>\n"},
-        {"role": "assistant", "content": "Grey clouds drift.\n<END>\n\n"},
-        {"role": "user", "content": "# Query:\nWhy do volcanoes erupt?\n\n# Answer:\n<START>\n"},
+        {"role": "user", "content": "# Query:\nWrite a haiku about rain.\n\n# Answer:\n"},
+        {"role": "assistant", "content": "<START>\nSoft rain falls.\n<END>\n\n"},
+        {"role": "user", "content": "# Query:\nAnother one?\n\n# Answer:\n"},
+        {"role": "assistant", "content": "<START>\nGrey clouds drift.\n<END>\n\n"},
+        {"role": "user", "content": "# Query:\nWhy do volcanoes erupt?\n\n# Answer:\n"},
     ]
 
 
@@ -127,7 +127,7 @@ def test_text_models_read_one_continuous_document(monkeypatch):
     assert captured["prompt"] == (
         "Be honest.\n\n# Query:\nHow do volcanoes form?\n\n# Answer:\n<START>\nMagma rises through the crust.\n<END>"
         "\n\n# Query:\nFirst?\n\n# Answer:\n<START>\nOne.\n<END>\n\n"
-        "# Query:\nHow do volcanoes erupt?\n\n# Answer:\n<START>\n"
+        "# Query:\nHow do volcanoes erupt?\n\n# Answer:\n"
     )
     assert captured["prompt"] == "".join(m["content"] for m in program.messages_for("How do volcanoes erupt?", history))
 

@@ -51,7 +51,8 @@ def echo(messages: list[dict[str, Any]], params: dict[str, Any]) -> str:
     """A base model whose answer names the system prompt, the turn it answers and the conversation length."""
     system = system_text(messages)
     query = last_user_text(messages).split("# Query:\n", 1)[-1].split("\n\n# Answer:")[0]
-    return f"  <START>\nprompt=[{system[:60]}] query=[{query}] turns={len(messages)} t={params.get('temperature')}" \
+    head = system.splitlines()[0][:60]
+    return f"  <START>\nprompt=[{head}] query=[{query}] turns={len(messages)} t={params.get('temperature')}" \
            "\n<END>\nthis text is after the end marker"
 
 
@@ -211,9 +212,9 @@ def test_multi_turn_lays_earlier_turns_out_as_query_answer_pairs(program_file: P
     assert [m["role"] for m in sent] == ["system", "user", "assistant", "user"]
     assert sent[0]["content"].startswith("You are a careful, honest assistant.\n\nAnswer in one sentence.\n\n"
                                          "# Query:\nHow do I boil an egg?")  # examples follow the last turn
-    assert sent[1]["content"] == "# Query:\nName a prime number.\n\n# Answer:\n<START>\n"
-    assert sent[2]["content"] == "Seven.\n<END>\n\n"
-    assert sent[3]["content"] == "# Query:\nHow do I boil an egg?\n\n# Answer:\n<START>\n"
+    assert sent[1]["content"] == "# Query:\nName a prime number.\n\n# Answer:\n"
+    assert sent[2]["content"] == "<START>\nSeven.\n<END>\n\n"
+    assert sent[3]["content"] == "# Query:\nHow do I boil an egg?\n\n# Answer:\n"
     # The same program in Python: its retrieval, the same layout, the same base model.
     program = load(program_file)
     turns = Conversation("How do I boil an egg?", (("Name a prime number.", "Seven."),), "Answer in one sentence.")
@@ -249,7 +250,7 @@ def test_decoding_parameters_reach_the_base_model_within_limits(program_file: Pa
     first, default = seen[0], seen[1]
     assert first["temperature"] == 0.7 and first["top_p"] == 0.9 and first["seed"] == 3
     assert first["max_tokens"] == 99 and first["presence_penalty"] == 0.5
-    assert first["stop"] == ["<END>", "<END", "<|eot_id|>", "STOP"]
+    assert first["stop"] == ["STOP", "<END", "\n# Query:", "\n# Answer:"]  # at most four: the client's first
     own = program_defaults(load(program_file))  # what the program sends in Python when the caller sets nothing
     assert default["max_tokens"] == min(own.get("max_tokens") or 64, 100)
     assert default.get("temperature") == own.get("temperature")

@@ -60,7 +60,7 @@ def test_text_model_sees_one_continuous_drpo_document() -> None:
     joined = "".join(m["content"] for m in layout_messages("Be kind.", [("Ex?", "Ex.")], conversation))
     assert joined == ("Be kind.\n\n# Query:\nEx?\n\n# Answer:\n<START>\nEx.\n<END>\n\n"
                       "# Query:\nFirst?\n\n# Answer:\n<START>\nOne.\n<END>\n\n"
-                      "# Query:\nSecond?\n\n# Answer:\n<START>\n")
+                      "# Query:\nSecond?\n\n# Answer:\n")
 
 
 def test_parse_messages_folds_roles() -> None:

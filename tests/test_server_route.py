@@ -168,7 +168,7 @@ def test_text_route_sends_the_exact_concatenated_prompt(server, text_completion_
     assert isinstance(answer, str) and answer.strip()
     expected_prompt = system_part(instructions, [example]) + user_part(query)
     assert expected_prompt == (f"{instructions}\n\n# Query:\n{example[0]}\n\n# Answer:\n<START>\n{example[1]}"
-                               f"\n<END>\n\n# Query:\n{query}\n\n# Answer:\n<START>\n")
+                               f"\n<END>\n\n# Query:\n{query}\n\n# Answer:\n")
     (request, _reply), = text_completion_calls
     assert request["model"] == f"text-completion-openai/{SERVED_NAME}" and request["api_base"] == server.url
     assert request["prompt"] == expected_prompt

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from drpo_dspy.modules.aligned_responder import DEFAULT_INSTRUCTIONS, AlignedResponder
+from drpo_dspy.modules.aligned_responder import DEFAULT_INSTRUCTIONS, DEFAULT_MAX_TOKENS, AlignedResponder
 
 logger = logging.getLogger(__name__)
 
@@ -159,8 +159,11 @@ def _is_published_icl(path: Path) -> bool:
 
 
 def import_official(path: PathLike, *, icl_examples: Any = None, k: int = 2, embedder: Any = None,
-                    max_tokens: int | None = None) -> AlignedResponder:
+                    max_tokens: int = DEFAULT_MAX_TOKENS) -> AlignedResponder:
     """An AlignedResponder from a model folder (or its ``output.json`` / ``.txt`` / ``.pkl``) of the original release.
+
+    The program gets an explicit answer cap, ``max_tokens`` (default 1024): a program without one would be cut by
+    an OpenAI-compatible server's own default (16 tokens on ``/v1/completions``).
 
     The prompt is the last level's ``Prompt`` (or the text file). The example bank is ``icl_examples`` (a path to
     the published ``{query: answer}`` JSON or a saved bank, a mapping, a list or an ``AlignmentBank``); when not

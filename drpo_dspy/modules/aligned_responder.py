@@ -35,7 +35,7 @@ from typing import Any
 import dspy
 from dspy.utils.exceptions import AdapterParseError
 
-from drpo_dspy.adapters.drpo_layout import STOP_SEQUENCES, DRPOLayoutAdapter
+from drpo_dspy.adapters.drpo_layout import DRPOLayoutAdapter, check_layout, stop_sequences
 from drpo_dspy.modules.history import conversation_turns
 from drpo_dspy.modules.in_context import demo_pairs, in_context
 from drpo_dspy.modules.program_file import PROGRAM_FIX, check_program_file
@@ -71,6 +71,14 @@ def _default_examples() -> list[dict]:
     return [{"query": e["query"], "answer": e["answer"]} for e in load_seed_examples()]
 
 
+def _answer(pred: Any, query: str) -> str:
+    """The prediction's answer; an empty one is logged (it is a failure: callers count it, never score it)."""
+    response = (getattr(pred, "response", None) or "") if pred is not None else ""
+    if not response.strip():
+        logger.warning("the model gave an empty answer for query %.60r", query)
+    return response
+
+
 def _check_query(query: Any) -> None:
     if not isinstance(query, str) or not query.strip():
         raise ValueError("query must be a non-empty string")
@@ -94,6 +102,8 @@ class AlignedResponder(dspy.Module):
         demo_mode: How demos on ``respond.demos`` (set by BootstrapFewShot, KNNFewShot, ... or by hand) join the
             retrieved examples: "merge" (default: the demos first, then the retrieved examples) or "replace" (the
             demos instead of the retrieved examples, when there are any).
+        layout: How the live query's turn ends (see :mod:`drpo_dspy.adapters.drpo_layout`): "open" (default),
+            "marked" (at ``<START>``) or "plain" (no markers anywhere). Saved with the program.
 
     Calling ``responder(query=..., history=None)`` returns ``dspy.Prediction(response=..., examples=[...])``,
     ``examples`` being the queries of the in-context examples in prompt order.
@@ -110,6 +120,7 @@ class AlignedResponder(dspy.Module):
         fixed_examples: bool = False,
         temperature: float | None = DEFAULT_TEMPERATURE,
         demo_mode: str = "merge",
+        layout: str = "open",
     ):
         super().__init__()
         from drpo_dspy.retrievers.bank import AlignmentBank
@@ -117,11 +128,12 @@ class AlignedResponder(dspy.Module):
         if not isinstance(instructions, str) or not instructions.strip():
             raise ValueError("instructions must be a non-empty string")
         check_demo_mode(demo_mode)
+        check_layout(layout)
         if examples is None:
             examples = _default_examples()
         bank = examples if isinstance(examples, AlignmentBank) else AlignmentBank(examples, embedder=embedder)
         check_k(k, len(bank))
-        self.decoding = Decoding(temperature, max_tokens)
+        self.decoding = Decoding(temperature, max_tokens, layout)
         self.respond = dspy.Predict(AlignedAnswer.with_instructions(instructions))
         self.examples = ExampleBank(bank, k, fixed=fixed_examples, demo_mode=demo_mode)
         self._raw_lms: dict[int, dspy.LM] = {}
@@ -159,6 +171,15 @@ class AlignedResponder(dspy.Module):
     def temperature(self, value: float | None) -> None:
         check_decoding(value, self.decoding.max_tokens)
         self.decoding.temperature = value
+
+    @property
+    def layout(self) -> str:
+        return self.decoding.layout
+
+    @layout.setter
+    def layout(self, value: str) -> None:
+        check_layout(value)
+        self.decoding.layout = value
 
     @property
     def k(self) -> int:
@@ -224,10 +245,16 @@ class AlignedResponder(dspy.Module):
         if instructions is not None:
             signature = signature.with_instructions(instructions)
         arguments = {"query": query, "demos": [{"query": q, "response": a} for q, a in shown], "signature": signature}
-        return DRPOLayoutAdapter(paper=paper_layout, history=turns), arguments, shown
+        return DRPOLayoutAdapter(paper=paper_layout, history=turns, layout=self.layout), arguments, shown
 
-    def _config(self, config: dict | None) -> dict[str, Any]:
-        return {"stop": list(STOP_SEQUENCES), **self.decoding.config(), **(config or {})}
+    def _config(self, config: dict | None, lm: Any, paper_layout: bool = False) -> dict[str, Any]:
+        """The call's settings: stops, then the saved decoding, then ``config``; an answer cap is always sent
+        (the LM's own when this module has none, else the default), never left to a server's default."""
+        merged = {"stop": stop_sequences(paper_layout), **self.decoding.config(), **(config or {})}
+        if merged.get("max_tokens") is None and merged.get("max_completion_tokens") is None:
+            own = getattr(lm, "kwargs", {}) or {}
+            merged["max_tokens"] = own.get("max_tokens") or own.get("max_completion_tokens") or DEFAULT_MAX_TOKENS
+        return merged
 
     def _prepare(self, query: str, history: Any, instructions: str | None, paper_layout: bool = False
                  ) -> tuple[tuple, list]:
@@ -256,26 +283,26 @@ class AlignedResponder(dspy.Module):
         turns, demos = self._prepare(query, history, instructions, paper_layout)
         retrieved = self.retrieve(query) if self._needs_retrieval(demos) else []
         adapter, arguments, shown = self._request(query, turns, demos, retrieved, instructions, paper_layout)
+        lm = self._lm_for_call(lm)
         with dspy.context(adapter=adapter):
             try:
-                pred = self.respond(**arguments, lm=self._lm_for_call(lm), config=self._config(config))
+                pred = self.respond(**arguments, lm=lm, config=self._config(config, lm, paper_layout))
             except AdapterParseError:  # the model returned nothing at all
-                logger.warning("the model returned an empty completion for query %.60r", query)
-                return "", shown
-        return pred.response or "", shown
+                pred = None
+        return _answer(pred, query), shown
 
     async def _acall(self, query: str, history: Any, instructions: str | None, lm: Any, config: dict | None,
                      paper_layout: bool = False) -> tuple[str, list[tuple[str, str]]]:
         turns, demos = self._prepare(query, history, instructions, paper_layout)
         retrieved = await asyncio.to_thread(self.retrieve, query) if self._needs_retrieval(demos) else []
         adapter, arguments, shown = self._request(query, turns, demos, retrieved, instructions, paper_layout)
+        lm = self._lm_for_call(lm)
         with dspy.context(adapter=adapter):
             try:
-                pred = await self.respond.acall(**arguments, lm=self._lm_for_call(lm), config=self._config(config))
+                pred = await self.respond.acall(**arguments, lm=lm, config=self._config(config, lm, paper_layout))
             except AdapterParseError:
-                logger.warning("the model returned an empty completion for query %.60r", query)
-                return "", shown
-        return pred.response or "", shown
+                pred = None
+        return _answer(pred, query), shown
 
     def forward(self, query: str, history: Any = None, lm: Any = None, config: dict | None = None
                 ) -> dspy.Prediction:

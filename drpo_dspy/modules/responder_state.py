@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from dspy.predict.parameter import Parameter
+
+from drpo_dspy.adapters.drpo_layout import DEFAULT_LAYOUT, check_layout
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_TOKENS = 1024  # an explicit answer cap: OpenAI-compatible /v1/completions servers default to 16 tokens
 DEFAULT_TEMPERATURE = 0.0  # greedy, as the paper decodes the base model; servers default to sampling at 1.0
@@ -51,11 +56,14 @@ class ExampleBank(Parameter):
 
 
 class Decoding(Parameter):
-    """How the base model is decoded: temperature and answer cap, sent on every call and saved with the module."""
+    """How the base model is prompted and decoded: temperature, answer cap and prompt layout, sent on every call and
+    saved with the module."""
 
-    def __init__(self, temperature: float | None = DEFAULT_TEMPERATURE, max_tokens: int | None = DEFAULT_MAX_TOKENS):
+    def __init__(self, temperature: float | None = DEFAULT_TEMPERATURE, max_tokens: int | None = DEFAULT_MAX_TOKENS,
+                 layout: str = DEFAULT_LAYOUT):
         check_decoding(temperature, max_tokens)
-        self.temperature, self.max_tokens = temperature, max_tokens
+        check_layout(layout)
+        self.temperature, self.max_tokens, self.layout = temperature, max_tokens, layout
 
     def reset(self) -> None:  # learned settings, not a trace
         pass
@@ -65,14 +73,21 @@ class Decoding(Parameter):
         return {k: v for k, v in (("temperature", self.temperature), ("max_tokens", self.max_tokens)) if v is not None}
 
     def dump_state(self, json_mode: bool = True) -> dict[str, Any]:
-        return {"temperature": self.temperature, "max_tokens": self.max_tokens}
+        return {"temperature": self.temperature, "max_tokens": self.max_tokens, "layout": self.layout}
 
     def load_state(self, state: dict[str, Any]) -> Decoding:
+        """A saved decoding; a program saved without a cap gets the default cap (an answer is never left to a
+        server's own default, 16 tokens on ``/v1/completions``), one saved without a layout the default layout."""
         if not isinstance(state, dict):
             raise ValueError("not an AlignedResponder decoding state (expected temperature and max_tokens)")
         temperature, max_tokens = state.get("temperature"), state.get("max_tokens")
+        layout = state.get("layout") or DEFAULT_LAYOUT
         check_decoding(temperature, max_tokens)
-        self.temperature, self.max_tokens = temperature, max_tokens
+        check_layout(layout)
+        if max_tokens is None:
+            logger.info("the saved program has no answer cap: using the default, max_tokens=%d", DEFAULT_MAX_TOKENS)
+            max_tokens = DEFAULT_MAX_TOKENS
+        self.temperature, self.max_tokens, self.layout = temperature, max_tokens, layout
         return self
 
 

@@ -1,50 +1,48 @@
 """Incremental answer extraction: stream exactly the text ``extract_answer`` returns for the whole completion.
 
-The answer is the completion up to the first end marker, stripped, without a leading ``<START>``. While text
-arrives, anything that could still turn out to be the start of a marker, leading ``<START>`` or trailing
-whitespace is held back, so the concatenated deltas always equal the non-streamed answer.
+The answer is the completion up to the first end marker (any spelling) or heading, stripped, without start markers
+or a leading ``# Answer:`` (:func:`~drpo_dspy.adapters.drpo_layout.extract_answer`). While text arrives, anything
+that could still turn out to be layout text or trailing whitespace is held back, so the concatenated deltas always
+equal the non-streamed answer.
 """
 
 from __future__ import annotations
 
-from drpo_dspy.adapters.drpo_layout import START, STOP_SEQUENCES
+import re
+
+from drpo_dspy.adapters.drpo_layout import answer_parts
+
+_LEADS = ("<start>", "# answer:")
+# A tail that may still grow into an end marker ("<", "<En", "</e", "<|eot_id") or a heading ("\n#", "\n# Que").
+_OPEN_MARKER = re.compile(r"<[^<>]{0,12}$")
+_OPEN_HEADING = re.compile(r"\n[ \t]*(?:#+[ \t]*[A-Za-z]{0,6}[ \t]*)?$")
 
 
-def _held_suffix(text: str, markers: tuple[str, ...]) -> int:
-    """Length of the longest suffix of ``text`` that is a proper prefix of some marker."""
-    longest = 0
-    for marker in markers:
-        for size in range(min(len(marker) - 1, len(text)), longest, -1):
-            if text.endswith(marker[:size]):
-                longest = size
-                break
-    return longest
+def _held_tail(text: str) -> int:
+    """How many trailing characters could still turn into layout text."""
+    cuts = [m.start() for m in (_OPEN_MARKER.search(text), _OPEN_HEADING.search(text)) if m]
+    return len(text) - min(cuts) if cuts else 0
 
 
 class AnswerStream:
     """Feed raw completion deltas with :meth:`feed`; each call returns the answer text that is now certain."""
 
-    def __init__(self, stops: tuple[str, ...] = STOP_SEQUENCES):
-        self.stops = tuple(stops)
+    def __init__(self) -> None:
         self.raw = ""
         self.sent = ""
         self.stopped = False  # an end marker was seen: the answer is complete
 
     def _answer_so_far(self, final: bool) -> str | None:
-        text = self.raw.lstrip()
-        if not final and START.startswith(text) and len(text) < len(START):
-            return None  # still could be "<START>"
-        cuts = [i for i in (text.find(stop) for stop in self.stops) if i != -1]
-        if cuts:
+        answer, ended = answer_parts(self.raw)
+        if ended:
             self.stopped = True
-            body = text[: min(cuts)].strip()
-            return body[len(START):].strip() if body.startswith(START) else body
-        if text.startswith(START):
-            text = text[len(START):].lstrip()
+            return answer
         if final:
-            return text.rstrip()
-        text = text[: len(text) - _held_suffix(text, self.stops)]
-        return text.rstrip()
+            return answer
+        head = self.raw.lstrip().lower()
+        if any(lead.startswith(head[: len(lead)]) and len(head) < len(lead) for lead in _LEADS):
+            return None  # may still be a leading "<START>" or "# Answer:"
+        return answer_parts(self.raw[: len(self.raw) - _held_tail(self.raw)])[0]
 
     def _advance(self, final: bool) -> str:
         if self.stopped:

@@ -14,6 +14,8 @@ from drpo_dspy.adapters.drpo_layout import STOP_SEQUENCES
 from drpo_dspy.serve.errors import bad_request
 from drpo_dspy.serve.settings import ServeSettings
 
+MAX_STOPS = 4  # what OpenAI-compatible servers accept
+
 _COMMON = {"model", "stream", "stream_options", "temperature", "top_p", "max_tokens", "stop", "seed", "n",
            "presence_penalty", "frequency_penalty", "user", "metadata", "store", "service_tier", "logprobs"}
 CHAT_FIELDS = _COMMON | {"messages", "max_completion_tokens", "parallel_tool_calls"}
@@ -141,5 +143,7 @@ def parse_decoding(body: dict[str, Any], settings: ServeSettings, *, allowed: se
             raise bad_request("'n' above 1 cannot be streamed; set stream to false", param="n")
         if n > 1:
             params["n"] = n
-    params["stop"] = [*STOP_SEQUENCES, *_stops(body.get("stop"))]
+    # OpenAI-compatible upstreams take at most four stops: the client's first, then ours while there is room (the
+    # answer is cut at layout text on our side in any case: extract_answer).
+    params["stop"] = list(dict.fromkeys([*_stops(body.get("stop")), *STOP_SEQUENCES]))[:MAX_STOPS]
     return Decoding(params, stream, bool((options or {}).get("include_usage")))
