@@ -37,9 +37,11 @@ def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
                     "CSV, Markdown, PNG charts and a self-contained HTML report. Re-running with the same --out "
                     "resumes: finished judgments are not paid for again.")
     p.add_argument("--systems", default="base,urial",
-                   help="comma-separated: base (plain 'You are a helpful assistant.'), urial (a static URIAL-style "
-                        "prompt with 3 fixed examples), program:PATH (a program.json from drpo optimize); "
-                        "default: base,urial")
+                   help="comma-separated: raw (the query alone, no system prompt, no layout: what a base model "
+                        "sees untouched), base (the default prompt 'You are a helpful assistant.', zero-shot, in the "
+                        "DRPO layout), urial (a static URIAL-style prompt with 3 fixed examples), program:PATH (a "
+                        "program.json from drpo optimize or drpo import-official; --max-tokens replaces its own "
+                        "cap); default: base,urial")
     p.add_argument("--eval-set", default="regular",
                    help="our sets: regular | harmful | benign_risky | ours (the three); public benchmarks, bundled: "
                         "xstest | ifeval | harmbench | mtbench | benchmarks (the four); all (everything); "
@@ -145,7 +147,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     judge_name = judge_lm.model if judge_lm is not None else "none (judge-free scores)"
     print(f"Evaluating {', '.join(s.name for s in systems)} on {label} ({len(prompts)} prompts); "
-          f"base model {base_lm.model}, judge {judge_name}; output {out}", file=sys.stderr)
+          f"base model {base_lm.model}, judge {judge_name}; answers capped at {args.max_tokens} tokens for every "
+          f"system (--max-tokens); output {out}", file=sys.stderr)
     update, close = _progress_bar(not args.no_progress)
     try:
         result = evaluate(systems, prompts, judge_lm=judge_lm, out_dir=out, num_threads=args.num_threads,

@@ -30,7 +30,7 @@ URIAL_INSTRUCTIONS = (
     "lay it out so it is easy to scan, and add the detail and context that make it complete and engaging."
 )
 URIAL_NUM_EXAMPLES = 3
-BUILTIN_SYSTEMS = ("base", "urial")
+BUILTIN_SYSTEMS = ("raw", "base", "urial")
 PROGRAM_PREFIX = "program:"
 
 
@@ -58,6 +58,39 @@ def StaticPromptResponder(instructions: str, examples: list[dict[str, str]] | No
     examples = [{"query": str(e["query"]), "answer": str(e["answer"])} for e in (examples or [])]
     return AlignedResponder(instructions, examples, k=len(examples), embedder="hashing", max_tokens=max_tokens,
                             fixed_examples=True)
+
+
+class RawQueryResponder(dspy.Module):
+    """The ``raw`` system: the query alone, as a base model sees it: no system prompt, no examples, no layout. A chat
+    model gets one user message; a text model (``model_type="text"``) completes the query's text itself. Greedy,
+    with an explicit cap; the answer is read like any other (up to an end marker or a query heading)."""
+
+    def __init__(self, max_tokens: int | None = None):
+        super().__init__()
+        from drpo_dspy.modules.responder_state import DEFAULT_MAX_TOKENS
+
+        self.max_tokens = max_tokens or DEFAULT_MAX_TOKENS
+        self.layout = "raw"
+
+    def request_settings(self, lm: Any = None) -> dict[str, Any]:
+        """What every call sends besides the prompt."""
+        from drpo_dspy.adapters.drpo_layout import stop_sequences
+
+        return {"temperature": 0.0, "max_tokens": self.max_tokens, "stop": stop_sequences()}
+
+    def forward(self, query: str) -> dspy.Prediction:
+        from drpo_dspy.adapters.drpo_layout import extract_answer
+        from drpo_dspy.clients.raw_text import raw_completion_lm
+
+        lm = dspy.settings.lm
+        if lm is None:
+            raise ValueError("the raw system needs a base LM (dspy.configure(lm=...) or System(lm=...))")
+        if getattr(lm, "model_type", "chat") == "text":
+            lm = raw_completion_lm(lm)
+        outputs = lm(messages=[{"role": "user", "content": query}], **self.request_settings())
+        text = outputs[0] if outputs else ""
+        text = text.get("text", "") if isinstance(text, dict) else text
+        return dspy.Prediction(response=extract_answer(text or ""), examples=[])
 
 
 @dataclass
@@ -156,7 +189,8 @@ def program_name(path: Path, taken: set[str]) -> str:
 
 
 def load_program(path: str | Path, *, max_tokens: int | None = None) -> Any:
-    """Load a compiled :class:`~drpo_dspy.AlignedResponder` from its saved JSON."""
+    """Load a compiled :class:`~drpo_dspy.AlignedResponder` from its saved JSON; ``max_tokens`` replaces the
+    program's own answer cap (an evaluation caps every system alike)."""
     from drpo_dspy.modules.aligned_responder import AlignedResponder
 
     path = Path(path)
@@ -171,7 +205,16 @@ def load_program(path: str | Path, *, max_tokens: int | None = None) -> Any:
         program.load(str(path))
     except Exception as exc:
         raise ValueError(f"program file {path} is not a saved AlignedResponder: {exc}") from exc
+    if max_tokens is not None:
+        program.max_tokens = max_tokens
     return program
+
+
+def sent_settings(module: Any, lm: Any) -> dict[str, Any]:
+    """What a system's module sends on every call besides the prompt (the same function builds the request)."""
+    settings = module.request_settings(lm) if hasattr(module, "request_settings") else {}
+    layout = getattr(module, "layout", None)
+    return {**settings, **({"layout": layout} if layout else {})}
 
 
 def build_systems(specs: str | list[str], *, base_lm: Any, max_tokens: int | None = None,
@@ -180,22 +223,31 @@ def build_systems(specs: str | list[str], *, base_lm: Any, max_tokens: int | Non
     systems: list[System] = []
     taken = set() if taken is None else taken
     for spec in parse_system_specs(specs):
-        if spec == "base":
+        if spec == "raw":
+            module = RawQueryResponder(max_tokens)
+            sent = sent_settings(module, base_lm)
+            system = System("raw", module, base_lm, _digest("raw", sent), None, {"kind": "raw", "examples": 0})
+        elif spec == "base":
             module = StaticPromptResponder(BASE_INSTRUCTIONS, [], max_tokens=max_tokens)
-            system = System("base", module, base_lm, _digest(BASE_INSTRUCTIONS, [], max_tokens), BASE_INSTRUCTIONS,
-                            {"kind": "base", "examples": 0, "max_tokens": max_tokens})
+            sent = sent_settings(module, base_lm)
+            system = System("base", module, base_lm, _digest(BASE_INSTRUCTIONS, [], sent), BASE_INSTRUCTIONS,
+                            {"kind": "base", "examples": 0})
         elif spec == "urial":
             examples = urial_examples()
             module = StaticPromptResponder(URIAL_INSTRUCTIONS, examples, max_tokens=max_tokens)
-            system = System("urial", module, base_lm, _digest(URIAL_INSTRUCTIONS, examples, max_tokens),
-                            URIAL_INSTRUCTIONS, {"kind": "urial", "examples": len(examples), "max_tokens": max_tokens})
+            sent = sent_settings(module, base_lm)
+            system = System("urial", module, base_lm, _digest(URIAL_INSTRUCTIONS, examples, sent),
+                            URIAL_INSTRUCTIONS, {"kind": "urial", "examples": len(examples)})
         else:
             path = Path(spec[len(PROGRAM_PREFIX):]).expanduser()
             program = load_program(path, max_tokens=max_tokens)
             content = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-            system = System(program_name(path, taken), program, base_lm, _digest(content, max_tokens),
-                            program.instructions,
-                            {"kind": "program", "path": str(path), "k": program.k, "max_tokens": max_tokens})
+            sent = sent_settings(program, base_lm)
+            system = System(program_name(path, taken), program, base_lm, _digest(content, sent),
+                            program.instructions, {"kind": "program", "path": str(path), "k": program.k})
+        # What every call of this system sends (cap, temperature, stops, layout): part of its identity, so a
+        # resumed evaluation never mixes answers from two layouts or two caps.
+        system.details.update(max_tokens=sent.get("max_tokens"), decoding=sent)
         taken.add(system.name)
         systems.append(system)
     return systems

@@ -247,6 +247,10 @@ class AlignedResponder(dspy.Module):
         arguments = {"query": query, "demos": [{"query": q, "response": a} for q, a in shown], "signature": signature}
         return DRPOLayoutAdapter(paper=paper_layout, history=turns, layout=self.layout), arguments, shown
 
+    def request_settings(self, lm: Any = None, config: dict | None = None) -> dict[str, Any]:
+        """What a call sends besides the prompt (stops, temperature, answer cap), as :meth:`forward` sends it."""
+        return self._config(config, lm or self.respond.lm or dspy.settings.lm)
+
     def _config(self, config: dict | None, lm: Any, paper_layout: bool = False) -> dict[str, Any]:
         """The call's settings: stops, then the saved decoding, then ``config``; an answer cap is always sent
         (the LM's own when this module has none, else the default), never left to a server's default."""
