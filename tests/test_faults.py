@@ -13,6 +13,7 @@ from fault_world import QUERIES, ROLES, compile_faulty
 from world import field
 
 import drpo_dspy.testing.fault_injection as fi
+from drpo_dspy import AlignedResponder
 from drpo_dspy.clients.failures import SystemicFailure
 from drpo_dspy.testing.fault_injection import always, fast_backoff, on_first_attempts, when
 
@@ -187,12 +188,14 @@ def test_unusable_rewrites_are_dropped_and_counted(fault, kind):
 
 
 # -- the base model ----------------------------------------------------------------------------------------------------
-def test_empty_answers_are_judged_and_counted():
+def test_empty_answers_are_counted_and_never_judged():
     program, _, _ = compile_faulty({"base": when(lambda t: "haiku" in t, fi.empty())})
     result = program.drpo_result
     assert failures(result) == {"base": {"empty_answer": 2}}
     level2 = next(n for n in result.best_path if n["level"] == 2)
-    assert level2["response"] == "" and level2["rewards"][1] is not None  # an empty answer is a bad answer
+    # No answer, no reward: an empty answer is not sent to the judge and cannot win on a judge's score.
+    assert level2["response"] == "" and level2["rewards"][1] is None
+    assert level2["judgment"]["failure"] == "empty_answer" and level2["judgment"]["scores"] == {}
 
 
 def test_role_lms_keep_their_retries():
@@ -211,3 +214,18 @@ def test_role_lms_keep_their_retries():
 def test_queries_drive_the_fault_world():
     assert len(QUERIES) >= 3  # the tests above rely on "haiku" being the level-2 query
     assert "haiku" in QUERIES[1]
+
+
+def test_an_answer_copying_a_shown_example_is_noted_in_the_trace_and_counted():
+    copied = "Magma rises through cracks in the crust and erupts as lava when the pressure is high enough."
+    student = AlignedResponder(examples=[{"query": "How do volcanoes form?", "answer": copied}], k=1,
+                               embedder="hashing")
+    program, _, _ = compile_faulty({"base": when(lambda t: "haiku" in t, fi.text(f"ANSWER prompt=<P> {copied}"))},
+                                   student=student, k=1)
+    result = program.drpo_result
+    assert failures(result)["base"]["copied_example"] == 2
+    level2 = next(n for n in result.best_path if n["level"] == 2)
+    assert level2["judgment"]["copied"]["example_query"] == "How do volcanoes form?"
+    assert level2["judgment"]["copied"]["length"] >= 40 and level2["judgment"]["failure"] != "empty_answer"
+    level1 = next(n for n in result.best_path if n["level"] == 1)
+    assert "copied" not in level1["judgment"]

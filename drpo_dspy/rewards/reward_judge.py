@@ -70,6 +70,7 @@ class Judgment:
     rationales: dict[str, str] = field(default_factory=dict)
     failure: str | None = None
     samples: list[float] = field(default_factory=list)  # with repeated judging: each readable judgment's reward
+    copied: dict[str, Any] | None = None  # the answer copied a shown example: which, and how much (still judged)
 
     @property
     def reward(self) -> float | None:
@@ -109,6 +110,8 @@ class Judgment:
                 "failure": self.failure, "reward": self.reward}
         if self.samples:
             data.update(samples=self.samples, spread=self.spread)
+        if self.copied:
+            data["copied"] = self.copied
         return data
 
     @classmethod
@@ -117,7 +120,8 @@ class Judgment:
         if any(not 1 <= s <= 5 for s in scores.values()):
             raise ValueError(f"judgment scores must be 1-5, got {scores}")
         samples = [float(x) for x in data.get("samples", [])]
-        return cls(list(data["aspects"]), scores, dict(data.get("rationales", {})), data.get("failure"), samples)
+        return cls(list(data["aspects"]), scores, dict(data.get("rationales", {})), data.get("failure"), samples,
+                   data.get("copied"))
 
 
 class RewardJudge:

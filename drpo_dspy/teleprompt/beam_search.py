@@ -19,6 +19,7 @@ from typing import Any
 
 import dspy
 
+from drpo_dspy.adapters.answer_checks import EMPTY_FAILURE as EMPTY_ANSWER
 from drpo_dspy.adapters.field_markers import neutralize_field_markers
 from drpo_dspy.adapters.typed_calls import call_typed, call_typed_samples, requests_per_call, sampling_config
 from drpo_dspy.clients.budget import Budget, BudgetExhausted, guarded
@@ -86,10 +87,13 @@ class BeamSearch:
         budget: Budget | None = None,
         base_lm: Any = None,
         propose_signature: Callable[[type[dspy.Signature]], type[dspy.Signature]] | None = None,
+        inspect_answer: Callable[[str, str], dict[str, Any] | None] | None = None,
     ):
-        """``propose_signature`` maps the optimizer's signature to the one used (same fields, other wording)."""
+        """``propose_signature`` maps the optimizer's signature to the one used (same fields, other wording);
+        ``inspect_answer(query, response)`` returns a note on an answer that copied a shown example (or None)."""
         self.settings = settings
         self.answer = answer  # (instructions, query) -> response text
+        self.inspect_answer = inspect_answer
         self.rewarder = rewarder
         self.optimizer_lm = optimizer_lm
         self.meter = meter
@@ -120,12 +124,20 @@ class BeamSearch:
             self.meter.record_error("base", exc)
             return "", Judgment(selection.aspects, failure=f"base_{type(exc).__name__}")
         self.meter.record_success("base")
-        if not response.strip():  # still judged (an empty answer is a bad answer), but counted
-            self.meter.record_failure("base", "empty_answer")
+        if not response.strip():
+            self.meter.record_failure("base", EMPTY_ANSWER)
+            if not self.settings.paper_mode:  # no answer, no reward: it can never win on a judge's score
+                return response, Judgment(selection.aspects, failure=EMPTY_ANSWER)
+        copied = self.inspect_answer(query, response) if self.inspect_answer and response.strip() else None
+        if copied:
+            self.meter.record_failure("base", "copied_example")
         samples = self.settings.guards.judge_samples
         if samples > 1:
-            return response, self.rewarder.judge_repeatedly(query, response, selection, samples, self.settings.seed)
-        return response, self.rewarder.judge(query, response, selection)
+            judgment = self.rewarder.judge_repeatedly(query, response, selection, samples, self.settings.seed)
+        else:
+            judgment = self.rewarder.judge(query, response, selection)
+        judgment.copied = copied
+        return response, judgment
 
     def _reward_of(self, judgment: Judgment) -> float | None:
         if judgment.reward is None and self.settings.paper_faithful_failures:

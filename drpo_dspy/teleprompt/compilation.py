@@ -17,6 +17,7 @@ from typing import Any
 
 import dspy
 
+from drpo_dspy.adapters.answer_checks import find_copy
 from drpo_dspy.clients.budget import Budget, BudgetExhausted, StopSignal
 from drpo_dspy.clients.failures import FailurePolicy, SystemicFailure, systemic_reason
 from drpo_dspy.clients.metering import Meter
@@ -139,6 +140,14 @@ class Compilation:
         return self.program.respond_with(prompt, live_query(query), lm=self.lms["base"],
                                          paper_layout=self.drpo.paper_mode, history=history)
 
+    def copied_example(self, query: Any, response: str) -> dict[str, Any] | None:
+        """The shown example ``response`` copied a run of 40+ characters from, if any (retrieval is cached)."""
+        if not self.program.k or not len(self.program.bank):
+            return None
+        shown = [(e.shown_query, e.answer) for e in self.program.retrieve(live_query(query))]
+        found = find_copy(response, shown, query=live_query(query))
+        return None if found is None else found.to_dict()
+
     def run(self, state: SearchState | None = None) -> AlignedResponder:
         drpo = self.drpo
         if self.run_dir is not None:
@@ -148,7 +157,7 @@ class Compilation:
             settings=drpo.settings,
             answer=self.answer,
             rewarder=self.rewarder, optimizer_lm=self.lms["optimizer"], meter=self.meter, emit=self.bus.emit,
-            should_stop=self.stop, budget=self.budget, base_lm=self.lms["base"],
+            should_stop=self.stop, budget=self.budget, base_lm=self.lms["base"], inspect_answer=self.copied_example,
         )
         if self.run_dir is not None:
             self.bus.add_listener(RunLogWriter(self.run_dir))
