@@ -38,10 +38,20 @@ def build_demo_report(out_dir: Path, *, limit: int = 6) -> Path:
         words = 40 + _h(name, query) % 120 + {"base": 0, "urial": 60, "tuned": 110}[name]
         return f"[{name}] A reply to: {query}\n" + " ".join(["detail"] * words) + "\n<END>"
 
+    def field(text: str, name: str) -> str | None:
+        """An input field of a DSPy chat prompt (``[[ ## name ## ]]``), or None when the prompt has none."""
+        found = re.search(rf"\[\[ ## {name} ## \]\]\n(.*?)(?=\n\n\[\[ ## |\Z)", text, re.S)
+        return found.group(1) if found else None
+
     def judge(messages, params):
         text = last_user_text(messages)
-        response = re.search(r"\[\[ ## response ## \]\]\n(.*?)(?=\n\n\[\[ ## |\Z)", text, re.S).group(1)
-        query = re.search(r"\[\[ ## query ## \]\]\n(.*?)(?=\n\n\[\[ ## |\Z)", text, re.S).group(1)
+        if field(text, "response") is None:  # the MT-Bench judge: question + answer, a 1-10 rating per turn
+            answer, question = field(text, "answer") or "", field(text, "question") or ""
+            name = answer[1:answer.index("]")] if answer.startswith("[") and "]" in answer else "base"
+            lift = {"base": 0, "urial": 1, "tuned": 2}.get(name, 0)
+            return {"evaluation": {"explanation": f"rated for the demo ({name})",
+                                   "rating": max(1, min(10, 4 + 2 * lift + _h(name, question) % 3 - 1))}}
+        response, query = field(text, "response"), field(text, "query") or ""
         name = response[1:response.index("]")]
         lift = {"base": 0, "urial": 1, "tuned": 2}[name]
         verdicts = {a: {"rationale": f"{a} judged for the demo",

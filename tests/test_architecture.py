@@ -143,10 +143,20 @@ def test_a_non_editable_install_imports_every_subpackage(tmp_path):
 
 
 def test_ci_runs_the_readmes_test_command_exactly():
-    """CI runs ``.ci/run``; it must be the README's test command, character for character."""
+    """CI runs ``.ci/run``; it ends with the README's test command, character for character, on a line of its own
+    (what comes before it only prepares the machine, e.g. installs Chromium when it can)."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     after = readme.split("Run the tests", 1)[1]
     command = after.split("```bash\n", 1)[1].split("\n```", 1)[0].strip()
     ci_lines = [line for line in (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
-                if line.strip() and not line.startswith(("#", "set ", "cd "))]
-    assert ci_lines == [command]
+                if line.strip() and not line.lstrip().startswith("#")]
+    assert ci_lines[-1] == command
+    assert ci_lines.count(command) == 1
+
+
+def test_ci_installs_chromium_without_failing_on_it():
+    """The headless-browser test runs in CI where Chromium can be installed; a failed install is not a failure."""
+    script = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    install = script.index("apt-get install -y -qq chromium")
+    assert install < script.index("python -m pytest")
+    assert "|| echo" in script[install:script.index("python -m pytest")]  # guarded under set -e
