@@ -142,7 +142,8 @@ def run(args: argparse.Namespace) -> None:
                         _model: str = model, _lm: Any = call_lm) -> None:
                     out = answer(_lm, _r, _layout, p, args.max_tokens)
                     row = {"model": _model, "layout": _layout, "system": _system, "set": p["set"], "id": p["id"],
-                           "category": p.get("category"), "label": (p.get("meta") or {}).get("label"), **out}
+                           "category": p.get("category"), "label": (p.get("meta") or {}).get("label"),
+                           "query": p["instruction"], **out}
                     with lock, store.open("a") as f:
                         f.write(json.dumps(row) + "\n")
 
@@ -159,12 +160,8 @@ def read_records(path: Path) -> list[dict[str, Any]]:
 
 
 def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    from drpo_dspy.adapters.answer_checks import find_copy
     from drpo_dspy.adapters.drpo_layout import extract_answer, leaked_layout
-
-    try:
-        from drpo_dspy.adapters.answer_checks import copied_span
-    except ImportError:  # an older checkout: no copy detection
-        copied_span = None
     cells: dict[tuple, list[dict[str, Any]]] = {}
     for r in records:
         cells.setdefault((r["model"], r["layout"], r["system"]), []).append(r)
@@ -177,10 +174,8 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         n = len(group)
         empty = sum(not a.strip() for a in answers)
         leaked = sum(leaked_layout(a) for a in answers)
-        copied = None
-        if copied_span is not None:
-            copied = sum(bool(copied_span(a, [t for pair in r["examples"] for t in pair]))
-                         for a, r in zip(answers, group))
+        copied = sum(find_copy(a, [tuple(pair) for pair in r["examples"]], query=r.get("query")) is not None
+                     for a, r in zip(answers, group))
         by_set = {}
         for name in ("ifeval", "xstest"):
             sub = [a for a, r in zip(answers, group) if r["set"] == name]
@@ -188,7 +183,7 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         lengths = sorted(len(a) for a in answers)
         rows.append({"model": model, "layout": layout, "system": system, "n": n, "empty": empty,
                      "empty_rate": round(empty / n, 3), "leaked": leaked, "leaked_rate": round(leaked / n, 3),
-                     "copied": copied, "copied_rate": None if copied is None else round(copied / n, 3),
+                     "copied": copied, "copied_rate": round(copied / n, 3),
                      "by_set": by_set, "median_chars": lengths[n // 2],
                      "seconds_per_answer": round(sum(r["seconds"] for r in group) / n, 2)})
     return rows
@@ -205,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = summarise(read_records(args.out / "records.jsonl"))
     print(f"{'model':24} {'layout':7} {'system':9} {'n':>4} {'empty':>7} {'leaked':>7} {'copied':>7} {'chars':>6}")
     for r in rows:
-        copied = "n/a" if r["copied_rate"] is None else f"{r['copied_rate']:.1%}"
+        copied = f"{r['copied_rate']:.1%}"
         print(f"{r['model']:24} {r['layout']:7} {r['system']:9} {r['n']:>4} {r['empty_rate']:>7.1%} "
               f"{r['leaked_rate']:>7.1%} {copied:>7} {r['median_chars']:>6}")
     args.results.parent.mkdir(parents=True, exist_ok=True)

@@ -40,6 +40,12 @@ def test_layout_matches_the_drpo_template():
 
 @pytest.mark.parametrize(("raw", "expected"), [
     ("  hello <END> more", "hello"), ("<START>\nhi\n<END", "hi"), ("plain", "plain"), ("a<|eot_id|>b", "a"),
+    # Layout text never stays in an answer: end markers in any spelling, the next example's headings, an echoed query.
+    ("Paris.<End> more", "Paris."), ("Paris.</END>", "Paris."), ("Paris. <end>", "Paris."),
+    ("Paris.\n\n# Query:\nWhat about Spain?\n\n# Answer:\nMadrid.", "Paris."),
+    ("# Answer:\nParis.\n\n# Answer:\nParis.", "Paris."), ("<start>Paris.", "Paris."),
+    ("# Query:\nWhat is the capital of France?\n\nParis.\n# Query:\nNext", "Paris."),
+    ("# Query:\nWhat is the capital of France?\n", ""), ("A heading\n# Title\ntext", "A heading\n# Title\ntext"),
 ])
 def test_answer_extraction(raw, expected):
     assert extract_answer(raw) == expected

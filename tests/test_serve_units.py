@@ -19,6 +19,8 @@ COMPLETIONS = [
     "Plain answer.", "  <START>\n Seven is prime.\n<END>\nafter", "<START><END>", "<STAR", "a <ST b", "x <EN y",
     "ends with <EN", "text\n\n  \n", "<|eot_id|> first", "two\n<END\nthree", "  \n<START>\n\n", "<", "",
     "mid <START> stays <END> gone", "spaces   inside  \t kept<END>", "<START>\n<START> twice<END>",
+    "Yes.<End>no", "Yes.</END>no", "yes <end> no", "Paris.\n\n# Query:\nNext?", "# Answer:\nParis.\n# Answer:\nx",
+    "# Query:\nHow?\n\nLike this.\n# Query:\nmore", "a < b, and c > d", "Title\n# Heading\nbody",
 ]
 
 

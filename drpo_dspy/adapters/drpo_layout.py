@@ -41,6 +41,10 @@ _ANSWER_END = re.compile(r"<\s*/?\s*end\s*>?|<\|(?:eot_id|im_end|endoftext)\|>|<
                          r"|(?:^|\n)[ \t]*#+[ \t]*(?:query|answer)[ \t]*:", re.IGNORECASE)
 _START_MARKER = re.compile(r"<\s*start\s*>", re.IGNORECASE)
 _ANSWER_HEADING = re.compile(r"^[ \t]*#+[ \t]*answer[ \t]*:[ \t]*", re.IGNORECASE)
+# A completion that opens by restating the query ("# Query:\n<the query>\n\n"): up to a blank line or an answer
+# heading (or the end, while the query is still being written).
+_QUERY_ECHO = re.compile(r"#+[ \t]*query[ \t]*:.*?(?:\n[ \t]*\n|(?=\n[ \t]*#+[ \t]*answer[ \t]*:)|\Z)",
+                         re.IGNORECASE | re.DOTALL)
 
 
 def check_layout(layout: Any) -> None:
@@ -138,6 +142,9 @@ def answer_parts(completion: str) -> tuple[str, bool]:
     """``(answer, ended)``: the answer as :func:`extract_answer` reads it, and whether the completion has reached
     the answer's end (a marker or a heading), so that nothing after it can change the answer."""
     text = _ANSWER_HEADING.sub("", _START_MARKER.sub("", completion or "").lstrip(), count=1)
+    echo = _QUERY_ECHO.match(text)
+    if echo:  # the model restated the query in the layout before answering: the answer follows it
+        text = _ANSWER_HEADING.sub("", text[echo.end():].lstrip(), count=1)
     end = _ANSWER_END.search(text)
     return (text if end is None else text[: end.start()]).strip(), end is not None
 

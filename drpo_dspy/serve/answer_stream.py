@@ -12,7 +12,7 @@ import re
 
 from drpo_dspy.adapters.drpo_layout import answer_parts
 
-_LEADS = ("<start>", "# answer:")
+_LEADS = ("<start>", "# answer:", "# query:")
 # A tail that may still grow into an end marker ("<", "<En", "</e", "<|eot_id") or a heading ("\n#", "\n# Que").
 _OPEN_MARKER = re.compile(r"<[^<>]{0,12}$")
 _OPEN_HEADING = re.compile(r"\n[ \t]*(?:#+[ \t]*[A-Za-z]{0,6}[ \t]*)?$")
