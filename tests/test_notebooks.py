@@ -33,6 +33,15 @@ def test_the_notebooks_exist_and_match_their_generator():
         assert code and all(c["outputs"] == [] and c["execution_count"] is None for c in code), name
 
 
+def test_no_notebook_makes_up_an_api_key():
+    """An estimate needs no key (``keys_not_needed``): a placeholder key would hide a missing one until a paid call."""
+    import re
+
+    source = (NOTEBOOKS_DIR / "build_notebooks.py").read_text(encoding="utf-8")
+    assert re.findall(r"api_key=[^\n]*\bor\s*[\"']", source) == []
+    assert "keys_not_needed()" in source
+
+
 @pytest.mark.embedded
 @pytest.mark.skipif(bool(_missing()), reason=f"needs {', '.join(_missing())} (pip install -e '.[dev]')")
 @pytest.mark.parametrize("name", NOTEBOOKS)
@@ -75,6 +84,7 @@ def test_notebook_runs_top_to_bottom(name, tmp_path, monkeypatch):
             assert f"Skipped {provider}:" in text
         assert "judge     -> embedded/smollm2-135m" in text
         assert any("| judge | openai/gpt-4o |" in o.get("data", {}).get("text/markdown", "") for o in outputs)
+        assert "every model is priced" in text  # no key was needed, and gpt-4o has a price
     elif name.startswith("03_"):
         out = tmp_path / "runs" / "evaluation-demo"
         assert (out / "report.html").is_file() and (out / "aspects.png").is_file()

@@ -124,3 +124,17 @@ def test_settings_are_safe_by_default_and_checked() -> None:
             ServeSettings(**bad)
     assert api_keys_from_env({"DRPO_SERVE_API_KEYS": " a-key-1234, ,b-key-1234 "}) == {"a-key-1234", "b-key-1234"}
     assert content_version(b"x") == content_version(b"x") != content_version(b"y")
+
+
+@pytest.mark.parametrize("module", ["uvicorn", "fastapi"])
+def test_serve_without_the_web_stack_names_the_extra(module, monkeypatch, capsys, tmp_path):
+    import sys
+
+    from drpo_dspy.cli.main import main
+
+    for name in [m for m in sys.modules if m == module or m.startswith(f"{module}.") or m == "drpo_dspy.serve.app"]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, module, None)  # import raises ImportError: "No module named ..."
+    assert main(["serve", str(tmp_path / "program.json")]) == 2
+    err = capsys.readouterr().err
+    assert f"'{module}'" in err and 'pip install "drpo-dspy[serve]"' in err

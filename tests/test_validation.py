@@ -89,3 +89,27 @@ def test_jsonl_queries_may_hold_a_line_separator_inside_a_string(tmp_path):
     path.write_text('{"query": "ok"}\n{not json\n', encoding="utf-8")
     with pytest.raises(ValueError, match=r"queries\.jsonl line 2 is not valid JSON"):
         read_queries(path)
+
+
+def test_a_missing_server_address_points_at_api_base(monkeypatch):
+    monkeypatch.delenv("OLLAMA_API_BASE", raising=False)
+    ok = scripted_lm(lambda m, p: "x")
+    drpo = DRPO(base_lm=ok, metrics_lm=ok, optimizer_lm=ok, judge_lm=dspy.LM("ollama_chat/llama3.2"), progress=False)
+    with pytest.raises(ValueError, match=r"judge_lm 'ollama_chat/llama3.2'.*pass --judge-api-base URL "
+                                         r"\(api_base=\.\.\. in dspy\.LM\)") as info:
+        drpo.compile(AlignedResponder(examples=[], k=0), trainset=["q"])
+    assert "api_key" not in str(info.value)  # Ollama needs an address, not a key
+
+
+def test_keys_are_not_needed_for_a_dry_run_only(monkeypatch):
+    from drpo_dspy.runs.validation import keys_not_needed, resolve_lm
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    lm = dspy.LM("openai/gpt-4o-mini")
+    assert resolve_lm("judge", lm, need_key=False) is lm
+    with keys_not_needed():
+        assert resolve_lm("judge", lm) is lm
+        with pytest.raises(ValueError, match="unknown model string"):  # the model string is still checked
+            resolve_lm("judge", dspy.LM("no-such-provider-xyz/model"))
+    with pytest.raises(ValueError, match="OPENAI_API_KEY"):
+        resolve_lm("judge", lm)

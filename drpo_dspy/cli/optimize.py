@@ -172,9 +172,14 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     drpo = DRPO(base_lm=lms["base"], metrics_lm=lms["metrics"], judge_lm=lms["judge"], optimizer_lm=lms["optimizer"],
                 k=k, log_dir=log_dir, progress=not o.get("no_progress"), **search)
     if o.get("dry_run"):
+        from drpo_dspy.clients.metering import price_notes
+        from drpo_dspy.runs.validation import keys_not_needed
         from drpo_dspy.teleprompt.estimate import render
 
-        print(render(drpo.estimate(queries, student)))
+        with keys_not_needed():  # an estimate calls nothing: no key, no server address needed
+            print(render(drpo.estimate(queries, student)))
+        for note in price_notes(lms.values()):
+            print(note)
         return 0
     demo = o.get("demo_query") or "I have a job interview tomorrow and I'm nervous. How should I prepare tonight?"
     print(f"DRPO: {len(queries)} training queries, base model {lms['base'].model}, run directory {log_dir}")

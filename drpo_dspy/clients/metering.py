@@ -157,3 +157,52 @@ def _price(model: str, prompt_tokens: int, completion_tokens: int) -> float:
         return 0.0
     prompt_price, completion_price = price_per_token(model)
     return prompt_tokens * prompt_price + completion_tokens * completion_price
+
+
+# Providers that serve models on the user's own machines: no price is expected for them (counted as free).
+SELF_HOSTED_PROVIDERS = frozenset({"ollama", "ollama_chat", "hosted_vllm", "vllm", "lm_studio", "llamafile",
+                                   "openai_like", "custom_openai", "xinference", "oobabooga", "triton"})
+_FREE_PREFIXES = ("embedded/", "drpo_text/", "scripted/")
+
+
+def _price_entry(model: str) -> dict[str, Any] | None:
+    import litellm
+
+    info = litellm.model_cost.get(model) or litellm.model_cost.get(model.split("/", 1)[-1])
+    if not isinstance(info, dict) or not ({"input_cost_per_token", "output_cost_per_token"} & info.keys()):
+        return None
+    return info
+
+
+def price_known(lm_or_model: Any) -> bool:
+    """Whether a model's cost can be estimated: litellm's offline price table lists it, or it is free by
+    construction (the embedded model, scripted LMs, a self-hosted provider, any ``api_base`` server)."""
+    model = lm_or_model if isinstance(lm_or_model, str) else str(getattr(lm_or_model, "model", "") or "")
+    kwargs = {} if isinstance(lm_or_model, str) else (getattr(lm_or_model, "kwargs", None) or {})
+    if not model or model.startswith(_FREE_PREFIXES) or kwargs.get("api_base") or kwargs.get("base_url"):
+        return True
+    if _price_entry(model) is not None:
+        return True
+    try:
+        import litellm
+
+        provider = litellm.get_llm_provider(model)[1]
+    except Exception:
+        return False
+    return provider in SELF_HOSTED_PROVIDERS
+
+
+def unpriced_models(lms: Any) -> list[str]:
+    """The model strings among ``lms`` (``dspy.LM``s or strings) whose cost an estimate cannot know, in order."""
+    out: list[str] = []
+    for lm in lms:
+        model = lm if isinstance(lm, str) else str(getattr(lm, "model", "") or "")
+        if model not in out and not price_known(lm):
+            out.append(model)
+    return out
+
+
+def price_notes(lms: Any) -> list[str]:
+    """One line per unpriced model (a typo such as ``openai/gpt-4o-typo`` would otherwise be priced at $0.00)."""
+    return [f"no price known for {model}: cost not estimated (counted as $0.00 above; check the model name)"
+            for model in unpriced_models(lms)]

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import dspy
 
 from drpo_dspy.modules.conversation_query import parse_conversation
+
+_KEYS_NOT_NEEDED: contextvars.ContextVar[bool] = contextvars.ContextVar("drpo_keys_not_needed", default=False)
 
 MAX_QUERY_CHARS = 50_000
 """The longest training query accepted (characters); longer ones fail before any LM call. Every role sees the query
@@ -76,8 +80,22 @@ def check_number(name: str, value: Any, low: float, high: float) -> None:
         raise ValueError(f"{name} must be a number in [{low}, {high}], got {value!r}")
 
 
-def resolve_lm(role: str, lm: Any) -> dspy.BaseLM:
-    """The LM for a role: the one given, else ``dspy.settings.lm``; validated without calling it."""
+@contextlib.contextmanager
+def keys_not_needed() -> Iterator[None]:
+    """Within this block model strings are still checked, API keys and server addresses are not: for dry runs and
+    estimates, which call nothing (``drpo optimize --dry-run`` runs ``DRPO.estimate`` in one)."""
+    token = _KEYS_NOT_NEEDED.set(True)
+    try:
+        yield
+    finally:
+        _KEYS_NOT_NEEDED.reset(token)
+
+
+def resolve_lm(role: str, lm: Any, *, need_key: bool = True) -> dspy.BaseLM:
+    """The LM for a role: the one given, else ``dspy.settings.lm``; validated without calling it.
+
+    ``need_key=False`` (or :func:`keys_not_needed`): a missing API key or server address is not an error, for a
+    dry run or an estimate that calls nothing."""
     lm = lm if lm is not None else dspy.settings.lm
     if lm is None:
         raise ValueError(
@@ -88,12 +106,15 @@ def resolve_lm(role: str, lm: Any) -> dspy.BaseLM:
     if not isinstance(lm, dspy.BaseLM):
         raise ValueError(f"{role}_lm must be a dspy.BaseLM, got {type(lm).__name__}")
     if isinstance(lm, dspy.LM):
-        check_model_string(role, lm)
+        check_model_string(role, lm, need_key=need_key)
     return lm
 
 
-def check_model_string(role: str, lm: dspy.LM) -> None:
-    """Unknown providers and missing API keys fail here, not after money has been spent on other roles."""
+def check_model_string(role: str, lm: dspy.LM, *, need_key: bool = True) -> None:
+    """Unknown providers and missing API keys fail here, not after money has been spent on other roles.
+
+    A missing ``*_API_BASE`` (a self-hosted provider such as Ollama with no address) points at ``--<role>-api-base``
+    and ``api_base=``. ``need_key=False`` (or inside :func:`keys_not_needed`) checks the model string only."""
     model = lm.model
     if model.startswith(("embedded/", "drpo_text/")):
         from drpo_dspy.clients.embedded import register_embedded_provider
@@ -119,6 +140,8 @@ def check_model_string(role: str, lm: dspy.LM) -> None:
             f"{role}_lm: unknown model string {model!r}; use a litellm 'provider/model' string such as "
             "'openai/gpt-4o-mini', 'hosted_vllm/<name>' (with api_base) or 'ollama_chat/<name>'"
         ) from exc
+    if not need_key or _KEYS_NOT_NEEDED.get():
+        return  # a dry run: nothing is called, so no key or server address is needed
     if lm.kwargs.get("api_key") or lm.kwargs.get("api_base") or lm.kwargs.get("base_url"):
         return  # an explicit key or a self-hosted server: nothing to check in the environment
     try:
@@ -127,7 +150,17 @@ def check_model_string(role: str, lm: dspy.LM) -> None:
         return
     missing = [k for k in env.get("missing_keys", []) if not os.environ.get(k)]
     if missing and not env.get("keys_in_environment", False):
-        raise ValueError(
-            f"{role}_lm {model!r} (provider {provider}) needs {', '.join(missing)} in the environment "
-            "or api_key=... in dspy.LM(...)"
-        )
+        raise ValueError(missing_settings_message(role, model, provider, missing))
+
+
+def missing_settings_message(role: str, model: str, provider: str, missing: list[str]) -> str:
+    """What to set for a provider whose key or server address is missing (``missing``: litellm's variable names)."""
+    addresses = [k for k in missing if k.endswith("_API_BASE")]
+    keys = [k for k in missing if k not in addresses]
+    wants = []
+    if addresses:
+        wants.append(f"the address of its server: pass --{role}-api-base URL (api_base=... in dspy.LM), or set "
+                     f"{', '.join(addresses)}")
+    if keys:
+        wants.append(f"{', '.join(keys)} in the environment or api_key=... in dspy.LM(...)")
+    return f"{role}_lm {model!r} (provider {provider}) needs " + "; and ".join(wants)

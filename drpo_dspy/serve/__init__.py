@@ -1,7 +1,8 @@
 """``drpo serve``: compiled DRPO programs behind an OpenAI-compatible API (FastAPI + uvicorn, litellm upstream).
 
 ``create_app(settings, registry)`` builds the app; ``ProgramRegistry`` loads and hot-reloads the program files;
-``BackgroundServer`` runs it on a loopback port in a thread. See ``docs/serve.md``. Needs the ``[server]`` extra.
+``BackgroundServer`` runs it on a loopback port in a thread. See ``docs/serve.md``. Needs the ``[serve]`` extra:
+``pip install "drpo-dspy[serve]"``.
 """
 
 from drpo_dspy.serve.settings import ProgramSpec, ServeSettings

@@ -12,6 +12,7 @@ from drpo_dspy.clients.embedded_models import default_model_type
 from drpo_dspy.serve.settings import API_KEYS_ENV, EMBEDDED_BASE, ProgramSpec, ServeSettings, api_keys_from_env
 
 DEFAULT_MODEL_NAME = "drpo-aligned"
+SERVE_INSTALL_HINT = 'pip install "drpo-dspy[serve]"'
 
 
 def _program_spec(text: str) -> ProgramSpec:
@@ -74,11 +75,19 @@ def settings_from_args(args: argparse.Namespace) -> tuple[ServeSettings, list[Pr
 
 
 def run(args: argparse.Namespace) -> int:
-    """Load the programs, then serve until interrupted; bad settings or files exit with status 2."""
+    """Load the programs, then serve until interrupted; bad settings or files exit with status 2, and so does a
+    missing web stack (FastAPI, uvicorn), with the pip command that installs it."""
     import litellm
-    import uvicorn
 
-    from drpo_dspy.serve.app import create_app
+    try:
+        import uvicorn
+
+        from drpo_dspy.serve.app import create_app
+    except ImportError as exc:
+        missing = f"No module named {exc.name!r}" if exc.name else str(exc)
+        print(f"drpo serve: {missing}: install the [serve] extra (FastAPI and uvicorn): {SERVE_INSTALL_HINT}",
+              file=sys.stderr)
+        return 2
     from drpo_dspy.serve.programs import ProgramRegistry
     from drpo_dspy.serve.upstream import Upstream
 
