@@ -54,7 +54,7 @@ def build_demo_report(out_dir: Path, *, limit: int = 6) -> Path:
         response, query = field(text, "response"), field(text, "query") or ""
         name = response[1:response.index("]")]
         lift = {"base": 0, "urial": 1, "tuned": 2}[name]
-        verdicts = {a: {"rationale": f"{a} judged for the demo",
+        verdicts = {a: {"rationale": f"The {name} answer to '{query[:40]}': {a} judged for the demo",
                         "score": max(1, min(5, 2 + lift + _h(name, a, query) % 3 - 1))} for a in EVAL_ASPECTS}
         harmful = any(w in query.lower() for w in ("skim", "steal", "weapon", "hack", "poison", "fake", "bomb"))
         refusal = _h(name, query, "r") % 10 < (3 + 3 * lift if harmful else lift)

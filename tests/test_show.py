@@ -152,3 +152,24 @@ def test_screenshot_is_drawn(run_dir, tmp_path):
     image = imread(str(png))
     assert image.shape[:2] == (2000, 1280)
     assert image[..., :3].std() > 0.05  # not a blank page
+
+
+def test_settings_read_as_words_not_python_values(run_dir, tmp_path):
+    html = render_run(run_dir, tmp_path / "view.html").read_text(encoding="utf-8")
+    guards = html.split("<h2>Guards against judge gaming</h2>", 1)[1].split("</p>", 1)[0]
+    assert "length_control: no" in guards and "refusal_penalty: n/a" in guards
+    assert "None" not in guards and "False" not in guards and "True" not in guards
+
+
+def test_rationales_that_are_only_numbers_are_called_out():
+    from drpo_dspy.runs.search_report import render_html
+
+    def node(i, rationales):
+        return {"id": i, "level": 1, "prompt": "p", "parent_id": None, "rewards": [1.0], "query": "q",
+                "response": "a", "judgment": {"scores": {"helpfulness": 1, "clarity": 2}, "rationales": rationales}}
+
+    bare = render_html([node(0, {"helpfulness": "1.0", "clarity": "2.0"})], [node(0, {})], b"", title="t")
+    assert "Every rationale is empty or only a number" in bare
+    reasoned = render_html([node(0, {"helpfulness": "Misses the question.", "clarity": "2.0"})], [node(0, {})],
+                           b"", title="t")
+    assert "Every rationale is empty or only a number" not in reasoned

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from drpo_dspy.evaluation.plotting import DPI, PALETTE, _color, _figure, _png  # noqa: F401
+from drpo_dspy.evaluation.plotting import DPI, PALETTE, _color, _figure, _png, clipped_err  # noqa: F401
+from drpo_dspy.evaluation.stats import JUDGE_SCALE
 from drpo_dspy.signatures.evaluation import EVAL_ASPECTS
 
 
@@ -34,7 +35,7 @@ def aspects_chart(summary: dict[str, Any]) -> bytes:
         stats = [s["aspects"][a] for a in EVAL_ASPECTS] + [s["overall"]]
         xs = [j + (i - (len(systems) - 1) / 2) * width for j in range(len(labels))]
         heights = [st["mean"] or 0.0 for st in stats]
-        bars = ax.bar(xs, heights, width * 0.92, yerr=[_sym_err(st) for st in stats], capsize=3,
+        bars = ax.bar(xs, heights, width * 0.92, yerr=clipped_err(stats, JUDGE_SCALE), capsize=3,
                       color=_color(i), label=name, error_kw={"elinewidth": 1, "ecolor": "#333333"})
         for bar, st in zip(bars, stats, strict=True):
             if st["mean"] is not None and len(systems) <= 4:
@@ -61,7 +62,8 @@ def length_chart(summary: dict[str, Any]) -> bytes:
     for y, (i, name) in zip(ys, enumerate(systems), strict=True):
         stat = summary["per_system"][name]["length"]
         mean = stat["mean"] or 0.0
-        ax.barh(y, mean, 0.6, xerr=_sym_err(stat), capsize=4, color=_color(i), error_kw={"elinewidth": 1})
+        ax.barh(y, mean, 0.6, xerr=clipped_err([stat], (0.0, None)), capsize=4, color=_color(i),
+                error_kw={"elinewidth": 1})
         if stat.get("median") is not None:
             ax.plot([stat["median"]], [y], marker="D", color="black", markersize=5,
                     label="median" if i == 0 else None)

@@ -10,7 +10,15 @@ import base64
 from html import escape
 from typing import Any
 
-from drpo_dspy.evaluation.formatting import aspect_table, behaviour_table, judged_anything, pairwise_table
+from drpo_dspy.evaluation.formatting import (
+    SCALE_NOTE,
+    aspect_table,
+    behaviour_table,
+    has_judge,
+    judged_anything,
+    pairwise_table,
+)
+from drpo_dspy.evaluation.judge_health import ADVICE, judge_warnings
 from drpo_dspy.runs.secrets import Redactor
 from drpo_dspy.signatures.evaluation import EVAL_ASPECTS
 
@@ -39,6 +47,8 @@ summary { cursor: pointer; } .set { color: #57606a; font-size: .8rem; }
 .answer { white-space: pre-wrap; background: #f6f8fa; border-radius: 4px; padding: .5rem; font-size: .85rem;
           margin: .3rem 0 .8rem; max-height: 22rem; overflow: auto; }
 .scores { font-size: .82rem; color: #57606a; } .fail { color: #b42318; } .note { font-size: .85rem; color: #57606a; }
+.warning { border: 1px solid #d4a72c; background: #fff8c5; border-radius: 6px; padding: .2rem 1rem; margin: 1rem 0; }
+.warning h2 { margin-top: .6rem; border: none; }
 """
 
 
@@ -146,9 +156,14 @@ def render_html(summary: dict[str, Any], settings: dict[str, Any], rows: list[di
         model = (s.get("lm") or {}).get("model", "its own LM")
         extra = f", program {s['path']}" if s.get("path") else ""
         described.append(f"{s['name']} ({s.get('kind', 'module')}, {model}{extra})")
+    if has_judge(settings):
+        version = judge.get("prompt_version")
+        who = (f"judge <b>{escape(str(judge.get('model')))}</b>"
+               + (f" (prompt version {escape(str(version))})" if version else ""))
+    else:
+        who = "no judge (judge-free scores only)"
     meta = (f"Evaluation set <b>{escape(str(settings.get('eval_set', '?')))}</b>, {summary['n_prompts']} prompts "
-            f"· judge <b>{escape(str(judge.get('model', '?')))}</b> (prompt version "
-            f"{escape(str(judge.get('prompt_version', '?')))}) · {escape(str(settings.get('created', '')))}")
+            f"· {who} · {escape(str(settings.get('created', '')))}")
     pair_rows = pairwise_table(summary)
     judged = judged_anything(summary)
     body = [
@@ -156,16 +171,24 @@ def render_html(summary: dict[str, Any], settings: dict[str, Any], rows: list[di
         f"<p class='meta'>{redactor.text(meta)}</p>",
         f"<p class='meta'>Systems: {escape(redactor.text('; '.join(described)))}</p>",
     ]
+    warnings = judge_warnings(summary)
+    if warnings:
+        items = "".join(f"<li>{escape(redactor.text(w))}</li>" for w in warnings)
+        body.append(f"<div class='warning'><h2>Warning: the judge's scores look degenerate</h2><ul>{items}</ul>"
+                    f"<p>{escape(ADVICE)}</p></div>")
     if judged:
         body += ["<h2>Aspect scores</h2>",
                  _table(*aspect_table(summary), caption="Scores 1-5 from the judge, mean ± half-width of the 95% "
-                                                        "Student-t confidence interval over answers.")]
+                                                        f"Student-t confidence interval over answers; {SCALE_NOTE}.")]
+    refusals = ("Refusals are judged, not string-matched: refusal on harmful prompts (higher is safer), over-refusal "
+                "on benign prompts that sound risky (lower is better)." if has_judge(settings) else
+                "Refusal rates need a judge: n/a in this judge-free run (the benchmarks below detect refusals by "
+                "string match).")
     body += [
         "<h2>Length, refusals and failures</h2>",
         _table(*behaviour_table(summary), caption=f"Lengths: {summary['length_unit']}, over the non-empty "
-               "answers. Refusals are judged, not string-matched: refusal on harmful prompts (higher is safer), "
-               "over-refusal on benign prompts that sound risky (lower is better). Empty answers are failures, never "
-               "judged; copied: non-empty answers repeating 40+ characters of an in-context example verbatim."),
+               f"answers. {refusals} Empty answers are failures, never judged; copied: non-empty answers repeating "
+               "40+ characters of an in-context example verbatim."),
     ]
     if summary["pairwise"] and judged:
         body += ["<h2>Pairwise comparison</h2>",
@@ -176,8 +199,9 @@ def render_html(summary: dict[str, Any], settings: dict[str, Any], rows: list[di
     general = {n: png for n, png in charts.items() if not n.startswith("bench_")}
     body += ["<h2>Charts</h2>", "<div class='charts'>" + "".join(_img(n, png) for n, png in general.items()) + "</div>",
              "<h2>Answers</h2>", _sample(rows, systems, redactor),
-             f"<p class='note'>Intervals: {escape(summary['ci_method'])}. The judge saw only each query and answer, "
-             "never a system's prompt.</p>"]
+             f"<p class='note'>Intervals: {escape(summary['ci_method'])}."
+             + (" The judge saw only each query and answer, never a system's prompt." if has_judge(settings) else "")
+             + "</p>"]
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             "<meta name='viewport' content='width=device-width, initial-scale=1'>"
             f"<title>DRPO evaluation report</title><style>{_CSS}</style></head><body>"

@@ -9,12 +9,16 @@ from pathlib import Path
 from typing import Any
 
 from drpo_dspy.evaluation.formatting import (
+    SCALE_NOTE,
     aspect_table,
     behaviour_table,
+    has_judge,
+    judge_description,
     judged_anything,
     markdown_table,
     pairwise_table,
 )
+from drpo_dspy.evaluation.judge_health import ADVICE, assess_judge, judge_warnings
 from drpo_dspy.evaluation.result import EvaluationResult
 from drpo_dspy.runs.secrets import Redactor
 from drpo_dspy.signatures.evaluation import EVAL_ASPECTS
@@ -32,20 +36,27 @@ BENCHMARKS_CSV = "benchmarks.csv"
 # -- formatting ---------------------------------------------------------------------------------------------------
 def to_markdown(summary: dict[str, Any], settings: dict[str, Any]) -> str:
     systems = ", ".join(s["name"] for s in settings.get("systems", []))
-    judge = settings.get("judge", {}).get("model", "?")
+    judged = has_judge(settings)
+    scores = (f"Scores 1-5, mean ± half-width of the 95% Student-t confidence interval over answers ({SCALE_NOTE}). "
+              if judged else "")
     parts = [
         f"# Evaluation: {settings.get('eval_set', '?')} ({summary['n_prompts']} prompts)",
-        f"Systems: {systems}. Judge: {judge}. Scores 1-5, mean ± half-width of the 95% Student-t confidence "
-        f"interval over answers. Lengths: {summary['length_unit']}.",
+        f"Systems: {systems}. {judge_description(settings).capitalize()}. {scores}"
+        f"Lengths: {summary['length_unit']}.",
     ]
+    warnings = judge_warnings(summary)
+    if warnings:
+        parts += ["## Warning: the judge's scores look degenerate", "\n".join(f"- {w}" for w in warnings), ADVICE]
     if judged_anything(summary):
         parts += ["## Aspect scores", markdown_table(*aspect_table(summary))]
+    refusals = ("Refusal rate on harmful prompts (higher is safer) and over-refusal rate on benign prompts that "
+                "sound risky (lower is better), as judged by the judge." if judged else
+                "Refusal rates need a judge: n/a in this judge-free run (the benchmarks below detect refusals "
+                "by string match).")
     parts += [
         "## Length, refusals and failures",
-        "Refusal rate on harmful prompts (higher is safer) and over-refusal rate on benign prompts that sound "
-        "risky (lower is better), as judged by the judge. Empty answers are failures: never judged, left out of "
-        "scores, refusal rates and lengths. Copied: share of the non-empty answers that repeat 40+ characters of an "
-        "in-context example verbatim.",
+        f"{refusals} Empty answers are failures: never judged, left out of scores, refusal rates and lengths. "
+        "Copied: share of the non-empty answers that repeat 40+ characters of an in-context example verbatim.",
         markdown_table(*behaviour_table(summary)),
     ]
     if summary["pairwise"] and judged_anything(summary):
@@ -136,6 +147,8 @@ def write_reports(result: EvaluationResult, out: Path, redactor: Redactor | None
 
     redactor = redactor or Redactor()
     summary, settings = result.summary, result.settings
+    if has_judge(settings):  # a degenerate judge is named in summary.json and in both reports
+        summary["judge_health"] = assess_judge(result.rows, settings["judge"].get("model"))
     files: dict[str, str] = {}
 
     def write(name: str, text: str, *, redact: bool = True) -> None:

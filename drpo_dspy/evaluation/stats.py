@@ -127,6 +127,27 @@ def mean_ci(values: Iterable[float], level: float = LEVEL) -> dict[str, Any]:
     return {"mean": mean, "sd": sd, "n": n, "ci_low": mean - half, "ci_high": mean + half, "half_width": half}
 
 
+JUDGE_SCALE = (1.0, 5.0)
+"""The judge's score scale: no mean of its scores, nor any interval shown for one, lies outside it."""
+DIFFERENCE_SCALE = (JUDGE_SCALE[0] - JUDGE_SCALE[1], JUDGE_SCALE[1] - JUDGE_SCALE[0])
+"""The scale of a difference of two judge scores (-4 to 4)."""
+
+
+def clipped_interval(stat: dict[str, Any] | None, scale: tuple[float | None, float | None]
+                     ) -> tuple[float, float] | None:
+    """A mean's confidence interval cut to the values the measure can take (``scale``: (low, high), ``None`` for
+    no bound): a Student-t interval over few, spread scores can reach far past the scale (``2.50 ± 19.06`` on
+    1-5). ``None`` when the stat has no interval."""
+    if not stat or stat.get("ci_low") is None or stat.get("ci_high") is None:
+        return None
+    low, high = float(stat["ci_low"]), float(stat["ci_high"])
+    if scale[0] is not None:
+        low, high = max(low, scale[0]), max(high, scale[0])
+    if scale[1] is not None:
+        low, high = min(low, scale[1]), min(high, scale[1])
+    return low, high
+
+
 def wilson(successes: int, n: int, level: float = LEVEL) -> dict[str, Any]:
     """A rate with its Wilson score interval (all ``None`` when n == 0)."""
     if n == 0:

@@ -46,7 +46,7 @@ th { background: #f6f8fa; }
 .badge { display: inline-block; font-size: .75rem; border-radius: 10px; padding: 0 .5rem; margin-left: .3rem;
          background: #eaeef2; color: #24292f; }
 .badge.best { background: #1a7f37; color: #fff; } .badge.carried { background: #ddf4ff; color: #0550ae; }
-.badge.fail { background: #ffebe9; color: #b42318; }
+.badge.fail { background: #ffebe9; color: #b42318; } .warn { color: #b42318; }
 summary { cursor: pointer; } .head { font-weight: 600; }
 pre { white-space: pre-wrap; word-wrap: break-word; background: #f6f8fa; border-radius: 4px; padding: .45rem;
       font-size: .82rem; margin: .3rem 0; max-height: 26rem; overflow: auto; }
@@ -173,14 +173,33 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
+def _setting(value: Any) -> str:
+    """A setting as a reader wants it: ``n/a`` for None, ``yes``/``no`` for booleans, numbers without noise."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+_NUMBER_ONLY = re.compile(r"^\s*[-+]?\d+(?:\.\d+)?\s*(?:/\s*\d+)?\s*\.?\s*$")
+
+
 def _judgment_table(judgment: dict[str, Any]) -> str:
     scores, rationales = judgment.get("scores") or {}, judgment.get("rationales") or {}
     if not scores:
         return f"<p class='note'>No readable judgment ({escape(str(judgment.get('failure') or 'nothing scored'))}).</p>"
-    rows = "".join(f"<tr><td>{escape(a)}</td><td>{escape(str(s))}</td><td>{escape(str(rationales.get(a, '')))}</td>"
+    rows = "".join(f"<tr><td>{escape(a)}</td><td>{escape(_setting(s))}</td>"
+                   f"<td>{escape(str(rationales.get(a) if rationales.get(a) is not None else 'n/a'))}</td>"
                    "</tr>" for a, s in scores.items())
     unscored = [a for a in judgment.get("aspects") or [] if a not in scores]
     extra = f"<p class='note'>Not scored: {escape(', '.join(unscored))}</p>" if unscored else ""
+    bare = [a for a in scores if not str(rationales.get(a) or "").strip() or _NUMBER_ONLY.match(str(rationales[a]))]
+    if bare and len(bare) == len(scores):
+        extra += ("<p class='note warn'>Every rationale is empty or only a number: the judge gave no reasons (a "
+                  "judge this weak scores little of the answer; try a stronger --judge-model).</p>")
     return f"<table><thead><tr><th>aspect</th><th>score</th><th>rationale</th></tr></thead><tbody>{rows}</tbody>" \
            f"</table>{extra}"
 
@@ -232,7 +251,7 @@ def _guards_html(config: dict[str, Any], summary: dict[str, Any]) -> list[str]:
     if config.get("paper_mode"):
         items = ["paper mode: every guard off"]
     else:
-        items = [f"{escape(str(name))}: {escape(str(value))}" for name, value in guards.items()]
+        items = [f"{escape(str(name))}: {escape(_setting(value))}" for name, value in guards.items()]
     parts = ["<h2>Guards against judge gaming</h2>", f"<p class='meta'>{' · '.join(items)}</p>"]
     rows = summary.get("train_vs_held_out") or []
     if rows:

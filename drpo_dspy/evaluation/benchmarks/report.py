@@ -40,12 +40,14 @@ def short_pct(stat: dict[str, Any] | None) -> str:
     return "n/a" if not stat or stat.get("rate") is None else f"{100 * stat['rate']:.0f}% ({stat['count']}/{stat['n']})"
 
 
+MTBENCH_SCALE = (1.0, 10.0)
+
+
 def rating(stat: dict[str, Any] | None) -> str:
-    if not stat or stat.get("mean") is None:
-        return "n/a"
-    if stat.get("half_width") is None:
-        return f"{stat['mean']:.2f}"
-    return f"{stat['mean']:.2f} ± {stat['half_width']:.2f}"
+    """``7.50 ± 0.40``; an interval reaching past the 1-10 scale is shown cut to it: ``7.50 [4.10, 10.00]``."""
+    from drpo_dspy.evaluation.formatting import fmt_mean
+
+    return fmt_mean(stat or {}, scale=MTBENCH_SCALE)
 
 
 Table = tuple[str, list[str], list[list[str]]]
@@ -158,7 +160,7 @@ def _bars(ax: Any, groups: list[str], series: dict[str, list[dict[str, Any] | No
 
 
 def _means(ax: Any, groups: list[str], series: dict[str, list[dict[str, Any] | None]], *, title: str) -> None:
-    from drpo_dspy.evaluation.plotting import _color
+    from drpo_dspy.evaluation.plotting import _color, clipped_err
 
     systems = list(series)
     width = min(0.8 / max(len(systems), 1), 0.3)
@@ -166,7 +168,7 @@ def _means(ax: Any, groups: list[str], series: dict[str, list[dict[str, Any] | N
         xs = [j + (i - (len(systems) - 1) / 2) * width for j in range(len(groups))]
         stats = series[name]
         ax.bar(xs, [s["mean"] if s and s.get("mean") is not None else 0.0 for s in stats], width * 0.92,
-               yerr=[s["half_width"] if s and s.get("half_width") is not None else 0.0 for s in stats], capsize=2,
+               yerr=clipped_err([s or {} for s in stats], MTBENCH_SCALE), capsize=2,
                color=_color(i), label=name, error_kw={"elinewidth": 0.8, "ecolor": "#333333"})
     ax.set_xticks(range(len(groups)), groups, fontsize=7, rotation=30, ha="right")
     ax.set_ylim(0, 10.5)
