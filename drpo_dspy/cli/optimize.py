@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -186,19 +187,45 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     with dspy.context(lm=lms["base"]):
         valset = _load_queries(Path(o["valset"]), None) if o.get("valset") else None
         aligned = drpo.compile(student, trainset=queries, valset=valset, resume=resume is not None)
-        before = student(query=demo).response  # after compile(), which validates everything before any call
+        seed = drpo.initial_instructions or student.instructions  # the root of the search
+        seeded = student if seed == student.instructions else student.with_state(instructions=seed)
+        before = seeded(query=demo).response  # after compile(), which validates everything before any call
         after = aligned(query=demo).response
     result = aligned.drpo_result
+    judged, dropped = rewrite_counts(result.levels)
+    final = aligned.instructions
+    unchanged = "unchanged, the seed prompt; " if final == seed else ""
     rule = "-" * 72
-    print(f"\n{rule}\nPrompt before:\n{student.instructions}\n{rule}\nPrompt after "
-          f"(mean reward along its path: {fmt(result.best_path_mean)}, {result.num_levels} levels):\n"
-          f"{aligned.instructions}\n{rule}\nDemo query: {demo}\n{rule}\nAnswer before:\n{before}\n{rule}\n"
+    print(f"\n{rule}\nPrompt before:\n{seed}\n{rule}\nPrompt after ({unchanged}"
+          f"mean reward along its path: {fmt(result.best_path_mean)}, {result.num_levels} levels):\n"
+          f"{final}\n{rule}\nDemo query: {demo}\n{rule}\nAnswer before:\n{before}\n{rule}\n"
           f"Answer after:\n{after}\n{rule}")
     print("LM calls per role: " + ", ".join(f"{r}={u['lm_calls']}" for r, u in result.usage.items()))
     print(f"Run directory: {log_dir}  (program: {Path(log_dir) / 'program.json'}, wall time {result.wall_time_s:.0f}s)")
     if result.stopped:
         print(f"Stopped early: {result.stopped}")
+    print(render_rewrite_counts(judged, dropped))
+    if dropped and not judged:
+        what = "the seed prompt" if final == seed else "this prompt"
+        print(f"No rewrite survived: all {sum(dropped.values())} were dropped, so the result is {what}:\n{final}")
     return 0
+
+
+def rewrite_counts(levels: list[dict[str, Any]]) -> tuple[int, Counter[str]]:
+    """(rewrites judged, rewrites dropped per reason) over a search's level records (``DRPOResult.levels``)."""
+    judged = sum(1 for level in levels for c in level.get("candidates", [])
+                 if c.get("parent_id") is not None and not c.get("carried"))
+    return judged, Counter(d.get("reason") or "unknown" for level in levels for d in level.get("dropped", []))
+
+
+def render_rewrite_counts(judged: int, dropped: Counter[str]) -> str:
+    """One line: the optimizer's rewrites, how many were judged, and how many were dropped for each reason."""
+    total = judged + sum(dropped.values())
+    if not total:
+        return "Rewrites: none proposed"
+    reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(dropped.items(), key=lambda kv: (-kv[1], kv[0])))
+    return (f"Rewrites: {total} proposed, {judged} judged, {sum(dropped.values())} dropped"
+            + (f" ({reasons})" if reasons else ""))
 
 
 def _saved_options(run_dir: Path) -> dict[str, Any]:
