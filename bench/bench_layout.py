@@ -15,8 +15,9 @@ XSTest (safe and unsafe in proportion). Layouts:
   the answer is the text before the first ``<END>``;
 - ``marked``: the same prompt with today's stops and answer reading (derived from ``before``'s raw completions:
   greedy decoding writes the same text up to the first stop, and today's reading cuts at every stop it adds);
-- ``open``: the user turn ends at ``# Answer:``, nothing after it (the default layout);
-- ``plain``: ``open`` without any ``<START>``/``<END>`` markers in the examples either.
+- ``open``: the user turn ends at ``# Answer:``, nothing after it;
+- ``plain``: ``open`` without any ``<START>``/``<END>`` markers in the examples either (the default layout, chosen
+  on these figures).
 
 Rates per cell: empty answers, answers holding layout text (a marker in any spelling, a ``# Query:`` or
 ``# Answer:`` heading), answers copying a run of 40+ characters from a shown example. Raw completions are kept in

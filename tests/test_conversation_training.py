@@ -144,7 +144,7 @@ def test_compile_over_conversations_answers_the_last_turn_and_judges_the_convers
     first = world.base_messages[0]
     assert [m["role"] for m in first] == ["system", "user", "assistant", "user"]
     assert first[1]["content"] == "# Query:\nWrite a haiku about rain.\n\n# Answer:\n"
-    assert first[2]["content"] == "<START>\nSoft rain on the roof.\n<END>\n\n"
+    assert first[2]["content"] == "Soft rain on the roof.\n\n"
     assert last_user_text(first) == "# Query:\nNow one about snow.\n\n# Answer:\n"
     assert all(len(m) == 4 for m in world.base_messages)  # every answer had the earlier turns as chat turns
     rain = transcript([(RAIN[0]["content"], RAIN[1]["content"])], RAIN[2]["content"])
@@ -256,13 +256,13 @@ def test_bank_conversation_examples_render_save_and_load(tmp_path):
         assert [e.to_dict() for e in loaded] == [e.to_dict() for e in bank]
     assert "history" not in bank.examples[0].to_dict()  # single-turn examples are stored as before
     seen: list = []
-    lm = scripted_lm(lambda messages, params: seen.append(messages) or "ok\n<END>")
+    lm = scripted_lm(lambda messages, params: seen.append(messages) or "ok")
     program = AlignedResponder("Be exact.", bank, k=2, fixed_examples=True)
     program(query="Is 2100 a leap year?", lm=lm)
     assert seen[0][0]["content"] == (
-        "Be exact.\n\n# Query:\nWhat is a leap year?\n\n# Answer:\n<START>\nA year with 366 days.\n<END>\n\n"
+        "Be exact.\n\n# Query:\nWhat is a leap year?\n\n# Answer:\nA year with 366 days.\n\n"
         f"# Query:\n{EARLIER_HEADER}\nUser: When was the last leap year?\nAssistant: 2024.\n\n{LAST_HEADER}\n"
-        "And the next one?\n\n# Answer:\n<START>\n2028.\n<END>\n\n")
+        "And the next one?\n\n# Answer:\n2028.\n\n")
     program.save(str(tmp_path / "program.json"))
     reloaded = AlignedResponder(examples=[], k=0)
     reloaded.load(str(tmp_path / "program.json"))

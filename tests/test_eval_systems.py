@@ -55,7 +55,7 @@ def test_max_tokens_replaces_a_programs_own_cap_and_is_recorded_as_sent(tmp_path
     program.answer("Hi?")
     assert seen[-1][1]["max_tokens"] == 77
     assert program.details["decoding"] == {"stop": ["<END", "\n# Query:", "\n# Answer:", "<|eot_id|>"],
-                                           "temperature": 0.0, "max_tokens": 77, "layout": "open"}
+                                           "temperature": 0.0, "max_tokens": 77, "layout": "plain"}
     (default,) = build_systems(f"program:{path}", base_lm=_recording(seen))
     default.answer("Hi?")
     assert seen[-1][1]["max_tokens"] == 1024  # saved without a cap: the default cap, never the server's

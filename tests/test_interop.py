@@ -208,8 +208,8 @@ def test_generate_layout_examples_and_decoding_parameters(release):
     assert text == "Here is my answer."
     call = seen[-1]
     assert call["system"].startswith("Be helpful.\n- Refuse harm.\n\n# Query:\nQuestion number 2?\n\n# Answer:\n"
-                                     "<START>\nAnswer number 2.\n<END>")  # the most similar example first
-    assert call["system"].count("# Query:") == 3 and call["system"].count("<END>") == 3
+                                     "Answer number 2.")  # the most similar example first
+    assert call["system"].count("# Query:") == 3 and call["system"].count("# Answer:") == 3
     assert call["user"] == "# Query:\nQuestion number 2?\n\n# Answer:\n"
     params = call["params"]
     assert (params["temperature"], params["top_p"], params["max_tokens"]) == (0.3, 0.9, 77)

@@ -32,8 +32,8 @@ def test_layout_matches_the_drpo_template():
     messages = build_messages("Be kind.", [("Q1", "A1"), ("Q2", " A2 ")], "Live?")
     assert messages[0] == {
         "role": "system",
-        "content": "Be kind.\n\n# Query:\nQ1\n\n# Answer:\n<START>\nA1\n<END>\n\n"
-                   "# Query:\nQ2\n\n# Answer:\n<START>\nA2\n<END>\n\n",
+        "content": "Be kind.\n\n# Query:\nQ1\n\n# Answer:\nA1\n\n"
+                   "# Query:\nQ2\n\n# Answer:\nA2\n\n",
     }
     assert messages[1] == {"role": "user", "content": "# Query:\nLive?\n\n# Answer:\n"}
 
@@ -132,7 +132,7 @@ def test_text_completion_models_get_one_concatenated_prompt(monkeypatch):
     def fake_text_completion(**kwargs):
         captured.update(kwargs)
         return litellm.TextCompletionResponse(
-            choices=[{"text": "base answer\n<END>", "index": 0, "finish_reason": "stop"}],
+            choices=[{"text": "base answer", "index": 0, "finish_reason": "stop"}],
             usage={"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
         )
 
@@ -141,7 +141,7 @@ def test_text_completion_models_get_one_concatenated_prompt(monkeypatch):
     responder = AlignedResponder("Be helpful.", EXAMPLES[:1], k=1, embedder="hashing")
     assert responder(query="Tell me about lava.", lm=base).response == "base answer"
     assert captured["prompt"] == (
-        "Be helpful.\n\n# Query:\nHow do volcanoes form?\n\n# Answer:\n<START>\nMagma rises through the crust.\n<END>"
+        "Be helpful.\n\n# Query:\nHow do volcanoes form?\n\n# Answer:\nMagma rises through the crust."
         "\n\n# Query:\nTell me about lava.\n\n# Answer:\n"
     )
     assert captured["model"] == "text-completion-openai/my-base-model"

@@ -164,7 +164,7 @@ def test_bootstrap_fewshot_demos_reach_the_prompt_inside_a_program():
         assert len(demos) == 1 and demos[0]["query"] == "Tell me about lava."
         pred = compiled(query="What is a volcano?")
     assert pred.response.startswith("answer to <What is a volcano?>")
-    assert "# Query:\nTell me about lava.\n\n# Answer:\n<START>\nanswer to <Tell me about lava.>" in \
+    assert "# Query:\nTell me about lava.\n\n# Answer:\nanswer to <Tell me about lava.>" in \
         system_text(seen[-1])
 
 

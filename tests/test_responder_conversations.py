@@ -41,12 +41,12 @@ def test_earlier_turns_are_chat_turns_and_the_last_turn_is_answered():
     assert pred.response == "turns=6 live=<Why do volcanoes erupt?>"
     assert pred.examples == ["How do volcanoes form?"]  # retrieved for the last user turn
     assert seen[0] == [
-        {"role": "system", "content": "Be honest.\n\n# Query:\nHow do volcanoes form?\n\n# Answer:\n<START>\n"
-                                      "Magma rises through the crust.\n<END>\n\n"},
+        {"role": "system", "content": "Be honest.\n\n# Query:\nHow do volcanoes form?\n\n# Answer:\n"
+                                      "Magma rises through the crust.\n\n"},
         {"role": "user", "content": "# Query:\nWrite a haiku about rain.\n\n# Answer:\n"},
-        {"role": "assistant", "content": "<START>\nSoft rain falls.\n<END>\n\n"},
+        {"role": "assistant", "content": "Soft rain falls.\n\n"},
         {"role": "user", "content": "# Query:\nAnother one?\n\n# Answer:\n"},
-        {"role": "assistant", "content": "<START>\nGrey clouds drift.\n<END>\n\n"},
+        {"role": "assistant", "content": "Grey clouds drift.\n\n"},
         {"role": "user", "content": "# Query:\nWhy do volcanoes erupt?\n\n# Answer:\n"},
     ]
 
@@ -116,7 +116,7 @@ def test_text_models_read_one_continuous_document(monkeypatch):
     def fake_text_completion(**kwargs):
         captured.update(kwargs)
         return litellm.TextCompletionResponse(
-            choices=[{"text": "base answer\n<END>", "index": 0, "finish_reason": "stop"}],
+            choices=[{"text": "base answer", "index": 0, "finish_reason": "stop"}],
             usage={"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5})
 
     monkeypatch.setattr(litellm, "text_completion", fake_text_completion)
@@ -125,8 +125,8 @@ def test_text_models_read_one_continuous_document(monkeypatch):
     history = dspy.History(messages=[{"query": "First?", "response": "One."}])
     assert program(query="How do volcanoes erupt?", history=history, lm=base).response == "base answer"
     assert captured["prompt"] == (
-        "Be honest.\n\n# Query:\nHow do volcanoes form?\n\n# Answer:\n<START>\nMagma rises through the crust.\n<END>"
-        "\n\n# Query:\nFirst?\n\n# Answer:\n<START>\nOne.\n<END>\n\n"
+        "Be honest.\n\n# Query:\nHow do volcanoes form?\n\n# Answer:\nMagma rises through the crust."
+        "\n\n# Query:\nFirst?\n\n# Answer:\nOne.\n\n"
         "# Query:\nHow do volcanoes erupt?\n\n# Answer:\n"
     )
     assert captured["prompt"] == "".join(m["content"] for m in program.messages_for("How do volcanoes erupt?", history))

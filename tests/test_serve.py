@@ -213,7 +213,7 @@ def test_multi_turn_lays_earlier_turns_out_as_query_answer_pairs(program_file: P
     assert sent[0]["content"].startswith("You are a careful, honest assistant.\n\nAnswer in one sentence.\n\n"
                                          "# Query:\nHow do I boil an egg?")  # examples follow the last turn
     assert sent[1]["content"] == "# Query:\nName a prime number.\n\n# Answer:\n"
-    assert sent[2]["content"] == "<START>\nSeven.\n<END>\n\n"
+    assert sent[2]["content"] == "Seven.\n\n"
     assert sent[3]["content"] == "# Query:\nHow do I boil an egg?\n\n# Answer:\n"
     # The same program in Python: its retrieval, the same layout, the same base model.
     program = load(program_file)

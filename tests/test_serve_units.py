@@ -60,8 +60,8 @@ def test_single_turn_layout_is_the_responders_layout() -> None:
 def test_text_model_sees_one_continuous_drpo_document() -> None:
     conversation = Conversation("Second?", (("First?", "One."),))
     joined = "".join(m["content"] for m in layout_messages("Be kind.", [("Ex?", "Ex.")], conversation))
-    assert joined == ("Be kind.\n\n# Query:\nEx?\n\n# Answer:\n<START>\nEx.\n<END>\n\n"
-                      "# Query:\nFirst?\n\n# Answer:\n<START>\nOne.\n<END>\n\n"
+    assert joined == ("Be kind.\n\n# Query:\nEx?\n\n# Answer:\nEx.\n\n"
+                      "# Query:\nFirst?\n\n# Answer:\nOne.\n\n"
                       "# Query:\nSecond?\n\n# Answer:\n")
 
 

@@ -11,12 +11,14 @@ reading the concatenation sees one continuous DRPO document. Without history the
 
 Layouts (``layout=``): the live query's user turn ends differently.
 
-- ``"open"`` (the default): ``# Answer:\n`` and nothing after it. Ending the turn at ``<START>`` invites models to
-  "close" the marker at once (the first tokens ``<``, ``END``, ``>``: an empty answer); measured in
-  ``bench/bench_layout.py`` and BENCHMARKS.md. Generation also stops at a ``# Query:`` or ``# Answer:`` heading
-  on a new line, where a base model would go on writing the next example.
-- ``"marked"``: the user turn ends ``# Answer:\n<START>\n`` (the layout before ``"open"``, kept to compare).
-- ``"plain"``: like ``"open"``, and the examples' answers carry no ``<START>``/``<END>`` markers either.
+- ``"plain"`` (the default): ``# Answer:\n`` and nothing after it, and no ``<START>``/``<END>`` markers around the
+  examples' answers either. Ending the turn at ``<START>`` invites models to "close" the marker at once (the first
+  tokens ``<``, ``END``, ``>``: an empty answer), and a base model shown markered examples writes ``<START>`` and then
+  stops or loops on it. Generation stops at a ``# Query:`` or ``# Answer:`` heading on a new line, where a model
+  would go on writing the next example. Measured in ``bench/bench_layout.py`` (BENCHMARKS.md): the fewest empty and
+  leaked answers on both embedded models.
+- ``"open"``: the user turn ends at ``# Answer:\n``, the examples keep their markers.
+- ``"marked"``: the user turn ends ``# Answer:\n<START>\n`` (the layout before ``"plain"``, kept to compare).
 
 ``paper=True`` gives the original code's search-time layout byte for byte: a ``# instructions`` header, the
 examples joined with its ``#Query:``/``#Answer:`` spellings, and the user part ending at ``<START>``.
@@ -31,8 +33,8 @@ from typing import Any
 import dspy
 
 START, END = "<START>", "<END>"
-LAYOUTS = ("open", "marked", "plain")
-DEFAULT_LAYOUT = "open"
+LAYOUTS = ("plain", "open", "marked")
+DEFAULT_LAYOUT = "plain"
 # At most four: OpenAI-compatible servers accept no more. "<END" also stops "<END>" and "<END …".
 STOP_SEQUENCES = ("<END", "\n# Query:", "\n# Answer:", "<|eot_id|>")
 PAPER_STOP_SEQUENCES = (END, "<END", "<|eot_id|>")

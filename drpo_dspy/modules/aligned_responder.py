@@ -35,7 +35,7 @@ from typing import Any
 import dspy
 from dspy.utils.exceptions import AdapterParseError
 
-from drpo_dspy.adapters.drpo_layout import DRPOLayoutAdapter, check_layout, stop_sequences
+from drpo_dspy.adapters.drpo_layout import DEFAULT_LAYOUT, DRPOLayoutAdapter, check_layout, stop_sequences
 from drpo_dspy.modules.history import conversation_turns
 from drpo_dspy.modules.in_context import demo_pairs, in_context
 from drpo_dspy.modules.program_file import PROGRAM_FIX, check_program_file
@@ -102,8 +102,9 @@ class AlignedResponder(dspy.Module):
         demo_mode: How demos on ``respond.demos`` (set by BootstrapFewShot, KNNFewShot, ... or by hand) join the
             retrieved examples: "merge" (default: the demos first, then the retrieved examples) or "replace" (the
             demos instead of the retrieved examples, when there are any).
-        layout: How the live query's turn ends (see :mod:`drpo_dspy.adapters.drpo_layout`): "open" (default),
-            "marked" (at ``<START>``) or "plain" (no markers anywhere). Saved with the program.
+        layout: The prompt layout (see :mod:`drpo_dspy.adapters.drpo_layout`): "plain" (default: the live turn ends
+            at ``# Answer:``, no ``<START>``/``<END>`` markers), "open" (markers around the examples' answers) or
+            "marked" (the live turn ends at ``<START>``, as the original). Saved with the program.
 
     Calling ``responder(query=..., history=None)`` returns ``dspy.Prediction(response=..., examples=[...])``,
     ``examples`` being the queries of the in-context examples in prompt order.
@@ -120,7 +121,7 @@ class AlignedResponder(dspy.Module):
         fixed_examples: bool = False,
         temperature: float | None = DEFAULT_TEMPERATURE,
         demo_mode: str = "merge",
-        layout: str = "open",
+        layout: str = DEFAULT_LAYOUT,
     ):
         super().__init__()
         from drpo_dspy.retrievers.bank import AlignmentBank
