@@ -209,14 +209,14 @@ class DRPO(Teleprompter):
         self.budgets = {"max_calls": max_calls, "max_total_tokens": max_total_tokens, "max_cost_usd": max_cost_usd}
         Budget(Meter(), **self.budgets)  # validates the limits now, before any compile
 
-    def _roles(self) -> dict[str, Any]:
-        return {role: resolve_lm(role, lm) for role, lm in (
+    def _roles(self, need_key: bool = True) -> dict[str, Any]:
+        return {role: resolve_lm(role, lm, need_key=need_key) for role, lm in (
             ("base", self.base_lm), ("metrics", self.metrics_lm), ("judge", self.judge_lm),
             ("optimizer", self.optimizer_lm))}
 
     def estimate(self, trainset: Any, student: Any = None, *, predictors: Sequence[Any] | None = None,
                  output_field: str | None = None) -> dict[str, Any]:
-        """Dry run: expected and maximum LM calls, tokens and dollars per role; makes no LM call.
+        """Dry run: expected and maximum LM calls, tokens and dollars per role; makes no LM call, so needs no API key.
 
         For a program other than an ``AlignedResponder``, each answer counts one base call per predictor of the
         program (a program that loops over a predictor makes more)."""
@@ -238,7 +238,7 @@ class DRPO(Teleprompter):
             shape["k"] = self.k if self.k is not None else (student.k if student is not None else 2)
         s = self.settings
         queries, held = self._split(queries, None)
-        return estimate(queries=queries, roles=self._roles(), minibatch_size=s.minibatch_size,
+        return estimate(queries=queries, roles=self._roles(need_key=False), minibatch_size=s.minibatch_size,
                         beam_size=s.beam_size, n_actions=s.n_actions, depth=s.depth,
                         max_depth_increase=s.max_depth_increase, batched=s.batched,
                         judge_samples=s.guards.judge_samples, refusal_probes=s.guards.refusal_probes,

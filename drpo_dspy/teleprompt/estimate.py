@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from drpo_dspy.adapters.typed_calls import adapter_for
-from drpo_dspy.clients.metering import price_per_token
+from drpo_dspy.clients.metering import price_notes, price_per_token
 
 # Typical completion lengths (tokens) when no max_tokens is set, and the prompt overhead of each signature.
 _TYPICAL_COMPLETION = {"base": 400, "metrics": 200, "judge": 350, "optimizer": 600}
@@ -105,6 +105,7 @@ def estimate(*, queries: list[str], roles: dict[str, Any], beam_size: int, n_act
     for mode in ("expected", "upper"):
         report[mode] = {key: sum(r[mode][key] for r in report["roles"].values())
                         for key in ("lm_calls", "prompt_tokens", "completion_tokens", "cost_usd")}
+    report["price_notes"] = price_notes(roles.values())  # models whose cost is unknown (a typo, say), not $0.00
     return report
 
 
@@ -125,4 +126,6 @@ def render(report: dict[str, Any]) -> str:
             expected = guards.get("expected", {}).get(name, {})
             calls = ", ".join(f"{role} {expected.get(role, 0)} / {n}" for role, n in roles.items())
             lines.append(f"- {name}: {calls}")
+    if report.get("price_notes"):
+        lines += ["", *report["price_notes"]]
     return "\n".join(lines)

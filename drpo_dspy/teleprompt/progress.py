@@ -19,6 +19,7 @@ class ProgressReporter:
 
     def __init__(self, *, bar: bool, total: int, initial: int = 0, max_levels: int | None = None):
         self._bar: Any = None
+        self._peak: float | None = None  # the highest best path mean of any level so far
         self.max_levels = max_levels  # the number of query batches: no more levels than that
         if bar:
             from tqdm.auto import tqdm
@@ -28,11 +29,16 @@ class ProgressReporter:
     def __call__(self, event: Any) -> None:
         if isinstance(event, LevelFinished):
             logger.info("level %d/%d: best path mean %s", event.level, event.max_depth, _fmt(event.best_path_mean))
+            if event.best_path_mean is not None:
+                self._peak = event.best_path_mean if self._peak is None else max(self._peak, event.best_path_mean)
             if self._bar is not None:
                 self._bar.update(event.level - self._bar.n)
                 total = max(event.max_depth, event.level)
                 self._bar.total = min(total, self.max_levels) if self.max_levels else total
-                self._bar.set_postfix(best=_fmt(event.best_path_mean))
+                # The beam's best path mean at this level: it falls when a level's query is harder, so the highest
+                # so far is shown next to it (the result is the final beam's best, not that peak).
+                self._bar.set_postfix_str(f"level best={_fmt(event.best_path_mean)} (path mean; "
+                                          f"highest so far {_fmt(self._peak)})")
 
     def close(self) -> None:
         if self._bar is not None:
