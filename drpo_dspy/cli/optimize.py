@@ -51,7 +51,11 @@ def add_optimize_parser(subparsers: Any) -> argparse.ArgumentParser:
         opt.add_argument(f"--{name}", type=kind, help=helptext)
     opt.add_argument("--initial-instructions", help="starting system prompt")
     opt.add_argument("--log-dir", type=Path, help="run directory (default: runs/<timestamp>)")
-    opt.add_argument("--quick", action="store_true", help="tiny settings for a demo run of a few minutes")
+    opt.add_argument("--quick", action="store_true",
+                     help="tiny settings for a demo run of a few minutes: aligns Gemma-3-270M base (when installed: "
+                          "the [gemma] extra) with the embedded SmolLM2 as helpers, then checks before vs after on "
+                          "20 IFEval prompts, judge-free")
+    opt.add_argument("--no-check", action="store_true", help="skip --quick's judge-free before/after check")
     opt.add_argument("--paper-mode", action="store_true",
                      help="behave as the original code in everything observable through the LMs (docs/fidelity.md)")
     opt.add_argument("--no-rewrite-filter", dest="rewrite_filter", action="store_false", default=None,
@@ -123,7 +127,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     from drpo_dspy import DRPO, AlignedResponder
 
     o = _options(args)
-    known = {"trainset", "num_queries", "examples", "log_dir", "max_tokens", "demo_query", "no_progress",
+    known = {"trainset", "num_queries", "examples", "log_dir", "max_tokens", "demo_query", "no_progress", "no_check",
              "base_model_type", "beam_size", "n_actions", "depth", "max_depth_increase", "temperature",
              "skip_threshold", "k", "num_threads", "seed", "initial_instructions", "paper_faithful_failures",
              "proposal_sampling", "max_calls", "max_total_tokens", "max_cost_usd", "dry_run", "resume",
@@ -142,6 +146,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         queries = list(o["resume_queries"])
     else:
         queries = _load_queries(Path(o["trainset"]) if o.get("trainset") else None, o.get("num_queries"))
+    if args.quick and not o.get("base_model") and resume is None:
+        o["base_model"] = quick_base_model()
     lms = {r: make_lm(o.get(f"{r}_model"), o.get(f"{r}_api_base"),
                        o.get("base_model_type") if r == "base" else None, role=r) for r in ROLES}
     if o.get("examples"):
@@ -172,15 +178,10 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         search["answer_max_tokens"] = 2048
     drpo = DRPO(base_lm=lms["base"], metrics_lm=lms["metrics"], judge_lm=lms["judge"], optimizer_lm=lms["optimizer"],
                 k=k, log_dir=log_dir, progress=not o.get("no_progress"), **search)
-    if o.get("dry_run"):
-        from drpo_dspy.clients.metering import price_notes
-        from drpo_dspy.runs.validation import keys_not_needed
+    if o.get("dry_run"):  # an estimate calls nothing: no key, no server address needed; unknown prices named
         from drpo_dspy.teleprompt.estimate import render
 
-        with keys_not_needed():  # an estimate calls nothing: no key, no server address needed
-            print(render(drpo.estimate(queries, student)))
-        for note in price_notes(lms.values()):
-            print(note)
+        print(render(drpo.estimate(queries, student)))
         return 0
     demo = o.get("demo_query") or "I have a job interview tomorrow and I'm nervous. How should I prepare tonight?"
     print(f"DRPO: {len(queries)} training queries, base model {lms['base'].model}, run directory {log_dir}")
@@ -208,8 +209,35 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     if dropped and not judged:
         what = "the seed prompt" if final == seed else "this prompt"
         print(f"No rewrite survived: all {sum(dropped.values())} were dropped, so the result is {what}:\n{final}")
+    if args.quick and not o.get("no_check") and not result.stopped:
+        print_quick_check(seeded, aligned, lms["base"])
     return 0
 
+
+def quick_base_model() -> str:
+    """The model ``--quick`` aligns: Gemma-3-270M base when its package is installed, else the embedded SmolLM2."""
+    from drpo_dspy.clients.embedded_models import GEMMA3_270M, check_installed
+
+    try:
+        check_installed(GEMMA3_270M)
+    except ImportError:
+        print(f"Gemma-3-270M base is not installed ({GEMMA3_270M.install}): aligning the embedded "
+              "SmolLM2-135M-Instruct instead")
+        return "embedded/smollm2-135m"
+    return GEMMA3_270M.model
+
+
+def print_quick_check(before: Any, after: Any, base_lm: Any) -> None:
+    """``--quick``'s judge-free before/after check (IFEval's checkers), or why it was skipped."""
+    from drpo_dspy.evaluation.quick_check import before_after_check
+
+    print("Checking before vs after on 20 IFEval prompts (judge-free; --no-check skips this)...", flush=True)
+    try:
+        check = before_after_check(before, after, base_lm)
+    except ImportError as exc:
+        print(f"Check skipped: {exc}")
+        return
+    print(check.render())
 
 def rewrite_counts(levels: list[dict[str, Any]]) -> tuple[int, Counter[str]]:
     """(rewrites judged, rewrites dropped per reason) over a search's level records (``DRPOResult.levels``)."""
