@@ -142,7 +142,7 @@ class Compilation:
 
     def copied_example(self, query: Any, response: str) -> dict[str, Any] | None:
         """The shown example ``response`` copied a run of 40+ characters from, if any (retrieval is cached)."""
-        if not self.program.k or not len(self.program.bank):
+        if not getattr(self.program, "k", 0) or not len(self.program.bank):  # any DSPy program: no retrieval
             return None
         shown = [(e.shown_query, e.answer) for e in self.program.retrieve(live_query(query))]
         found = find_copy(response, shown, query=live_query(query))
