@@ -60,6 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--systems", default=",".join(SYSTEM_ORDER))
     p.add_argument("--official", type=Path, default=OFFICIAL, help="an original release's model folder")
     p.add_argument("--compiled", type=Path, help="a program.json (default: compile one with drpo optimize --quick)")
+    p.add_argument("--compile-args", default="--n-actions 3 --depth 4 --num-queries 8",
+                   help="extra drpo optimize flags for that compile (default: a little wider than --quick)")
     p.add_argument("--threads", type=int, default=4)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "efficacy")
     p.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / "efficacy.json")
@@ -84,7 +86,7 @@ def prepare_programs(args: argparse.Namespace, wanted: list[str]) -> dict[str, P
         if not compiled.is_file():
             command = [sys.executable, "-c", "import sys; from drpo_dspy.cli import main; sys.exit(main())",
                        "optimize", "--quick", "--no-check", "--base-model", args.base_model,
-                       "--log-dir", str(compiled.parent)]
+                       "--log-dir", str(compiled.parent), *args.compile_args.split()]
             if args.base_api_base:
                 command += ["--base-api-base", args.base_api_base]
             if args.base_model_type:

@@ -210,7 +210,10 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         what = "the seed prompt" if final == seed else "this prompt"
         print(f"No rewrite survived: all {sum(dropped.values())} were dropped, so the result is {what}:\n{final}")
     if args.quick and not o.get("no_check") and not result.stopped:
-        print_quick_check(seeded, aligned, lms["base"])
+        if final == seed:
+            print("Before/after check skipped: the compiled program's prompt is the seed prompt.")
+        else:
+            print_quick_check(seeded, aligned, lms["base"])
     return 0
 
 
