@@ -138,3 +138,16 @@ def test_serve_without_the_web_stack_names_the_extra(module, monkeypatch, capsys
     assert main(["serve", str(tmp_path / "program.json")]) == 2
     err = capsys.readouterr().err
     assert f"'{module}'" in err and 'pip install "drpo-dspy[serve]"' in err
+
+
+def test_an_empty_answer_says_why_in_its_choice() -> None:
+    from types import SimpleNamespace
+
+    from drpo_dspy.serve.payloads import EMPTY_REASONS, completion_body
+
+    program = SimpleNamespace(name="aligned", version="v1")
+    body = completion_body("chat", program, [("Paris.", "stop"), ("", "stop"), ("  ", "length")], (5, 3))
+    first, empty, capped = body["choices"]
+    assert "drpo_empty_answer" not in first and first["finish_reason"] == "stop"
+    assert empty["finish_reason"] == "stop" and empty["drpo_empty_answer"] == EMPTY_REASONS["stop"]
+    assert capped["finish_reason"] == "length" and "raise max_tokens" in capped["drpo_empty_answer"]

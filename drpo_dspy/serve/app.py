@@ -129,6 +129,9 @@ def create_app(settings: ServeSettings, registry: ProgramRegistry, upstream: Ups
             if not streaming:
                 release()
         answers = [(extract_answer(choice.text), choice.finish_reason) for choice in completion.choices]
+        if any(not text.strip() for text, _ in answers):
+            logger.warning("program %s gave an empty answer (finish_reason %s)", program.name,
+                           ", ".join(reason for text, reason in answers if not text.strip()))
         if settings.log_prompts:
             log_exchange(program.name, program.version, messages, [text for text, _ in answers])
         tokens = (completion.prompt_tokens, completion.completion_tokens)

@@ -25,9 +25,17 @@ def _envelope(kind: str, program: LoadedProgram, request_id: str, created: int, 
             "system_fingerprint": program.version}
 
 
+EMPTY_REASONS = {
+    "length": "the answer cap was reached before any answer text (raise max_tokens)",
+    "stop": "the model ended its answer before writing anything",
+}
+
+
 def completion_body(kind: str, program: LoadedProgram, answers: list[tuple[str, str]], tokens: tuple[int, int]
                     ) -> dict[str, Any]:
-    """A whole response: one choice per ``(answer, finish_reason)``."""
+    """A whole response: one choice per ``(answer, finish_reason)``. An empty answer keeps the upstream's
+    ``finish_reason`` (``length``: the cap was reached before any answer text; ``stop``: the model ended at once) and
+    says so in an extra ``drpo_empty_answer`` field on its choice (clients ignore fields they do not know)."""
     body = _envelope(kind, program, new_id(kind), int(time.time()), chunk=False)
     if kind == "chat":
         body["choices"] = [{"index": i, "message": {"role": "assistant", "content": text}, "logprobs": None,
@@ -35,6 +43,9 @@ def completion_body(kind: str, program: LoadedProgram, answers: list[tuple[str, 
     else:
         body["choices"] = [{"index": i, "text": text, "logprobs": None, "finish_reason": reason}
                            for i, (text, reason) in enumerate(answers)]
+    for choice, (text, reason) in zip(body["choices"], answers):
+        if not text.strip():
+            choice["drpo_empty_answer"] = EMPTY_REASONS.get(reason, EMPTY_REASONS["stop"])
     body["usage"] = usage(*tokens)
     return body
 
