@@ -8,7 +8,9 @@ Run (the figures in BENCHMARKS.md; greedy, judge-free, both embedded models, res
 Models: ``embedded/smollm2-135m`` (SmolLM2-135M-Instruct, chat template) and ``embedded/gemma-3-270m``
 (Gemma-3-270M base, raw text completion). Systems: ``base`` (the default prompt, zero-shot), ``urial`` (the
 URIAL-style prompt with its three fixed examples) and ``retrieved`` (the default prompt with the two nearest of the
-package's seed examples, as a compiled program retrieves them). Prompts: a stratified seeded sample of IFEval and
+package's seed examples, as a compiled program retrieves them); ``--systems retrieved-floor`` adds the same with a
+similarity floor (``min_similarity=0.25``: examples less similar are not shown). Prompts: a stratified seeded sample
+of IFEval and
 XSTest (safe and unsafe in proportion). Layouts:
 
 - ``before``: the layout before this benchmark: the user turn ends at ``<START>``, stops at ``<END>`` only, and
@@ -42,6 +44,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("embedded/smollm2-135m", "embedded/gemma-3-270m")
 SYSTEMS = ("base", "urial", "retrieved")
+FLOOR = 0.25  # "retrieved-floor": the seed bank's median top-1 cosine to these prompts is about 0.24
 LAYOUT_CHOICES = ("before", "open", "plain")
 BEFORE_STOPS = ["<END>", "<END", "<|eot_id|>"]
 
@@ -91,6 +94,7 @@ def responders() -> dict[str, Any]:
         "base": systems.StaticPromptResponder(systems.BASE_INSTRUCTIONS, []),
         "urial": systems.StaticPromptResponder(systems.URIAL_INSTRUCTIONS, systems.urial_examples()),
         "retrieved": AlignedResponder(systems.BASE_INSTRUCTIONS, None, k=2),
+        "retrieved-floor": AlignedResponder(systems.BASE_INSTRUCTIONS, None, k=2, min_similarity=FLOOR),
     }
 
 

@@ -145,3 +145,20 @@ def test_text_completion_models_get_one_concatenated_prompt(monkeypatch):
         "\n\n# Query:\nTell me about lava.\n\n# Answer:\n"
     )
     assert captured["model"] == "text-completion-openai/my-base-model"
+
+
+def test_a_similarity_floor_hides_unrelated_examples(tmp_path):
+    examples = [{"query": "How do volcanoes form?", "answer": "Magma rises."},
+                {"query": "Write a limerick about cheese.", "answer": "There once was a cheddar..."}]
+    open_ = AlignedResponder("Be honest.", examples, k=2, embedder="hashing")
+    floored = AlignedResponder("Be honest.", examples, k=2, embedder="hashing", min_similarity=0.99)
+    query = "How do volcanoes form?"
+    assert len(open_.retrieve(query)) == 2
+    assert [e.query for e in floored.retrieve(query)] == ["How do volcanoes form?"]  # only the near-identical one
+    assert floored.retrieve("Completely unrelated words here.") == []
+    floored.save(str(tmp_path / "p.json"))
+    loaded = AlignedResponder(examples=[], k=0)
+    loaded.load(str(tmp_path / "p.json"))
+    assert loaded.examples.min_similarity == 0.99
+    with pytest.raises(ValueError, match="min_similarity"):
+        AlignedResponder("Be honest.", examples, k=2, embedder="hashing", min_similarity=2)

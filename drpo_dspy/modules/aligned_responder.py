@@ -105,6 +105,9 @@ class AlignedResponder(dspy.Module):
         layout: The prompt layout (see :mod:`drpo_dspy.adapters.drpo_layout`): "plain" (default: the live turn ends
             at ``# Answer:``, no ``<START>``/``<END>`` markers), "open" (markers around the examples' answers) or
             "marked" (the live turn ends at ``<START>``, as the original). Saved with the program.
+        min_similarity: A floor on the cosine similarity of a retrieved example's query to the live query: examples
+            below it are not shown (fewer than ``k``, or none). Small models copy unrelated examples into their
+            answers; ``None`` (default) always shows ``k``. Saved with the program.
 
     Calling ``responder(query=..., history=None)`` returns ``dspy.Prediction(response=..., examples=[...])``,
     ``examples`` being the queries of the in-context examples in prompt order.
@@ -122,6 +125,7 @@ class AlignedResponder(dspy.Module):
         temperature: float | None = DEFAULT_TEMPERATURE,
         demo_mode: str = "merge",
         layout: str = DEFAULT_LAYOUT,
+        min_similarity: float | None = None,
     ):
         super().__init__()
         from drpo_dspy.retrievers.bank import AlignmentBank
@@ -136,7 +140,7 @@ class AlignedResponder(dspy.Module):
         check_k(k, len(bank))
         self.decoding = Decoding(temperature, max_tokens, layout)
         self.respond = dspy.Predict(AlignedAnswer.with_instructions(instructions))
-        self.examples = ExampleBank(bank, k, fixed=fixed_examples, demo_mode=demo_mode)
+        self.examples = ExampleBank(bank, k, fixed=fixed_examples, demo_mode=demo_mode, min_similarity=min_similarity)
         self._raw_lms: dict[int, dspy.LM] = {}
         self._raw_lock = threading.Lock()
 
@@ -219,7 +223,8 @@ class AlignedResponder(dspy.Module):
             return []
         if self.examples.fixed:
             return list(itertools.islice(self.examples.bank, k))  # the first k, without copying the whole bank
-        return [example for example, _score in self.examples.bank.search(query, k)]
+        floor = self.examples.min_similarity
+        return [example for example, score in self.examples.bank.search(query, k) if floor is None or score >= floor]
 
     def _needs_retrieval(self, demos: list[tuple[str, str]]) -> bool:
         return bool(self.k) and not (self.demo_mode == "replace" and demos)

@@ -20,19 +20,22 @@ _STATE_VERSION = 1
 class ExampleBank(Parameter):
     """The responder's learned in-context state: the example bank, k, and how predictor demos join them."""
 
-    def __init__(self, bank: Any, k: int, fixed: bool = False, demo_mode: str = "merge"):
+    def __init__(self, bank: Any, k: int, fixed: bool = False, demo_mode: str = "merge",
+                 min_similarity: float | None = None):
         check_demo_mode(demo_mode)
+        check_min_similarity(min_similarity)
         self.bank = bank
         self.k = k
         self.fixed = fixed
         self.demo_mode = demo_mode
+        self.min_similarity = min_similarity
 
     def reset(self) -> None:  # an optimizer's reset_copy keeps the bank: it is data, not a trace
         pass
 
     def dump_state(self, json_mode: bool = True) -> dict[str, Any]:
         return {"version": _STATE_VERSION, "k": self.k, "fixed": self.fixed, "demo_mode": self.demo_mode,
-                "bank": self.bank.to_state()}
+                "min_similarity": self.min_similarity, "bank": self.bank.to_state()}
 
     def load_state(self, state: dict[str, Any]) -> ExampleBank:
         from drpo_dspy.retrievers.bank import AlignmentBank
@@ -45,14 +48,15 @@ class ExampleBank(Parameter):
         check_demo_mode(demo_mode)
         bank = AlignmentBank.from_state(state["bank"])
         check_k(state["k"], len(bank))
+        check_min_similarity(state.get("min_similarity"))
         self.bank, self.k, self.fixed = bank, state["k"], bool(state.get("fixed", False))
-        self.demo_mode = demo_mode
+        self.demo_mode, self.min_similarity = demo_mode, state.get("min_similarity")
         return self
 
     def __deepcopy__(self, memo: dict) -> ExampleBank:
         # The bank holds an embedding model and an index: share them, copy only the data.
         return ExampleBank(self.bank.copy() if hasattr(self.bank, "copy") else self.bank, self.k, self.fixed,
-                           self.demo_mode)
+                           self.demo_mode, self.min_similarity)
 
 
 class Decoding(Parameter):
@@ -106,6 +110,11 @@ def check_k(k: Any, bank_size: int) -> None:
         raise ValueError(
             f"k={k} is larger than the example bank ({bank_size} examples): lower k or add examples"
         )
+
+
+def check_min_similarity(value: Any) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or not -1 <= value <= 1):
+        raise ValueError(f"min_similarity must be a cosine from -1 to 1 or None, got {value!r}")
 
 
 def check_demo_mode(mode: Any) -> None:
