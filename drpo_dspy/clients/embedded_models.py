@@ -178,26 +178,29 @@ def _assemble(spec: EmbeddedModel, parts: list[Path]) -> Path:
     return target
 
 
+def _override(spec: EmbeddedModel) -> Path | None:
+    """``$DRPO_EMBEDDED_GGUF`` for the default model (ImportError when it names no file), else None."""
+    if spec is not DEFAULT_MODEL or not os.environ.get(GGUF_ENV_VAR):
+        return None
+    override = Path(os.environ[GGUF_ENV_VAR])
+    if not override.is_file():
+        raise ImportError(f"{GGUF_ENV_VAR}={str(override)!r} is not a file.")
+    return override
+
+
 def check_installed(spec: EmbeddedModel) -> None:
     """Raise ImportError (with the install command) unless llama.cpp and the model's file or parts are present."""
     if _find_spec("llama_cpp") is None:
         raise ImportError(f"the embedded models need llama-cpp-python: {LOCAL_HINT}")
-    if spec is DEFAULT_MODEL and os.environ.get(GGUF_ENV_VAR):
-        override = Path(os.environ[GGUF_ENV_VAR])
-        if not override.is_file():
-            raise ImportError(f"{GGUF_ENV_VAR}={str(override)!r} is not a file.")
-        return
-    if spec.path is None:
+    if _override(spec) is None and spec.path is None:
         _chunk_paths(spec)
 
 
 def model_file(spec: EmbeddedModel) -> Path:
     """The model's GGUF file (assembled from its parts when it ships in several), its hash checked once per
     process; ImportError with the install command when it is missing, ValueError when the hash differs."""
-    if spec is DEFAULT_MODEL and os.environ.get(GGUF_ENV_VAR):
-        override = Path(os.environ[GGUF_ENV_VAR])
-        if not override.is_file():
-            raise ImportError(f"{GGUF_ENV_VAR}={str(override)!r} is not a file.")
+    override = _override(spec)
+    if override is not None:
         return override
     if spec.path is not None:
         return spec.path
