@@ -111,6 +111,8 @@ def test_a_prompt_pickled_on_its_own_imports(tmp_path):
 def test_import_finds_the_icl_file_in_the_parent_folder(release, tmp_path):
     program = import_official(release, k=1, embedder="hashing")
     assert program.instructions == "Be helpful.\n- Refuse harm." and program.k == 1
+    # An explicit cap: without one, a /v1/completions server answers with its default of 16 tokens.
+    assert program.max_tokens == 1024 and program.dump_state()["decoding"]["max_tokens"] == 1024
     assert program.bank.to_published_json() == ICL
     assert export_levels(program, tmp_path / "o.json").read_bytes() == (release / "output.json").read_bytes()
     assert levels_of(release / "output.json") == read_levels(release / "output.json")
