@@ -98,9 +98,9 @@ def test_an_embedder_that_cannot_load_refuses_before_any_call(tmp_path):
 
 
 def test_a_missing_llama_cpp_refuses_before_any_call(monkeypatch):
-    from drpo_dspy.clients import embedded
+    from drpo_dspy.clients import embedded_models
 
-    monkeypatch.setattr(embedded, "_find_spec", lambda name: None)
+    monkeypatch.setattr(embedded_models, "_find_spec", lambda name: None)
     world = FaultWorld(scores_by_depth)
     roles = {**world.faulty_roles(), "base_lm": dspy.LM("embedded/smollm2-135m", engine="litellm")}
     with pytest.raises(SystemicFailure, match=r'base role .* missing package before any call.*drpo-dspy\[local\]'):
@@ -120,8 +120,9 @@ def test_the_cli_exits_3_with_one_paragraph(tmp_path, capsys, monkeypatch):
                  "--log-dir", str(tmp_path / "run"), "--no-progress"])
     err = capsys.readouterr().err
     assert code == 3
-    assert err.startswith("drpo: stopped: the base role (openai/down) cannot work: too many errors")
-    assert "What to try:" in err and err.count("\n") == 1
+    assert err.startswith("drpo optimize: error: the base role (openai/down) cannot work: too many errors")
+    assert "What to try:" in err and err.count("\n") == 2  # the error, then where the run is and how to resume
+    assert err.splitlines()[1].endswith(f"Resume with: drpo optimize --resume {tmp_path / 'run'}")
 
 
 def test_a_judge_whose_output_is_never_readable_stops_after_max_errors_plus_one(tmp_path):

@@ -45,7 +45,8 @@ def test_real_compile_on_the_embedded_model(tmp_path, embedded_runtime):
     assert program.drpo_result.usage == off.drpo_result.usage
     assert stats.generated_tokens == off_stats.generated_tokens and stats.prompt_tokens == off_stats.prompt_tokens
     assert stats.decode_seconds > 0 == off_stats.decode_seconds  # on: the parallel decoders generated
-    assert embedded_runtime.decoder.peak_busy >= 2  # two requests at once
+    judged = sum(1 for c in levels_detail(program) if c.get("parent_id") is not None and not c.get("carried"))
+    assert embedded_runtime.decoder.peak_busy >= min(2, judged)  # two requests at once when two rewrites were kept
 
     run = tmp_path / "run"
     for name in ("config.json", "run.log", "trace.jsonl", "levels.json", "metrics_cache.json", "checkpoint.json",
@@ -54,7 +55,6 @@ def test_real_compile_on_the_embedded_model(tmp_path, embedded_runtime):
     levels = json.loads((run / "levels.json").read_text())
     assert list(levels) == ["level 1", "level 2"] and levels["level 1"]["Prompt"] == student.instructions
     summary = json.loads((run / "summary.json").read_text())
-    judged = sum(1 for c in levels_detail(program) if c.get("parent_id") is not None and not c.get("carried"))
     calls = 1 + judged  # the seed prompt, then each rewrite the filter kept (an empty answer is not judged)
     assert summary["usage"]["base"]["lm_calls"] == calls and summary["usage"]["judge"]["lm_calls"] <= calls
     assert summary["usage"]["judge"]["prompt_tokens"] > 0

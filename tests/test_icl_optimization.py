@@ -194,7 +194,7 @@ def test_parallel_results_come_back_in_input_order():
     tags = [f"t{i}" for i in range(6)]
     # the first example is judged slowly, so it finishes last
     world = IclWorld(lambda answer: [4, 4, 4] if answer.endswith("#1") else [3, 3, 3],
-                     judge_delay=lambda answer: 0.1 if answer.startswith("t0") else 0.005)
+                     judge_delay=lambda answer: 0.5 if answer.startswith("t0") else 0.005)
     inputs: list[Any] = [(t, f"{t}#0") for t in tags[:2]]
     inputs += [{"query": t, "answer": f"{t}#0"} for t in tags[2:4]]
     inputs += [ICLExample(t, f"{t}#0", []) for t in tags[4:]]

@@ -167,12 +167,12 @@ def test_text_route_sends_the_exact_concatenated_prompt(server, text_completion_
 
     assert isinstance(answer, str) and answer.strip()
     expected_prompt = system_part(instructions, [example]) + user_part(query)
-    assert expected_prompt == (f"{instructions}\n\n# Query:\n{example[0]}\n\n# Answer:\n<START>\n{example[1]}"
-                               f"\n<END>\n\n# Query:\n{query}\n\n# Answer:\n")
+    assert expected_prompt == (f"{instructions}\n\n# Query:\n{example[0]}\n\n# Answer:\n{example[1]}"
+                               f"\n\n# Query:\n{query}\n\n# Answer:\n")
     (request, _reply), = text_completion_calls
     assert request["model"] == f"text-completion-openai/{SERVED_NAME}" and request["api_base"] == server.url
     assert request["prompt"] == expected_prompt
-    assert "<END>" in request["stop"]
+    assert "\n# Query:" in request["stop"]
     assert server.requests("/v1/completions") == before_text + 1
     assert server.requests("/v1/chat/completions") == before_chat  # no chat template anywhere
 
@@ -239,7 +239,7 @@ def test_the_router_snippet_of_the_docs_routes_both_model_groups(server, text_co
     assert from_base.strip() and from_chat.strip()
     (request, _reply), = text_completion_calls  # the base group: one raw completion with the exact prompt
     assert request["prompt"] == system_part(responder.instructions, []) + user_part(query)
-    assert request["api_base"] == server.url and "<END>" in request["stop"]
+    assert request["api_base"] == server.url and "\n# Query:" in request["stop"]
     assert server.requests("/v1/completions") == before_text + 1
     assert server.requests("/v1/chat/completions") == before_chat + 1
 
