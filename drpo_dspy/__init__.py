@@ -1,19 +1,44 @@
-"""drpo-dspy: DRPO (Dynamic Rewarding with Prompt Optimization) as a DSPy optimizer."""
+"""drpo-dspy: DRPO (Dynamic Rewarding with Prompt Optimization) as a DSPy optimizer.
+
+The public names are imported on first use (``from drpo_dspy import DRPO`` works as always), so importing the
+package, and starting the ``drpo`` command, does not import DSPy, litellm or torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from drpo_dspy.clients import offline_defaults as _offline
+from drpo_dspy.log_stream import configure_package_logger as _configure_logger
 
 _offline.apply_offline_defaults()
+_configure_logger(__name__)  # INFO progress through DSPy's stream: dspy.disable_logging() silences it too
 
-from dspy.utils.logging_utils import configure_dspy_loggers  # noqa: E402
-
-configure_dspy_loggers(__name__)  # INFO progress through DSPy's stream: dspy.disable_logging() silences it too
-
-from drpo_dspy.modules.aligned_responder import DEFAULT_INSTRUCTIONS, AlignedResponder  # noqa: E402
-from drpo_dspy.retrievers.bank import AlignmentBank, ICLExample  # noqa: E402
-from drpo_dspy.rewards.aspects import Aspect, AspectCatalogue  # noqa: E402
-from drpo_dspy.rewards.metric import DynamicReward  # noqa: E402
-from drpo_dspy.teleprompt.drpo import DRPO, DRPOResult  # noqa: E402
-
+_EXPORTS = {
+    "DEFAULT_INSTRUCTIONS": "drpo_dspy.modules.aligned_responder",
+    "AlignedResponder": "drpo_dspy.modules.aligned_responder",
+    "AlignmentBank": "drpo_dspy.retrievers.bank",
+    "ICLExample": "drpo_dspy.retrievers.bank",
+    "Aspect": "drpo_dspy.rewards.aspects",
+    "AspectCatalogue": "drpo_dspy.rewards.aspects",
+    "DynamicReward": "drpo_dspy.rewards.metric",
+    "DRPO": "drpo_dspy.teleprompt.drpo",
+    "DRPOResult": "drpo_dspy.teleprompt.drpo",
+}
 __all__ = ["DEFAULT_INSTRUCTIONS", "DRPO", "AlignedResponder", "AlignmentBank", "Aspect", "AspectCatalogue",
            "DRPOResult", "DynamicReward", "ICLExample"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

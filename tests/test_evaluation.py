@@ -427,7 +427,6 @@ def test_cli_end_to_end_and_resume(tmp_path: Path, capsys: pytest.CaptureFixture
     (["--systems", "program:/no/such/program.json"], "does not exist"),
     (["--systems", ""], "no systems given"),
     (["--eval-set", "nonsense"], "unknown evaluation set"),
-    (["--limit", "0"], "--limit must be a positive integer"),
 ])
 def test_cli_bad_input(argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     world, models = _cli_world()

@@ -9,9 +9,10 @@ only: it is never printed, logged or written (``summary.json``, the records and 
 and secret-free settings, and every text written passes the redactor, which knows the keys of both roles). Prefer
 the environment: a flag's value can be seen in the shell history and by ``ps``.
 
-Exit status: 0 done (or stopped by a budget: run again to finish), 2 bad input (before any LM call), 3 a role cannot
-work (``SystemicFailure``: bad key, unknown model, or every call failing, e.g. no server), 130 interrupted. The
-answers finished before a stop are saved in the output directory, so the same command resumes.
+Exit status (the scheme of every ``drpo`` command, :mod:`drpo_dspy.cli.common`): 0 done (or stopped by a budget:
+run again to finish), 1 a runtime failure, 2 bad input (before any LM call), 3 a role cannot work
+(``SystemicFailure``: bad key, unknown model, or every call failing, e.g. no server), 130 interrupted. The answers
+finished before a stop are saved in the output directory, so the same command resumes.
 """
 
 from __future__ import annotations
@@ -21,21 +22,36 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from drpo_dspy.cli.common import EMBEDDED, EXIT_ROLE_CANNOT_WORK, make_lm
+from drpo_dspy.cli.common import (
+    EMBEDDED,
+    add_command,
+    make_lm,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_reporting_errors,
+)
 
 DEFAULT_MAX_TOKENS = 512
 DEFAULT_JUDGE_MAX_TOKENS = 1024
 PROG = "drpo evaluate"
+EXAMPLES = """\
+  drpo evaluate --eval-set ifeval --limit 20 --no-judge       # judge-free: IFEval's checkers, embedded model
+  drpo evaluate --systems base,urial,program:runs/<timestamp>/program.json --eval-set regular --limit 10
+  drpo evaluate --systems base,program:aligned.json --eval-set benchmarks --sample 50 \\
+      --base-model hosted_vllm/mistralai/Mistral-7B-v0.1 --base-api-base http://localhost:8000/v1 \\
+      --base-model-type text --judge-model openai/gpt-4o --max-cost-usd 5 --out runs/eval-mistral"""
 
 
 def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``evaluate`` subcommand to an ``argparse`` subparsers object; returns its parser."""
-    p = subparsers.add_parser(
-        "evaluate", help="judge systems side by side on an evaluation set (six aspects, refusals, charts)",
+    p = add_command(
+        subparsers, "evaluate", help="judge systems side by side on an evaluation set (six aspects, refusals, charts)",
         description="Answer every prompt of an evaluation set with each system, judge every answer on six aspects "
                     "(helpfulness, clarity, factuality, depth, engagement, safety) and on refusal, and write JSON, "
                     "CSV, Markdown, PNG charts and a self-contained HTML report. Re-running with the same --out "
-                    "resumes: finished judgments are not paid for again.")
+                    "resumes: finished judgments are not paid for again.", examples=EXAMPLES,
+        usage="drpo evaluate [options]")
     p.add_argument("--systems", default="base,urial",
                    help="comma-separated: raw (the query alone, no system prompt, no layout: what a base model "
                         "sees untouched), base (the default prompt 'You are a helpful assistant.', zero-shot, in the "
@@ -53,9 +69,9 @@ def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "hf:OWNER/NAME[:SPLIT] (a Hugging Face dataset in a benchmark's format; needs network). "
                         "IFEval is scored by its official checkers, XSTest and HarmBench also by string match; "
                         "default: regular")
-    p.add_argument("--limit", type=int, help="only the first N prompts of each named set")
-    p.add_argument("--sample", type=int, help="a stratified, seeded sample of N prompts of each named set")
-    p.add_argument("--seed", type=int, default=0, help="seed of --sample (0)")
+    p.add_argument("--limit", type=positive_int, help="only the first N prompts of each named set")
+    p.add_argument("--sample", type=positive_int, help="a stratified, seeded sample of N prompts of each named set")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of --sample (0)")
     p.add_argument("--no-judge", action="store_true",
                    help="judge-free scores only (IFEval, XSTest and HarmBench string match); no judge model")
     p.add_argument("--base-model", help=f"litellm model string the systems answer with (default: {EMBEDDED})")
@@ -70,16 +86,17 @@ def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--judge-api-key", help="API key of the judge model (default: the provider's environment "
                                            "variable); never printed or saved")
     p.add_argument("--out", type=Path, help="output directory (default: runs/eval-<eval set>); reuse it to resume")
-    p.add_argument("--num-threads", type=int, default=4, help="concurrent (system, prompt) pairs (default: 4)")
-    p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
+    p.add_argument("--num-threads", type=positive_int, default=4, help="concurrent (system, prompt) pairs (default: 4)")
+    p.add_argument("--max-tokens", type=positive_int, default=DEFAULT_MAX_TOKENS,
                    help=f"cap on each system's answer length (default: {DEFAULT_MAX_TOKENS})")
-    p.add_argument("--judge-max-tokens", type=int, default=DEFAULT_JUDGE_MAX_TOKENS,
+    p.add_argument("--judge-max-tokens", type=positive_int, default=DEFAULT_JUDGE_MAX_TOKENS,
                    help=f"cap on each judgment's length (default: {DEFAULT_JUDGE_MAX_TOKENS})")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.add_argument("--max-calls", type=int, help="hard budget: LM calls (answers and judgments)")
-    p.add_argument("--max-total-tokens", type=int, help="hard budget: tokens across answers and judgments")
-    p.add_argument("--max-cost-usd", type=float, help="hard budget: dollars (litellm prices)")
-    p.add_argument("--max-errors", type=int, default=10, help="errors a role may have before the run stops (10)")
+    p.add_argument("--max-calls", type=positive_int, help="hard budget: LM calls (answers and judgments)")
+    p.add_argument("--max-total-tokens", type=positive_int, help="hard budget: tokens across answers and judgments")
+    p.add_argument("--max-cost-usd", type=positive_float, help="hard budget: dollars (litellm prices)")
+    p.add_argument("--max-errors", type=non_negative_int, default=10,
+                   help="errors a role may have before the run stops (10)")
     p.add_argument("--stop-file", type=Path, help="stop starting new answers when this file appears (resume later)")
     p.set_defaults(handler=run_evaluate, func=run_evaluate)
     return p
@@ -119,53 +136,44 @@ def _progress_bar(total_hint: bool):
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    """Run ``drpo evaluate``; returns the exit status (2 for bad input, reported before any LM call)."""
-    from drpo_dspy.clients.failures import SystemicFailure
+    """Run ``drpo evaluate``; returns the exit status (2 for bad input, reported before any LM call; see the module
+    docstring), with errors reported as ``drpo evaluate: error: ...``."""
+    return run_reporting_errors(lambda: _run_evaluate(args), prog=PROG, hint=lambda: getattr(args, "resume_hint", None))
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    # Input checks first: nothing below them is allowed to call a model.
+    for name in ("limit", "sample", "num_threads", "max_tokens", "judge_max_tokens", "max_calls",
+                 "max_total_tokens"):
+        _positive(f"--{name.replace('_', '-')}", getattr(args, name, None))  # argparse checks the flags too
+
     from drpo_dspy.evaluation.runner import ensure_writable_dir, evaluate, resolve_eval_set
     from drpo_dspy.evaluation.systems import build_systems, parse_system_specs
-    from drpo_dspy.runs.secrets import redacted_message
 
-    try:
-        # Input checks first: nothing below them is allowed to call a model.
-        for name in ("limit", "sample", "num_threads", "max_tokens", "judge_max_tokens", "max_calls",
-                     "max_total_tokens"):
-            _positive(f"--{name.replace('_', '-')}", getattr(args, name, None))
-        specs = parse_system_specs(args.systems)
-        prompts, label = resolve_eval_set(args.eval_set, limit=args.limit, sample=args.sample, seed=args.seed)
-        if not prompts:
-            raise ValueError(f"evaluation set {args.eval_set} is empty: nothing to evaluate")
-        out = ensure_writable_dir(args.out or Path("runs") / f"eval-{Path(label).stem}")
-        base_lm = make_lm(args.base_model, args.base_api_base, args.base_model_type, role="base", temperature=0.0,
-                          **_key(getattr(args, "base_api_key", None)))
-        judge_lm = None if args.no_judge else make_lm(args.judge_model, args.judge_api_base, role="judge",
-                                                      temperature=0.0, max_tokens=args.judge_max_tokens,
-                                                      **_key(getattr(args, "judge_api_key", None)))
-        systems = build_systems(specs, base_lm=base_lm, max_tokens=args.max_tokens)
-    except (ValueError, FileNotFoundError, ImportError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
+    specs = parse_system_specs(args.systems)
+    prompts, label = resolve_eval_set(args.eval_set, limit=args.limit, sample=args.sample, seed=args.seed)
+    if not prompts:
+        raise ValueError(f"evaluation set {args.eval_set} is empty: nothing to evaluate")
+    out = ensure_writable_dir(args.out or Path("runs") / f"eval-{Path(label).stem}")
+    base_lm = make_lm(args.base_model, args.base_api_base, args.base_model_type, role="base", temperature=0.0,
+                      **_key(getattr(args, "base_api_key", None)))
+    judge_lm = None if args.no_judge else make_lm(args.judge_model, args.judge_api_base, role="judge",
+                                                  temperature=0.0, max_tokens=args.judge_max_tokens,
+                                                  **_key(getattr(args, "judge_api_key", None)))
+    systems = build_systems(specs, base_lm=base_lm, max_tokens=args.max_tokens)
 
     judge_name = judge_lm.model if judge_lm is not None else "none (judge-free scores)"
     print(f"Evaluating {', '.join(s.name for s in systems)} on {label} ({len(prompts)} prompts); "
           f"base model {base_lm.model}, judge {judge_name}; answers capped at {args.max_tokens} tokens for every "
           f"system (--max-tokens); output {out}", file=sys.stderr)
+    args.resume_hint = (f"answers and judgments finished before the stop are saved in {out}; fix the cause if any, "
+                        "then run the same command to resume.")
     update, close = _progress_bar(not args.no_progress)
     try:
         result = evaluate(systems, prompts, judge_lm=judge_lm, out_dir=out, num_threads=args.num_threads,
                           progress=update, eval_set_name=label, max_calls=args.max_calls,
                           max_total_tokens=args.max_total_tokens, max_cost_usd=args.max_cost_usd,
                           max_errors=args.max_errors, stop_file=args.stop_file)
-    except (ValueError, FileNotFoundError, ImportError) as exc:
-        print(f"{PROG}: error: {redacted_message(exc).split(': ', 1)[-1]}", file=sys.stderr)
-        return 2
-    except SystemicFailure as exc:
-        print(f"{PROG}: stopped: {redacted_message(exc).split(': ', 1)[-1]}\nAnswers finished before the stop are "
-              f"saved in {out}; fix the cause and run the same command to resume.", file=sys.stderr)
-        return EXIT_ROLE_CANNOT_WORK
-    except KeyboardInterrupt:
-        print(f"\n{PROG}: interrupted; finished judgments are saved in {out}. Run the same command to resume.",
-              file=sys.stderr)
-        return 130
     finally:
         if close is not None:
             close()
@@ -182,7 +190,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point (``python -m drpo_dspy.cli.evaluate``) until the lead wires the subcommand."""
+    """Stand-alone entry point (``python -m drpo_dspy.cli.evaluate evaluate ...``); ``drpo evaluate`` is the same."""
     parser = argparse.ArgumentParser(prog="drpo")
     add_evaluate_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)

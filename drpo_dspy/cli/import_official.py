@@ -6,19 +6,30 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from drpo_dspy.cli.common import add_command, non_negative_int
+
+EXAMPLES = """\
+  drpo import-official DRPO/outputs/mistral --out aligned.json   # the folder holding output.json
+  drpo import-official DRPO/outputs/mistral/output.pkl --icl ICL_examples.json --k 3 --out aligned.json \\
+      --levels-out levels.json
+  drpo respond "Plan a 3-day trip." --program aligned.json       # then answer with it"""
+
 
 def add_import_official_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``import-official`` sub-command to ``subparsers`` (from ``ArgumentParser.add_subparsers``)."""
-    parser = subparsers.add_parser(
-        "import-official", help="import a model folder of the original DRPO release as a program",
+    parser = add_command(
+        subparsers, "import-official", help="import a model folder of the original DRPO release as a program",
+        examples=EXAMPLES,
         description="Import the original release's per-level output.json, output.txt or output.pkl (or the model "
-                    "folder holding them) with its ICL_examples.json, and save it as an AlignedResponder program.")
+                    "folder holding them) with its ICL_examples.json, and save it as an AlignedResponder program. "
+                    "Pickles are read with a restricted unpickler that refuses code.")
     parser.add_argument("path", type=Path, metavar="PATH",
                         help="model folder, or its output.json / output.txt / output.pkl")
     parser.add_argument("--icl", type=Path, metavar="PATH",
                         help="in-context examples (default: ICL_examples.json in the folder or its parent, else the "
                              "built-in seed examples)")
-    parser.add_argument("--k", type=int, default=2, help="in-context examples retrieved per query (2)")
+    parser.add_argument("--k", type=non_negative_int, default=2,
+                        help="in-context examples retrieved per query (default: 2)")
     parser.add_argument("--embedder", help="sentence-transformers model for retrieval (default: the packaged one)")
     parser.add_argument("--levels-out", type=Path, metavar="PATH",
                         help="also write the imported per-level results (published JSON shape) here")

@@ -7,35 +7,65 @@ import json
 from pathlib import Path
 from typing import Any
 
-from drpo_dspy.cli.common import EMBEDDED, EMBEDDED_MAX_TOKENS, make_lm
+from drpo_dspy.cli.common import (
+    EMBEDDED,
+    EMBEDDED_MAX_TOKENS,
+    Interrupted,
+    InterruptWatch,
+    add_command,
+    make_lm,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 
 ICL_ROLES = ("metrics", "judge", "rewriter")
+DESCRIPTION = """\
+Offline ICL optimization, the paper's harsher critic: per example, pick 3-6 aspects, judge the answer, then
+rewrite and re-judge it for up to --rounds rounds, keeping the best answer (ties go to the newer one; all-5 scores
+stop early). The optimized bank, with every round in its provenance, is written to --out for drpo optimize
+--examples.
+
+Ctrl-C stops gracefully: the rounds in flight end at their next call, every example keeps its best answer so far,
+--out is still written, and the command exits with 130 (press Ctrl-C again to stop at once, saving nothing)."""
+EXAMPLES = """\
+  drpo optimize-icl --limit 3 --rounds 2 --out runs/icl-bank.json        # a few examples on the embedded model
+  drpo optimize-icl --examples my_examples.jsonl --judge-model openai/gpt-4o --metrics-model openai/gpt-4o \\
+      --optimizer-model openai/gpt-4o --max-cost-usd 2 --out runs/icl-bank.json
+  drpo optimize --examples runs/icl-bank.json                            # then search with the optimized bank"""
 
 
 def add_optimize_icl_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``optimize-icl`` sub-command to ``subparsers`` (from ``ArgumentParser.add_subparsers``)."""
-    parser = subparsers.add_parser(
-        "optimize-icl", help="improve in-context example answers with a strict critic and a rewriter",
-        description="Offline ICL optimization: per example, pick 3-6 aspects, judge the answer, then rewrite and "
-                    "re-judge it for up to --rounds rounds, keeping the best answer.")
+    parser = add_command(subparsers, "optimize-icl",
+                         help="improve in-context example answers with a strict critic and a rewriter",
+                         description=DESCRIPTION, examples=EXAMPLES)
     parser.add_argument("--examples", type=Path,
                         help="examples: .json list or .jsonl of {query, answer}, a saved bank, or the published "
                              "{query: answer} JSON (default: the built-in seed examples)")
-    for role in ICL_ROLES:
-        parser.add_argument(f"--{role}-model", help=f"litellm model string for the {role} role (default: {EMBEDDED})")
-    parser.add_argument("--api-base", help="API base URL for the models (vLLM, Ollama, proxies)")
-    parser.add_argument("--max-tokens", type=int,
+    models = parser.add_argument_group(f"models (any litellm model string; default: {EMBEDDED})")
+    models.add_argument("--metrics-model", metavar="MODEL", help="picks the aspects each answer is judged on")
+    models.add_argument("--judge-model", metavar="MODEL", help="scores each answer 1-5 per aspect")
+    models.add_argument("--optimizer-model", "--rewriter-model", dest="rewriter_model", metavar="MODEL",
+                        help="rewrites each answer from the critique (--rewriter-model: the same option, its "
+                             "former name)")
+    models.add_argument("--api-base", metavar="URL", help="API base URL for the models (vLLM, Ollama, proxies)")
+    parser.add_argument("--max-tokens", type=positive_int,
                         help=f"cap on each completion (default: {EMBEDDED_MAX_TOKENS['rewriter']} for the embedded "
                              "model, else the provider's)")
-    parser.add_argument("--rounds", type=int, default=5, help="rewrite rounds per example (5)")
-    parser.add_argument("--num-threads", type=int, default=8, help="examples optimized concurrently (8)")
-    parser.add_argument("--limit", type=int, help="optimize only the first N examples")
+    parser.add_argument("--rounds", type=non_negative_int, default=5,
+                        help="rewrite rounds per example; 0 only judges the seeds (default: 5)")
+    parser.add_argument("--num-threads", type=positive_int, default=8,
+                        help="examples optimized concurrently (default: 8)")
+    parser.add_argument("--limit", type=positive_int, help="optimize only the first N examples")
     parser.add_argument("--out", type=Path, help="write the optimized bank (JSON, with provenance) here")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.add_argument("--max-calls", type=int, help="hard budget: LM calls across all roles")
-    parser.add_argument("--max-total-tokens", type=int, help="hard budget: tokens across all roles")
-    parser.add_argument("--max-cost-usd", type=float, help="hard budget: dollars across all roles (litellm prices)")
-    parser.add_argument("--max-errors", type=int, default=10, help="errors a role may have before the run stops (10)")
+    parser.add_argument("--max-calls", type=positive_int, help="hard budget: LM calls across all roles")
+    parser.add_argument("--max-total-tokens", type=positive_int, help="hard budget: tokens across all roles")
+    parser.add_argument("--max-cost-usd", type=positive_float,
+                        help="hard budget: dollars across all roles (litellm prices)")
+    parser.add_argument("--max-errors", type=non_negative_int, default=10,
+                        help="errors a role may have before the run stops (default: 10)")
     parser.add_argument("--stop-file", type=Path,
                         help="stop (keeping the best answers so far) when this file appears; Ctrl-C also stops")
     parser.set_defaults(handler=run_optimize_icl)
@@ -133,14 +163,10 @@ def run_optimize_icl(args: argparse.Namespace, *, lms: dict[str, Any] | None = N
     from drpo_dspy.clients.metering import Meter
     from drpo_dspy.teleprompt.icl_optimization import optimize_bank
 
-    if args.rounds < 0:
-        raise ValueError(f"--rounds must be >= 0, got {args.rounds}")
-    if args.num_threads < 1:
-        raise ValueError(f"--num-threads must be >= 1, got {args.num_threads}")
-    if args.max_tokens is not None and args.max_tokens < 1:
-        raise ValueError(f"--max-tokens must be >= 1, got {args.max_tokens}")
-    if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit must be >= 1, got {args.limit}")
+    for flag, value, least in (("--rounds", args.rounds, 0), ("--num-threads", args.num_threads, 1),
+                               ("--max-tokens", args.max_tokens, 1), ("--limit", args.limit, 1)):
+        if value is not None and value < least:  # argparse checks the flags; this guards calls from code
+            raise ValueError(f"{flag} must be >= {least}, got {value}")
     bank = load_bank(args.examples, args.limit)
     if not len(bank):
         raise ValueError("no examples to optimize")
@@ -156,9 +182,12 @@ def run_optimize_icl(args: argparse.Namespace, *, lms: dict[str, Any] | None = N
                     max_cost_usd=args.max_cost_usd, stop=stop)
     print(f"ICL optimization: {len(bank)} examples, up to {args.rounds} rounds each; models: "
           + ", ".join(f"{r}={getattr(lms[r], 'model', lms[r])}" for r in ICL_ROLES))
-    optimized = optimize_bank(bank, metrics_lm=lms["metrics"], judge_lm=lms["judge"], rewriter_lm=lms["rewriter"],
-                              rounds=args.rounds, num_threads=args.num_threads, meter=meter,
-                              progress=not args.no_progress, budget=budget)
+    # The first Ctrl-C asks the rounds in flight to stop at their next call (the best answers so far are kept and
+    # saved); a second one stops at once.
+    with InterruptWatch(request_stop=lambda: stop.request("interrupted (Ctrl-C)")) as watch:
+        optimized = optimize_bank(bank, metrics_lm=lms["metrics"], judge_lm=lms["judge"],
+                                  rewriter_lm=lms["rewriter"], rounds=args.rounds, num_threads=args.num_threads,
+                                  meter=meter, progress=not args.no_progress, budget=budget)
     if budget.exhausted:
         print(f"Stopped early: {budget.exhausted} (the answers keep their best version so far)")
     print(format_table(optimized.examples))
@@ -172,4 +201,7 @@ def run_optimize_icl(args: argparse.Namespace, *, lms: dict[str, Any] | None = N
         print(f"Optimized bank written to {args.out}")
     else:
         print("(not saved: pass --out PATH to write the optimized bank)")
+    if watch.pressed:
+        raise Interrupted("the answers keep their best version so far" + (f", written to {args.out}" if args.out
+                                                                           else ""))
     return 0

@@ -6,11 +6,17 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from drpo_dspy.cli.common import add_command
+
+EXAMPLES = """\
+  drpo show runs/20250101-120000                      # writes runs/20250101-120000/search.html
+  drpo show runs/mistral --out /tmp/mistral-search.html"""
+
 
 def add_show_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``show`` sub-command to ``subparsers`` (from ``ArgumentParser.add_subparsers``)."""
-    parser = subparsers.add_parser(
-        "show", help="render a run's beam search as one HTML page",
+    parser = add_command(
+        subparsers, "show", help="render a run's beam search as one HTML page", examples=EXAMPLES,
         description="Write an HTML view of the beam tree in RUN_DIR/trace.jsonl (prompts, diffs against the parent "
                     "prompt, per-aspect scores and rationales, the best path) and reward_per_level.png next to it.")
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run directory (log_dir) of a DRPO compile")

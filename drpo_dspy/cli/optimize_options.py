@@ -1,0 +1,205 @@
+"""The options of ``drpo optimize``: its flags (checked by argparse, before anything heavy is imported), the
+``--config`` file (checked the same way), and the settings a run directory recorded (for ``--resume``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from drpo_dspy.cli.common import (
+    ROLES,
+    UsageError,
+    add_command,
+    float_in,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
+
+# Small settings that finish in a few minutes on 2 CPU cores with the embedded model.
+QUICK = {"beam_size": 2, "n_actions": 2, "depth": 3, "max_depth_increase": 1, "k": 1, "max_tokens": 160,
+         "num_queries": 6}
+_PAPER_SET = ("paper_faithful_failures", "rewrite_filter")  # implied by paper mode, not passed again on resume
+GUARD_OPTIONS = ("length_control", "judge_samples", "tie_tolerance", "holdout", "max_prompt_tokens",
+                 "merge_duplicate_bullets", "refusal_probes", "refusal_penalty", "max_refusal_rate")
+temperature = float_in(0.0, 2.0)
+# Numeric options: (flag, check, help). The same checks apply to the values of a --config file.
+SEARCH_NUMBERS = (
+    ("beam-size", positive_int, "beams kept per level (2)"), ("n-actions", positive_int, "rewrites per beam (3)"),
+    ("depth", positive_int, "initial search depth (20)"),
+    ("max-depth-increase", non_negative_int, "extra levels allowed (10)"),
+    ("temperature", temperature, "optimizer temperature, 0 to 2 (0.2)"),
+    ("skip-threshold", float_in(1.0, 5.0), "skip the rewrite above this mean score, 1 to 5 (4.5)"),
+    ("k", non_negative_int, "in-context examples per query (2)"),
+    ("num-threads", positive_int, "concurrent LM calls (8)"),
+    ("seed", non_negative_int, "seed for sampled local calls (0)"),
+    ("max-tokens", positive_int, "cap on base-model answers (1024; --quick: 160; --paper-mode: 2048)"),
+    ("answer-temperature", temperature, "base-model decoding temperature, 0 to 2 (0: greedy)"),
+    ("max-errors", non_negative_int, "errors a role may have before the run stops (10)"),
+)
+GUARD_NUMBERS = (
+    ("judge-samples", positive_int, "judge every answer N times and average (1)"),
+    ("tie-tolerance", float_in(0.0, 4.0), "path means this close count as tied (0)"),
+    ("holdout", non_negative_int,
+     "queries held out to re-score the final beam (default: 8 when there is room; 0: off)"),
+    ("max-prompt-tokens", non_negative_int, "prompt budget told to the optimizer (1024; 0: off)"),
+    ("refusal-probes", non_negative_int, "benign-but-risky probes answered per candidate (0)"),
+    ("refusal-penalty", float_in(0.0, 4.0), "reward lost per unit of refusal rate (1.0)"),
+    ("max-refusal-rate", float_in(0.0, 1.0), "reject candidates refusing more probes than this, 0 to 1"),
+)
+BUDGET_NUMBERS = (
+    ("max-calls", positive_int, "hard budget: LM calls across all roles"),
+    ("max-total-tokens", positive_int, "hard budget: tokens across all roles"),
+    ("max-cost-usd", positive_float, "hard budget: dollars across all roles (litellm prices)"),
+)
+CHECKS = {flag.replace("-", "_"): check for flag, check, _ in (*SEARCH_NUMBERS, *GUARD_NUMBERS, *BUDGET_NUMBERS)}
+CHECKS["num_queries"] = positive_int
+KNOWN = {"trainset", "num_queries", "examples", "log_dir", "max_tokens", "demo_query", "no_progress", "no_check",
+         "base_model_type", "beam_size", "n_actions", "depth", "max_depth_increase", "temperature",
+         "skip_threshold", "k", "num_threads", "seed", "initial_instructions", "paper_faithful_failures",
+         "proposal_sampling", "max_calls", "max_total_tokens", "max_cost_usd", "dry_run", "resume",
+         "resume_queries", "valset", "paper_mode", "rewrite_filter", "answer_temperature", "max_errors",
+         *GUARD_OPTIONS, "probe_queries", "resume_probe_queries",
+         *(f"{r}_model" for r in ROLES), *(f"{r}_api_base" for r in ROLES)}
+
+DESCRIPTION = """\
+Search for an alignment system prompt with DRPO's beam search: the optimizer rewrites the prompt, the base model
+answers one training query per level under each candidate, the metrics model picks the aspects that matter for
+that query and the judge scores the answer on them; the best prompts by mean reward along their path survive.
+Every role is any litellm model string; the default is the embedded local model (no key, no network).
+
+The run directory (--log-dir, default runs/<timestamp>) holds the configuration, the log, the trace, a checkpoint
+after every level and program.json. Ctrl-C stops at once and says how to resume; so does a STOP file created in
+the run directory (touch RUN_DIR/STOP), which lets the calls in flight finish first."""
+EXAMPLES = """\
+  drpo optimize --quick                                  # demo: a few minutes on the embedded models
+  drpo optimize --base-model hosted_vllm/mistralai/Mistral-7B-v0.1 --base-api-base http://localhost:8000/v1 \\
+      --base-model-type text --judge-model openai/gpt-4o --metrics-model openai/gpt-4o \\
+      --optimizer-model openai/gpt-4o --max-cost-usd 5 --log-dir runs/mistral
+  drpo optimize --dry-run --judge-model openai/gpt-4o    # calls, tokens and dollars per role; calls nothing
+  drpo optimize --resume runs/mistral                    # continue an interrupted or stopped run"""
+
+
+def _add_role_flags(parser: argparse.ArgumentParser) -> None:
+    roles = parser.add_argument_group("models (any litellm model string; default: the embedded model)")
+    for role in ROLES:
+        roles.add_argument(f"--{role}-model", metavar="MODEL", help=f"the {role} role's model")
+        roles.add_argument(f"--{role}-api-base", metavar="URL",
+                           help=f"API base URL for the {role} model (vLLM, Ollama, proxies)")
+    roles.add_argument("--base-model-type", choices=["chat", "text"], default=None,
+                       help="'text' for base (non-chat) models served by text completion")
+
+
+def add_optimize_arguments(subparsers: Any) -> argparse.ArgumentParser:
+    """The ``optimize`` sub-command's parser (its handler is set by :mod:`drpo_dspy.cli.optimize`)."""
+    opt = add_command(subparsers, "optimize", help="search for an alignment system prompt (DRPO beam search)",
+                      description=DESCRIPTION, examples=EXAMPLES, usage="drpo optimize [options]")
+    opt.add_argument("--config", type=Path, help="JSON file with any of these options (flags override it)")
+    _add_role_flags(opt)
+    opt.add_argument("--trainset", type=Path, help="queries: .json list or .jsonl (strings, {query}, or conversations "
+                     "{messages: [...]} / {query, history}), or .txt")
+    opt.add_argument("--num-queries", type=positive_int, help="use only the first N training queries")
+    opt.add_argument("--valset", type=Path, help="held-out queries: re-score the final beam on them and pick by that")
+    opt.add_argument("--examples", type=Path, help="in-context example bank (.json/.jsonl, or the published "
+                                                   "{query: answer} JSON); default: the built-in seed examples")
+    for name, check, helptext in SEARCH_NUMBERS:
+        opt.add_argument(f"--{name}", type=check, help=helptext)
+    opt.add_argument("--initial-instructions", help="starting system prompt")
+    opt.add_argument("--log-dir", type=Path, help="run directory (default: runs/<timestamp>)")
+    opt.add_argument("--quick", action="store_true",
+                     help="tiny settings for a demo run of a few minutes: aligns Gemma-3-270M base (when installed: "
+                          "the [gemma] extra) with the embedded SmolLM2 as helpers, then checks before vs after on "
+                          "20 IFEval prompts, judge-free")
+    opt.add_argument("--no-check", action="store_true", help="skip --quick's judge-free before/after check")
+    opt.add_argument("--paper-mode", action="store_true",
+                     help="behave as the original code in everything observable through the LMs (docs/fidelity.md)")
+    opt.add_argument("--no-rewrite-filter", dest="rewrite_filter", action="store_false", default=None,
+                     help="keep every readable rewrite, even template copies and query-specific ones")
+    guards = opt.add_argument_group("guards against judge gaming (all off with --paper-mode)")
+    guards.add_argument("--length-control", action="store_true",
+                        help="remove the judge's length preference from each level's rewards")
+    for name, check, helptext in GUARD_NUMBERS[:4]:
+        guards.add_argument(f"--{name}", type=check, help=helptext)
+    guards.add_argument("--no-merge-bullets", dest="merge_duplicate_bullets", action="store_false", default=None,
+                        help="keep duplicate bullets in rewrites")
+    for name, check, helptext in GUARD_NUMBERS[4:]:
+        guards.add_argument(f"--{name}", type=check, help=helptext)
+    guards.add_argument("--probe-queries", type=Path, help="your own probes (.json, .jsonl or .txt)")
+    opt.add_argument("--paper-faithful-failures", action="store_true",
+                     help="score unreadable judgments 0 and skip, as the original code did")
+    opt.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    opt.add_argument("--proposal-sampling", choices=["batched", "independent"],
+                     help="one request for all rewrites of a node (batched, default) or one request each")
+    for name, check, helptext in BUDGET_NUMBERS:
+        opt.add_argument(f"--{name}", type=check, help=helptext)
+    opt.add_argument("--dry-run", action="store_true", help="estimate calls, tokens and dollars per role; call nothing")
+    opt.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                     help="continue the run recorded in RUN_DIR (its settings and queries; no other flag needed)")
+    opt.add_argument("--demo-query", help="query answered before and after optimization (default: a built-in one)")
+    return opt
+
+
+def gather_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The run's options: --quick's settings, then the --config file (checked like the flags), then the flags."""
+    options: dict[str, Any] = {}
+    if args.quick:
+        options.update(QUICK)
+    if args.config:
+        options.update(read_config(args.config))
+    options.update({k: v for k, v in vars(args).items() if v is not None and v is not False
+                    and k not in ("command", "config", "quick", "handler", "func", "verbose", "resume_hint")})
+    return options
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """A ``--config`` file's options, with unknown names and bad numbers refused (``UsageError``, exit 2)."""
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"cannot read --config {path}: {exc}") from exc
+    if not isinstance(loaded, dict):
+        raise UsageError(f"--config {path} must hold a JSON object")
+    options = {k.replace("-", "_"): v for k, v in loaded.items()}
+    unknown = sorted(set(options) - KNOWN)
+    if unknown:
+        raise UsageError(f"unknown option(s) in --config {path}: {', '.join(unknown)}")
+    for name, value in options.items():
+        if name in CHECKS and value is not None:
+            try:
+                options[name] = CHECKS[name](value)
+            except argparse.ArgumentTypeError as exc:
+                raise UsageError(f"--config {path}: {name} {exc}") from None
+    return options
+
+
+def saved_options(run_dir: Path) -> dict[str, Any]:
+    """The search settings recorded in a run directory, so ``--resume RUN_DIR`` needs no other flag."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise UsageError(f"--resume {run_dir}: no config.json there (not a drpo run directory)")
+    config = json.loads(path.read_text(encoding="utf-8"))
+    search = config.get("search", {})
+    options = {k: v for k, v in search.items()
+               if k not in ("history_window", "paper_mode", "guards") and not (config.get("paper_mode")
+                                                                                and k in _PAPER_SET)}
+    if not config.get("paper_mode"):
+        guards = search.get("guards") or {}
+        options.update({k: guards[k] for k in GUARD_OPTIONS if k in guards})
+        if guards.get("probe_queries"):
+            options["resume_probe_queries"] = guards["probe_queries"]
+    options["k"] = config.get("k", 2)
+    options["resume_queries"] = config.get("queries")
+    options["max_tokens"] = config.get("max_answer_tokens")
+    options["answer_temperature"] = config.get("answer_temperature")
+    options["paper_mode"] = config.get("paper_mode") or None
+    options["max_errors"] = config.get("max_errors")
+    options["initial_instructions"] = config.get("initial_instructions")
+    for role, lm in config.get("roles", {}).items():
+        options[f"{role}_model"] = lm.get("model")
+        if lm.get("kwargs", {}).get("api_base"):
+            options[f"{role}_api_base"] = lm["kwargs"]["api_base"]
+        if role == "base":
+            options["base_model_type"] = lm.get("model_type", "chat")
+    return {k: v for k, v in options.items() if v is not None}
