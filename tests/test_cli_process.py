@@ -192,22 +192,33 @@ def test_the_cli_process_quiets_third_party_output_unless_verbose():
 
 
 # -- 1: Ctrl-C ---------------------------------------------------------------------------------------------------------
-def test_ctrl_c_stops_at_once_says_how_to_resume_and_exits_130(tmp_path):
-    run_dir, events = tmp_path / "run", tmp_path / "events.jsonl"
+def interrupt_a_search(run_dir: Path, events: Path, slow: bool = False) -> tuple[int, str, str]:
+    """Start ``drpo optimize`` on scripted roles, press Ctrl-C once a level has finished; (exit code, out, err)."""
+    env = {**os.environ, "DRPO_TEST_SLOW_AFTER_LEVEL_1": "1" if slow else "0"}
     child = subprocess.Popen([sys.executable, str(HERE / "interrupt_child.py"), str(run_dir), str(events)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         deadline = time.monotonic() + 120
         while not (run_dir / "checkpoint.json").exists():  # a level has finished: the search is running
             assert child.poll() is None, child.communicate()
             assert time.monotonic() < deadline, "the search never finished a level"
             time.sleep(0.05)
+        while slow and len({c["query"] for c in map(json.loads, events.read_text().splitlines())
+                            if c["role"] == "base"}) < 2:
+            assert child.poll() is None and time.monotonic() < deadline, child.communicate()
+            time.sleep(0.05)  # until a base call of level 2 (its second query) is in flight
         child.send_signal(signal.SIGINT)
-        out, err = child.communicate(timeout=120)
+        out, err = child.communicate(timeout=45)  # a slow call in flight takes 60 s: it is not waited for
     finally:
         if child.poll() is None:
             child.kill()
-    assert child.returncode == 130, err
+    return child.returncode, out, err
+
+
+def test_ctrl_c_stops_at_once_says_how_to_resume_and_exits_130(tmp_path):
+    run_dir, events = tmp_path / "run", tmp_path / "events.jsonl"
+    code, out, err = interrupt_a_search(run_dir, events)
+    assert code == 130, err
     assert "drpo optimize: interrupted; the run directory " in err and "finished level(s) and program.json" in err
     assert f"Resume with: drpo optimize --resume {run_dir}" in err
     assert "Traceback" not in err
@@ -220,6 +231,19 @@ def test_ctrl_c_stops_at_once_says_how_to_resume_and_exits_130(tmp_path):
 
     World(lambda p, q: [3, 4] if p.endswith("/1") else [3, 3], name="sigint")  # the same roles, in this process
     assert main(["optimize", "--resume", str(run_dir), "--no-progress"]) == 0  # the command it printed
+    assert json.loads((run_dir / "summary.json").read_text())["levels"] == 30
+
+
+def test_ctrl_c_does_not_wait_for_slow_calls_in_flight(tmp_path):
+    run_dir, events = tmp_path / "run", tmp_path / "events.jsonl"
+    code, out, err = interrupt_a_search(run_dir, events, slow=True)
+    assert code == 130, err
+    assert "drpo optimize: interrupted (the LM calls in flight were abandoned); the run directory" in err
+    assert "keeps 1 finished level(s). Resume with: drpo optimize --resume" in err
+    assert "Answer before" not in out and not (run_dir / "STOP").exists()
+
+    World(lambda p, q: [3, 4] if p.endswith("/1") else [3, 3], name="sigint")
+    assert main(["optimize", "--resume", str(run_dir), "--no-progress"]) == 0  # a run quit this way resumes
     assert json.loads((run_dir / "summary.json").read_text())["levels"] == 30
 
 

@@ -206,21 +206,27 @@ def fmt(value: float | None) -> str:
 
 # -- Ctrl-C ----------------------------------------------------------------------------------------------------
 class InterruptWatch:
-    """Notes a Ctrl-C (``pressed``) for a command that must stop at once after its work returns.
+    """Ctrl-C for a command whose work runs LM calls in worker threads, which Python cannot interrupt.
 
-    Without ``request_stop``, Python's own handling stays (``KeyboardInterrupt`` in the main thread): a search
-    catches it and returns its best program so far, and ``pressed`` tells the command not to carry on. ``stop_file``
-    (a run's ``STOP`` file) is created at that first Ctrl-C, so the LM calls still running in worker threads stop
-    before their next call; it is removed again when the watch ends (``--resume`` must not stop at once).
+    ``pressed`` says a Ctrl-C came. Without ``request_stop``, Python's own handling stays: the first Ctrl-C raises
+    ``KeyboardInterrupt`` in the main thread (a search catches it and returns its best program so far) and creates
+    ``stop_file`` (a run's ``STOP`` file), so the calls still running in worker threads make no further call; the
+    file is removed when the watch ends, so ``--resume`` does not stop at once. The work then has ``quit_after``
+    seconds to wind down; past them, or at a second Ctrl-C, the process prints ``quit_message()`` and exits with 130
+    at once, abandoning the calls in flight (what finished is already on disk: the same as a kill, which a resume
+    survives).
 
     With ``request_stop``, the first Ctrl-C only calls it (a graceful stop: the work in flight ends at its next LM
-    call and what finished is kept); a second Ctrl-C raises ``KeyboardInterrupt``.
+    call and what finished is kept and saved); a second Ctrl-C quits at once.
     """
 
-    def __init__(self, stop_file: Path | None = None, request_stop: Callable[[], None] | None = None):
-        self.stop_file, self.request_stop = stop_file, request_stop
+    def __init__(self, stop_file: Path | None = None, request_stop: Callable[[], None] | None = None,
+                 quit_after: float | None = None, quit_message: Callable[[], str] | None = None):
+        self.stop_file, self.request_stop, self.quit_after = stop_file, request_stop, quit_after
+        self.quit_message = quit_message or (lambda: "drpo: interrupted")
         self.pressed = self.created_stop_file = False
         self._previous: Any = None
+        self._timer: threading.Timer | None = None
 
     def __enter__(self) -> InterruptWatch:
         if threading.current_thread() is threading.main_thread() \
@@ -229,22 +235,43 @@ class InterruptWatch:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        first, self.pressed = not self.pressed, True
-        if first and self.request_stop is not None:
-            print("\nStopping after the calls in flight (Ctrl-C again stops at once)...", file=sys.stderr, flush=True)
+        if self.pressed:  # a second Ctrl-C: no more waiting
+            self.quit_now()
+        self.pressed = True
+        if self.request_stop is not None:
+            print("\nStopping after the calls in flight (Ctrl-C again quits at once)...", file=sys.stderr, flush=True)
             self.request_stop()
             return
-        if first and self.stop_file is not None and self.stop_file.parent.is_dir():
+        if self.stop_file is not None and self.stop_file.parent.is_dir():
             try:
                 self.stop_file.touch(exist_ok=False)
                 self.created_stop_file = True
             except OSError:
                 pass
+        if self.quit_after is not None:
+            self._timer = threading.Timer(self.quit_after, self.quit_now)
+            self._timer.daemon = True
+            self._timer.start()
         raise KeyboardInterrupt
 
-    def __exit__(self, *exc: Any) -> None:
+    def _remove_stop_file(self) -> None:
         if self.created_stop_file and self.stop_file is not None:
             self.stop_file.unlink(missing_ok=True)
+            self.created_stop_file = False
+
+    def quit_now(self) -> None:
+        """Print the message and end the process with 130 without waiting for the worker threads."""
+        self._remove_stop_file()
+        try:
+            sys.stdout.flush()
+            print(f"\n{self.quit_message()}", file=sys.stderr, flush=True)
+        finally:
+            os._exit(EXIT_INTERRUPTED)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._remove_stop_file()
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
 

@@ -45,11 +45,25 @@ def _load_queries(path: Path | None, limit: int | None) -> list[str]:
     return queries[:limit] if limit else queries
 
 
-def resume_hint(log_dir: Path, levels: int | None = None) -> str:
+QUIT_AFTER_S = 2.0  # after a Ctrl-C, how long the LM calls in flight may take before they are abandoned
+
+
+def resume_hint(log_dir: Path, levels: int | None = None, program: bool = True) -> str:
     """Where a stopped run is and the command that continues it."""
     kept = "the finished levels" if levels is None else f"{levels} finished level(s)"
-    return (f"the run directory {log_dir} keeps {kept} and program.json, the best program so far. "
-            f"Resume with: drpo optimize --resume {shlex.quote(str(log_dir))}")
+    if program:
+        kept += " and program.json, the best program so far"
+    return f"the run directory {log_dir} keeps {kept}. Resume with: drpo optimize --resume {shlex.quote(str(log_dir))}"
+
+
+def _quit_message(log_dir: Path) -> str:
+    """What a Ctrl-C that did not wait for the calls in flight says: the levels the checkpoint holds."""
+    try:
+        levels = json.loads((log_dir / "checkpoint.json").read_text(encoding="utf-8"))["state"]["level"]
+    except (OSError, ValueError, KeyError, TypeError):
+        levels = 0
+    return (f"drpo optimize: interrupted (the LM calls in flight were abandoned); "
+            f"{resume_hint(log_dir, levels, program=False)}")
 
 
 def _check_paths(o: dict[str, Any]) -> None:
@@ -127,7 +141,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     if resume is not None:
         _clear_stop_file(log_dir)
     args.resume_hint = resume_hint(log_dir)  # shown on Ctrl-C or a failure from here on
-    with InterruptWatch(log_dir / "STOP") as watch, dspy.context(lm=lms["base"]):
+    with InterruptWatch(log_dir / "STOP", quit_after=QUIT_AFTER_S, quit_message=lambda: _quit_message(log_dir)) \
+            as watch, dspy.context(lm=lms["base"]):
         valset = _load_queries(Path(o["valset"]), None) if o.get("valset") else None
         aligned = drpo.compile(student, trainset=queries, valset=valset, resume=resume is not None)
     result = aligned.drpo_result

@@ -183,8 +183,9 @@ def run_optimize_icl(args: argparse.Namespace, *, lms: dict[str, Any] | None = N
     print(f"ICL optimization: {len(bank)} examples, up to {args.rounds} rounds each; models: "
           + ", ".join(f"{r}={getattr(lms[r], 'model', lms[r])}" for r in ICL_ROLES))
     # The first Ctrl-C asks the rounds in flight to stop at their next call (the best answers so far are kept and
-    # saved); a second one stops at once.
-    with InterruptWatch(request_stop=lambda: stop.request("interrupted (Ctrl-C)")) as watch:
+    # saved); a second one quits at once, saving nothing.
+    with InterruptWatch(request_stop=lambda: stop.request("interrupted (Ctrl-C)"),
+                        quit_message=lambda: "drpo optimize-icl: interrupted; nothing saved") as watch:
         optimized = optimize_bank(bank, metrics_lm=lms["metrics"], judge_lm=lms["judge"],
                                   rewriter_lm=lms["rewriter"], rounds=args.rounds, num_threads=args.num_threads,
                                   meter=meter, progress=not args.no_progress, budget=budget)

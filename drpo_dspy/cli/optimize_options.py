@@ -71,8 +71,8 @@ that query and the judge scores the answer on them; the best prompts by mean rew
 Every role is any litellm model string; the default is the embedded local model (no key, no network).
 
 The run directory (--log-dir, default runs/<timestamp>) holds the configuration, the log, the trace, a checkpoint
-after every level and program.json. Ctrl-C stops at once and says how to resume; so does a STOP file created in
-the run directory (touch RUN_DIR/STOP), which lets the calls in flight finish first."""
+after every level and program.json. Ctrl-C stops at once (exit 130) and says how to resume; a STOP file created in
+the run directory (touch RUN_DIR/STOP) stops after the calls in flight, as a budget does (exit 0)."""
 EXAMPLES = """\
   drpo optimize --quick                                  # demo: a few minutes on the embedded models
   drpo optimize --base-model hosted_vllm/mistralai/Mistral-7B-v0.1 --base-api-base http://localhost:8000/v1 \\
