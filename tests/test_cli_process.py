@@ -164,15 +164,34 @@ def test_a_bad_model_string_is_reported_once_without_litellms_banner(tmp_path):
     assert "Provider List" in verbose.stdout + verbose.stderr  # -v keeps litellm's own notices
 
 
-def test_a_model_failing_for_good_exits_3(tmp_path):
+def test_a_model_failing_for_good_exits_3(tmp_path, capsys):
+    from drpo_dspy import AlignedResponder
+    from drpo_dspy.testing.fault_injection import always, auth_error, faulty_lm
+
+    lm = faulty_lm(lambda m, p: "x", name="cli-bad-key", num_retries=0, faults=always(auth_error()))
+    AlignedResponder(examples=[], k=0).save(str(tmp_path / "program.json"))
+    code = main(["respond", "hello", "--program", str(tmp_path / "program.json"), "--base-model", lm.model])
+    err = capsys.readouterr().err
+    assert code == 3, err
+    assert err.startswith("drpo respond: error: authentication failed: ") and "AuthenticationError" in err
+    assert "Traceback" not in err  # DSPy's own "To fix:" lines follow the error
+
+
+def test_a_missing_key_is_refused_before_any_call_by_every_command(tmp_path, monkeypatch, capsys):
     from drpo_dspy import AlignedResponder
 
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     AlignedResponder(examples=[], k=0).save(str(tmp_path / "program.json"))
-    code, _, _, err = probe("respond", "hello", "--program", "program.json", "--base-model",
-                              "nonsense-provider/model", cwd=tmp_path)
-    assert code == 3, err
-    assert err.startswith("drpo respond: error: bad request: ") and "LLM Provider NOT provided" in err
-    assert err.count("\n") <= 2 and "Traceback" not in err
+    needs_key = "base_lm 'openai/gpt-4o-mini' (provider openai) needs OPENAI_API_KEY"
+    for argv in (["respond", "hi", "--program", str(tmp_path / "program.json")],
+                 ["evaluate", "--eval-set", "regular", "--limit", "1", "--out", str(tmp_path / "ev"),
+                  "--judge-model", "openai/gpt-4o-mini"],
+                 ["optimize", "--log-dir", str(tmp_path / "run"), "--num-queries", "1"]):
+        assert main([*argv, "--base-model", "openai/gpt-4o-mini"]) == 2
+        assert capsys.readouterr().err.startswith(f"drpo {argv[0]}: error: {needs_key}")
+    assert main(["optimize-icl", "--limit", "1", "--judge-model", "openai/gpt-4o-mini"]) == 2
+    assert capsys.readouterr().err.startswith("drpo optimize-icl: error: judge_lm 'openai/gpt-4o-mini' (provider "
+                                              "openai) needs OPENAI_API_KEY")
 
 
 # -- 7: quiet third-party output --------------------------------------------------------------------------------------

@@ -200,6 +200,13 @@ def make_lm(model: str | None, api_base: str | None = None, model_type: str | No
     return dspy.LM(model, model_type=model_type or "chat", **kwargs)
 
 
+def check_settings(role: str, lm: Any) -> None:
+    """A missing API key or server address, or an unknown provider, fails here (exit 2), before any call."""
+    from drpo_dspy.runs.validation import check_model_string
+
+    check_model_string(role, lm)
+
+
 def fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 

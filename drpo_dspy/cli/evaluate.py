@@ -25,6 +25,7 @@ from typing import Any
 from drpo_dspy.cli.common import (
     EMBEDDED,
     add_command,
+    check_settings,
     make_lm,
     non_negative_int,
     positive_float,
@@ -160,6 +161,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     judge_lm = None if args.no_judge else make_lm(args.judge_model, args.judge_api_base, role="judge",
                                                   temperature=0.0, max_tokens=args.judge_max_tokens,
                                                   **_key(getattr(args, "judge_api_key", None)))
+    for role, lm in (("base", base_lm), ("judge", judge_lm)):
+        if lm is not None:
+            check_settings(role, lm)  # a missing key or server address: exit 2, before any call
     systems = build_systems(specs, base_lm=base_lm, max_tokens=args.max_tokens)
 
     judge_name = judge_lm.model if judge_lm is not None else "none (judge-free scores)"

@@ -13,6 +13,7 @@ from drpo_dspy.cli.common import (
     Interrupted,
     InterruptWatch,
     add_command,
+    check_settings,
     make_lm,
     non_negative_int,
     positive_float,
@@ -176,6 +177,7 @@ def run_optimize_icl(args: argparse.Namespace, *, lms: dict[str, Any] | None = N
             cap = {"max_tokens": args.max_tokens} if args.max_tokens else {}
             # the embedded model gets the rewriter's cap (1024) for every ICL role unless --max-tokens says otherwise
             lms[role] = make_lm(getattr(args, f"{role}_model", None), args.api_base, role="rewriter", **cap)
+            check_settings(role, lms[role])  # a missing key or server address: exit 2, before any call
     meter = Meter(FailurePolicy(args.max_errors))
     stop = StopSignal(args.stop_file)
     budget = Budget(meter, max_calls=args.max_calls, max_total_tokens=args.max_total_tokens,

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from drpo_dspy.cli.common import EMBEDDED, UsageError, add_command, make_lm, positive_int
+from drpo_dspy.cli.common import EMBEDDED, UsageError, add_command, check_settings, make_lm, positive_int
 
 DESCRIPTION = """\
 Answer one query with a compiled program (the program.json written by drpo optimize or drpo import-official): its
@@ -50,5 +50,6 @@ def cmd_respond(args: argparse.Namespace) -> int:
     if args.max_tokens is not None:
         program.max_tokens = args.max_tokens
     lm = make_lm(args.model, args.api_base, args.model_type)
+    check_settings("base", lm)
     print(program(query=args.query, lm=lm).response)
     return 0
