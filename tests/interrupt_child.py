@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -19,6 +20,9 @@ ROLES = ("base", "metrics", "judge", "optimizer")
 
 
 def run() -> int:
+    # A process started in the background by a non-interactive shell inherits SIGINT as ignored (and Python keeps
+    # it so): restore the terminal's behaviour, which is what these tests are about.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     run_dir, events = Path(sys.argv[1]), Path(sys.argv[2])
 
     slow = os.environ.get("DRPO_TEST_SLOW_AFTER_LEVEL_1") == "1"
