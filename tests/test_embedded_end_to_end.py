@@ -55,7 +55,7 @@ def test_real_compile_on_the_embedded_model(tmp_path, embedded_runtime):
     levels = json.loads((run / "levels.json").read_text())
     assert list(levels) == ["level 1", "level 2"] and levels["level 1"]["Prompt"] == student.instructions
     summary = json.loads((run / "summary.json").read_text())
-    calls = 1 + judged  # the seed prompt, then each rewrite the filter kept (an empty answer is not judged)
+    calls = len(levels_detail(program))  # one answer per candidate: the seed, the kept rewrites, carried prompts
     assert summary["usage"]["base"]["lm_calls"] == calls and summary["usage"]["judge"]["lm_calls"] <= calls
     assert summary["usage"]["judge"]["prompt_tokens"] > 0
     # The grammar makes every judgment readable: at least the first level got a real reward.
