@@ -229,3 +229,12 @@ def test_an_answer_copying_a_shown_example_is_noted_in_the_trace_and_counted():
     assert level2["judgment"]["copied"]["length"] >= 40 and level2["judgment"]["failure"] != "empty_answer"
     level1 = next(n for n in result.best_path if n["level"] == 1)
     assert "copied" not in level1["judgment"]
+
+
+def test_a_stop_file_of_ones_own_stops_the_search_like_a_budget(tmp_path):
+    stop = tmp_path / "please-stop"
+    first, _, _ = compile_faulty(log_dir=tmp_path / "a", stop_file=stop)
+    assert first.drpo_result.stopped is None and first.drpo_result.num_levels == 3
+    stop.touch()
+    stopped, _, _ = compile_faulty(log_dir=tmp_path / "b", stop_file=stop)
+    assert f"stop file {stop} found" in stopped.drpo_result.stopped

@@ -119,7 +119,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     search = {key: o[key] for key in ("beam_size", "n_actions", "depth", "max_depth_increase", "temperature",
                                       "skip_threshold", "num_threads", "seed", "initial_instructions",
                                       "paper_faithful_failures", "proposal_sampling", "max_calls",
-                                      "max_total_tokens", "max_cost_usd", "paper_mode", "rewrite_filter",
+                                      "max_total_tokens", "max_cost_usd", "stop_file", "paper_mode", "rewrite_filter",
                                       "max_errors", *GUARD_OPTIONS) if key in o}
     if search.get("max_prompt_tokens") == 0:
         search["max_prompt_tokens"] = None

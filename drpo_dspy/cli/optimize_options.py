@@ -59,7 +59,7 @@ CHECKS["num_queries"] = positive_int
 KNOWN = {"trainset", "num_queries", "examples", "log_dir", "max_tokens", "demo_query", "no_progress", "no_check",
          "base_model_type", "beam_size", "n_actions", "depth", "max_depth_increase", "temperature",
          "skip_threshold", "k", "num_threads", "seed", "initial_instructions", "paper_faithful_failures",
-         "proposal_sampling", "max_calls", "max_total_tokens", "max_cost_usd", "dry_run", "resume",
+         "proposal_sampling", "max_calls", "max_total_tokens", "max_cost_usd", "stop_file", "dry_run", "resume",
          "resume_queries", "valset", "paper_mode", "rewrite_filter", "answer_temperature", "max_errors",
          *GUARD_OPTIONS, "probe_queries", "resume_probe_queries",
          *(f"{r}_model" for r in ROLES), *(f"{r}_api_base" for r in ROLES)}
@@ -134,6 +134,9 @@ def add_optimize_arguments(subparsers: Any) -> argparse.ArgumentParser:
                      help="one request for all rewrites of a node (batched, default) or one request each")
     for name, check, helptext in BUDGET_NUMBERS:
         opt.add_argument(f"--{name}", type=check, help=helptext)
+    opt.add_argument("--stop-file", metavar="PATH",
+                     help="stop as a budget does (after the calls in flight, exit 0) once PATH exists; RUN_DIR/STOP "
+                          "always works too")
     opt.add_argument("--dry-run", action="store_true", help="estimate calls, tokens and dollars per role; call nothing")
     opt.add_argument("--resume", type=Path, metavar="RUN_DIR",
                      help="continue the run recorded in RUN_DIR (its settings and queries; no other flag needed)")

@@ -108,18 +108,21 @@ class Budget:
 
 
 class StopSignal:
-    """A stop request: a ``STOP`` file in the run directory, Ctrl-C, or ``request()`` from code."""
+    """A stop request: a ``STOP`` file in the run directory or another stop file, Ctrl-C, or ``request()``."""
 
-    def __init__(self, stop_file: Path | None = None):
+    def __init__(self, stop_file: Path | None = None, *more: Path | None):
         self.stop_file = stop_file
+        self.stop_files = [f for f in (stop_file, *more) if f is not None]
         self._reason: str | None = None
 
     def request(self, reason: str) -> None:
         self._reason = self._reason or reason
 
     def __call__(self) -> str | None:
-        if self._reason is None and self.stop_file is not None and self.stop_file.exists():
-            self._reason = f"stop file {self.stop_file} found"
+        if self._reason is None:
+            found = next((f for f in self.stop_files if f.exists()), None)
+            if found is not None:
+                self._reason = f"stop file {found} found"
         return self._reason
 
 

@@ -56,7 +56,7 @@ class Compilation:
         self.roles = roles
         self.validation: list[dict[str, Any]] | None = None
         self.lms = {role: self.meter.watch(lm, role) if isinstance(lm, dspy.LM) else lm for role, lm in roles.items()}
-        self.stop = StopSignal(run_dir.file("STOP") if run_dir else None)
+        self.stop = StopSignal(run_dir.file("STOP") if run_dir else None, drpo.stop_file)
         self.budget = Budget(self.meter, stop=self.stop, **drpo.budgets)
         self.rewarder = RewardJudge(metrics_lm=self.lms["metrics"], judge_lm=self.lms["judge"],
                                     catalogue=drpo.catalogue, meter=self.meter, budget=self.budget,

@@ -72,6 +72,7 @@ class DRPO(Teleprompter):
         max_calls, max_total_tokens, max_cost_usd: Hard budgets across all roles and stages (ICL stage, search,
             re-scoring), checked before every call; when one would be exceeded the search stops and the best
             program of the last finished level is returned.
+        stop_file: A path whose appearance stops the search as a budget does (``log_dir/STOP`` always does too).
         max_errors: Errors a role may have before the compile stops (``SystemicFailure``); a systemic error (bad
             key, unknown model, missing package) stops it at the first. ``None``: never stop on error counts.
         callbacks: Watch the search: callables or objects with ``on_level_started``... methods, receiving the typed
@@ -127,6 +128,7 @@ class DRPO(Teleprompter):
         max_calls: int | None = None,
         max_total_tokens: int | None = None,
         max_cost_usd: float | None = None,
+        stop_file: str | Path | None = None,
         max_errors: int | None = DEFAULT_MAX_ERRORS,
         callbacks: Sequence[Any] | None = None,
         progress: bool = True,
@@ -207,6 +209,7 @@ class DRPO(Teleprompter):
         self.max_errors = max_errors
         FailurePolicy(max_errors)  # validates max_errors now
         self.budgets = {"max_calls": max_calls, "max_total_tokens": max_total_tokens, "max_cost_usd": max_cost_usd}
+        self.stop_file = Path(stop_file) if stop_file is not None else None
         Budget(Meter(), **self.budgets)  # validates the limits now, before any compile
 
     def _roles(self, need_key: bool = True) -> dict[str, Any]:
