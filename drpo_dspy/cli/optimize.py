@@ -104,10 +104,9 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     lms = {r: make_lm(o.get(f"{r}_model"), o.get(f"{r}_api_base"),
                        o.get("base_model_type") if r == "base" else None, role=r) for r in ROLES}
     if o.get("examples"):
-        from drpo_dspy.retrievers.bank import AlignmentBank
+        from drpo_dspy.retrievers.bank_loading import load_bank
 
-        path = Path(o["examples"])
-        examples = AlignmentBank.load(path) if path.suffix == ".jsonl" else _load_bank_json(path)
+        examples = load_bank(Path(o["examples"]))
     else:
         examples = None
     k = o.get("k", 2)
@@ -218,12 +217,3 @@ def render_rewrite_counts(judged: int, dropped: Counter[str]) -> str:
     reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(dropped.items(), key=lambda kv: (-kv[1], kv[0])))
     return (f"Rewrites: {total} proposed, {judged} judged, {sum(dropped.values())} dropped"
             + (f" ({reasons})" if reasons else ""))
-
-
-def _load_bank_json(path: Path):
-    from drpo_dspy.retrievers.bank import AlignmentBank
-
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if isinstance(data, dict) and "examples" not in data and all(isinstance(v, str) for v in data.values()):
-        return AlignmentBank.from_published_json(data)
-    return AlignmentBank.load(path)

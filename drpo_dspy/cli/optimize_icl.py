@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from drpo_dspy.cli.common import (
     positive_float,
     positive_int,
 )
+from drpo_dspy.cli.optimize_options import EXAMPLES_HELP
 
 ICL_ROLES = ("metrics", "judge", "rewriter")
 DESCRIPTION = """\
@@ -41,9 +41,7 @@ def add_optimize_icl_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser = add_command(subparsers, "optimize-icl",
                          help="improve in-context example answers with a strict critic and a rewriter",
                          description=DESCRIPTION, examples=EXAMPLES)
-    parser.add_argument("--examples", type=Path,
-                        help="examples: .json list or .jsonl of {query, answer}, a saved bank, or the published "
-                             "{query: answer} JSON (default: the built-in seed examples)")
+    parser.add_argument("--examples", type=Path, help=EXAMPLES_HELP)
     models = parser.add_argument_group(f"models (any litellm model string; default: {EMBEDDED})")
     models.add_argument("--metrics-model", metavar="MODEL", help="picks the aspects each answer is judged on")
     models.add_argument("--judge-model", metavar="MODEL", help="scores each answer 1-5 per aspect")
@@ -71,71 +69,6 @@ def add_optimize_icl_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="stop (keeping the best answers so far) when this file appears; Ctrl-C also stops")
     parser.set_defaults(handler=run_optimize_icl)
     return parser
-
-
-def _records_from_jsonl(path: Path, text: str) -> list[Any]:
-    records = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path} line {lineno} is not valid JSON: {exc.msg}") from exc
-    return records
-
-
-def load_bank(path: Path | None, limit: int | None = None) -> Any:
-    """An AlignmentBank from ``path`` (see ``--examples``; default: the built-in seed examples), first ``limit`` only.
-
-    Every example is validated here (markers, empty answers, duplicate queries), before any LM is called.
-    """
-    from drpo_dspy.retrievers.bank import AlignmentBank
-    from drpo_dspy.teleprompt.icl_optimization import bank_like, coerce_example
-
-    if path is None:
-        from drpo_dspy.datasets import load_seed_examples
-
-        bank = AlignmentBank([coerce_example(e, i) for i, e in enumerate(load_seed_examples())])
-    elif not path.is_file():
-        raise FileNotFoundError(f"examples file {path} does not exist")
-    else:
-        bank = _read_bank(path)
-    if limit is not None and limit < len(bank):
-        bank = bank_like(bank, bank.examples[:limit])
-    return bank
-
-
-def _read_bank(path: Path) -> Any:
-    from drpo_dspy.retrievers.bank import AlignmentBank
-    from drpo_dspy.teleprompt.icl_optimization import coerce_example
-
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path} is not UTF-8 text (byte {exc.start})") from exc
-    if path.suffix == ".jsonl":
-        records = _records_from_jsonl(path, text)
-        if records and isinstance(records[0], dict) and "format" in records[0]:  # a bank saved as JSONL
-            return AlignmentBank.load(path)
-    elif path.suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path} is not valid JSON: {exc.msg} (line {exc.lineno})") from exc
-        if isinstance(data, dict) and data and all(isinstance(v, str) for v in data.values()):
-            return AlignmentBank.from_published_json(path)
-        if isinstance(data, dict) and "examples" in data:
-            return AlignmentBank.load(path)
-        if not isinstance(data, list):
-            raise ValueError(f"{path} must hold a list of {{query, answer}} objects, a saved bank, "
-                             "or a {query: answer} object")
-        records = data
-    else:
-        raise ValueError(f"{path}: unsupported examples format {path.suffix!r} (use .json or .jsonl)")
-    try:
-        return AlignmentBank([coerce_example(r, i) for i, r in enumerate(records)])
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{path}: {exc}") from exc
 
 
 def _cell(value: int | None, top: int | None) -> str:
@@ -168,6 +101,8 @@ def run_optimize_icl(args: argparse.Namespace, *, lms: dict[str, Any] | None = N
                                ("--max-tokens", args.max_tokens, 1), ("--limit", args.limit, 1)):
         if value is not None and value < least:  # argparse checks the flags; this guards calls from code
             raise ValueError(f"{flag} must be >= {least}, got {value}")
+    from drpo_dspy.retrievers.bank_loading import load_bank
+
     bank = load_bank(args.examples, args.limit)
     if not len(bank):
         raise ValueError("no examples to optimize")

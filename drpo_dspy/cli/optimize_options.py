@@ -18,6 +18,10 @@ from drpo_dspy.cli.common import (
     positive_int,
 )
 
+# One loader reads --examples for every command (retrievers/bank_loading.py); one help text says what it accepts.
+EXAMPLES_HELP = ("in-context examples: a .json list or .jsonl of {query, answer} records, a saved bank, or the "
+                 "published {query: answer} JSON (default: the built-in seed examples)")
+
 # Small settings that finish in a few minutes on 2 CPU cores with the embedded model.
 QUICK = {"beam_size": 2, "n_actions": 2, "depth": 3, "max_depth_increase": 1, "k": 1, "max_tokens": 160,
          "num_queries": 6}
@@ -102,8 +106,7 @@ def add_optimize_arguments(subparsers: Any) -> argparse.ArgumentParser:
                      "{messages: [...]} / {query, history}), or .txt")
     opt.add_argument("--num-queries", type=positive_int, help="use only the first N training queries")
     opt.add_argument("--valset", type=Path, help="held-out queries: re-score the final beam on them and pick by that")
-    opt.add_argument("--examples", type=Path, help="in-context example bank (.json/.jsonl, or the published "
-                                                   "{query: answer} JSON); default: the built-in seed examples")
+    opt.add_argument("--examples", type=Path, help=EXAMPLES_HELP)
     for name, check, helptext in SEARCH_NUMBERS:
         opt.add_argument(f"--{name}", type=check, help=helptext)
     opt.add_argument("--initial-instructions", help="starting system prompt")

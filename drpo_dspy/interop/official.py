@@ -143,7 +143,7 @@ def _coerce_bank(examples: Any, embedder: Any) -> Any:
         path = Path(examples)
         if path.suffix.lower() == ".json" and _is_published_icl(path):
             return AlignmentBank.from_published_json(path, embedder=embedder)
-        from drpo_dspy.cli.optimize_icl import load_bank  # lists, .jsonl and saved banks, validated
+        from drpo_dspy.retrievers.bank_loading import load_bank  # lists, .jsonl and saved banks, validated
 
         bank = load_bank(path)
         return bank if embedder is None else bank.reembed(embedder)

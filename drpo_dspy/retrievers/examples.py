@@ -117,3 +117,24 @@ def to_example(item: Any, position: int) -> ICLExample:
         raise type(exc)(f"example #{position}: {exc}") from exc
     raise TypeError(f"example #{position} must be an ICLExample, a dict or a (query, answer) pair, "
                     f"got {type(item).__name__}")
+
+
+def coerce_example(item: Any, index: int = 0) -> ICLExample:
+    """An example from a user's file or list, tolerantly: like :func:`to_example`, but a published answer may keep
+    its ``<START>``/``<END>`` markers and a record may carry keys of its own (an id, a category), which are ignored.
+    Every error is a ValueError naming the position."""
+    if isinstance(item, Mapping):
+        if "query" not in item or "answer" not in item:
+            raise ValueError(f"example #{index}: a dict example needs 'query' and 'answer' keys")
+        item = {key: item[key] for key in ("query", "answer", "provenance", "history") if item.get(key) is not None}
+    elif isinstance(item, (tuple, list)) and len(item) == 2:
+        item = {"query": item[0], "answer": item[1]}
+    if isinstance(item, dict) and isinstance(item.get("answer"), str):
+        try:
+            item["answer"] = strip_answer_markers(item["answer"])
+        except ValueError as exc:
+            raise ValueError(f"example #{index}: {exc}") from exc
+    try:
+        return to_example(item, index)
+    except TypeError as exc:
+        raise ValueError(str(exc)) from exc

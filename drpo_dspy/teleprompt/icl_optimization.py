@@ -26,7 +26,9 @@ import dspy
 from drpo_dspy.adapters.typed_calls import call_typed
 from drpo_dspy.clients.budget import Budget, BudgetExhausted, guarded
 from drpo_dspy.clients.metering import Meter
-from drpo_dspy.retrievers.bank import AlignmentBank, ICLExample, strip_answer_markers
+from drpo_dspy.retrievers.bank import AlignmentBank, ICLExample
+from drpo_dspy.retrievers.bank_loading import bank_like
+from drpo_dspy.retrievers.examples import coerce_example
 from drpo_dspy.rewards.aspects import AspectCatalogue
 from drpo_dspy.rewards.reward_judge import AspectSelection, Judgment, RewardJudge
 from drpo_dspy.signatures import RewriteResponse
@@ -44,40 +46,6 @@ _MARKER = re.compile(r"<\s*/?\s*(?:START|END)\s*>", re.I)
 def clean_answer(text: str) -> str:
     """A rewriter's answer without any ``<START>``/``<END>`` markers, wherever it put them (tolerant)."""
     return _MARKER.sub("", text).strip()
-
-
-# -- inputs ---------------------------------------------------------------------------------------------
-def coerce_example(item: ExampleLike, index: int = 0) -> ICLExample:
-    """An ICLExample from an ICLExample, a ``{query, answer[, provenance]}`` dict or a ``(query, answer)`` pair."""
-    history: Any = ()
-    if isinstance(item, ICLExample):
-        query, answer, provenance, history = item.query, item.answer, item.provenance, item.history
-    elif isinstance(item, dict):
-        if "query" not in item or "answer" not in item:
-            raise ValueError(f"example {index}: a dict example needs 'query' and 'answer' keys")
-        query, answer, provenance = item["query"], item["answer"], item.get("provenance") or []
-        history = item.get("history") or ()
-    elif isinstance(item, (list, tuple)) and len(item) == 2:
-        query, answer, provenance = item[0], item[1], []
-    else:
-        raise ValueError(f"example {index}: expected an ICLExample, a {{query, answer}} dict or a (query, answer) "
-                         f"pair, got {type(item).__name__}")
-    if not isinstance(query, str) or not query.strip():
-        raise ValueError(f"example {index}: the query must be a non-empty string")
-    if not isinstance(answer, str):
-        raise ValueError(f"example {index}: the answer must be a string")
-    try:
-        answer = strip_answer_markers(answer)
-    except ValueError as exc:
-        raise ValueError(f"example {index}: {exc}") from exc
-    if not answer:
-        raise ValueError(f"example {index}: the answer must not be empty")
-    if not isinstance(provenance, list) or not all(isinstance(p, dict) for p in provenance):
-        raise ValueError(f"example {index}: provenance must be a list of dicts")
-    try:
-        return ICLExample(query, answer, [dict(p) for p in provenance], history)
-    except ValueError as exc:
-        raise ValueError(f"example {index}: {exc}") from exc
 
 
 # -- one example ----------------------------------------------------------------------------------------
@@ -280,15 +248,6 @@ def optimize_bank(bank: AlignmentBank, **kwargs: Any) -> AlignmentBank:
     are unchanged, only the answers and provenance are new).
     """
     return bank_like(bank, optimize_examples(bank.examples, **kwargs))
-
-
-def bank_like(bank: AlignmentBank, examples: Sequence[ICLExample]) -> AlignmentBank:
-    """A new bank holding ``examples`` with ``bank``'s settings (embedder, index kind, duplicate policy)."""
-    state = bank.to_state()
-    state["examples"] = [example.to_dict() for example in examples]
-    if "count" in state:
-        state["count"] = len(examples)
-    return AlignmentBank.from_state(state, embedder=bank.embedder)
 
 
 # -- reading the record ---------------------------------------------------------------------------------
