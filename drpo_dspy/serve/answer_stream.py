@@ -3,12 +3,14 @@
 The answer is the completion up to the first end marker (any spelling) or heading, stripped, without start markers
 or a leading ``# Answer:`` (:func:`~drpo_dspy.adapters.drpo_layout.extract_answer`). While text arrives, anything
 that could still turn out to be layout text or trailing whitespace is held back, so the concatenated deltas always
-equal the non-streamed answer.
+equal the non-streamed answer. ``parts`` chooses how the answer is read (:data:`drpo_dspy.serve.answers.PARTS`:
+the DRPO layout's, the plain layout's, or structured output's); the default is the DRPO layout's.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from drpo_dspy.adapters.drpo_layout import answer_parts
 
@@ -27,22 +29,24 @@ def _held_tail(text: str) -> int:
 class AnswerStream:
     """Feed raw completion deltas with :meth:`feed`; each call returns the answer text that is now certain."""
 
-    def __init__(self) -> None:
+    def __init__(self, parts: Callable[[str], tuple[str, bool]] = answer_parts) -> None:
+        self.parts = parts
         self.raw = ""
         self.sent = ""
         self.stopped = False  # an end marker was seen: the answer is complete
 
     def _answer_so_far(self, final: bool) -> str | None:
-        answer, ended = answer_parts(self.raw)
+        answer, ended = self.parts(self.raw)
         if ended:
             self.stopped = True
             return answer
         if final:
             return answer
         head = self.raw.lstrip().lower()
-        if any(lead.startswith(head[: len(lead)]) and len(head) < len(lead) for lead in _LEADS):
+        if self.parts is answer_parts and any(lead.startswith(head[: len(lead)]) and len(head) < len(lead)
+                                              for lead in _LEADS):
             return None  # may still be a leading "<START>" or "# Answer:"
-        return answer_parts(self.raw[: len(self.raw) - _held_tail(self.raw)])[0]
+        return self.parts(self.raw[: len(self.raw) - _held_tail(self.raw)])[0]
 
     def _advance(self, final: bool) -> str:
         if self.stopped:

@@ -1,8 +1,11 @@
 """The OpenAI-compatible FastAPI app: each request is answered by a compiled DRPO program over the base model.
 
-Per request: check the key, read a bounded JSON body, pick the program by ``model``, validate the conversation and
-decoding parameters, retrieve the examples for the last user turn, send the DRPO layout to the base model through
-litellm, and return the text before ``<END>``, with the program's version in ``system_fingerprint`` and headers.
+Per request: check the key, read a bounded JSON body, pick the program by ``model``, validate the conversation,
+decoding parameters and extras (tools, response_format, logprobs: :mod:`~drpo_dspy.serve.features`), retrieve the
+examples for the last user turn, send the DRPO layout (or, for tools and structured output, the plain layout:
+:mod:`~drpo_dspy.serve.plain_layout`) to the base model through litellm, and return the answer (the text before
+``<END>``; tool calls and logprobs in OpenAI's shape), with the program's version in ``system_fingerprint`` and
+headers.
 """
 
 from __future__ import annotations
@@ -20,17 +23,27 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from drpo_dspy.adapters.drpo_layout import extract_answer
 from drpo_dspy.serve.access_log import AccessLogMiddleware, log_exchange
 from drpo_dspy.serve.admission import Admission
-from drpo_dspy.serve.answer_stream import AnswerStream
+from drpo_dspy.serve.answers import answer_of
 from drpo_dspy.serve.conversation import Conversation, conversation_messages, parse_messages, parse_prompt
 from drpo_dspy.serve.decoding import CHAT_FIELDS, COMPLETION_FIELDS, Decoding, parse_decoding
 from drpo_dspy.serve.errors import APIError, bad_request, missing_key, too_large, unknown_model, upstream_error
+from drpo_dspy.serve.features import Features, Route, parse_features
 from drpo_dspy.serve.payloads import ChunkWriter, completion_body, model_card, program_headers
+from drpo_dspy.serve.plain_layout import (
+    PlainConversation,
+    has_tool_messages,
+    parse_plain_messages,
+    plain_messages,
+    prompt_conversation,
+)
 from drpo_dspy.serve.programs import LoadedProgram, ProgramRegistry
 from drpo_dspy.serve.settings import ServeSettings
+from drpo_dspy.serve.streaming import StreamResult, answer_chunks, answers_text
 from drpo_dspy.serve.upstream import Delta, Upstream
+
+AnyConversation = Conversation | PlainConversation
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +51,7 @@ logger = logging.getLogger(__name__)
 def create_app(settings: ServeSettings, registry: ProgramRegistry, upstream: Upstream | None = None) -> FastAPI:
     """The app for already loaded programs; hot reload runs in the app's lifespan when ``reload_interval > 0``."""
     upstream = upstream or Upstream(settings)
+    route = Route.of(settings)
     redactor = settings.redactor()
     admission = Admission(settings.max_concurrent)
     keys = [key.encode() for key in settings.api_keys]
@@ -98,9 +112,11 @@ def create_app(settings: ServeSettings, registry: ProgramRegistry, upstream: Ups
         request.state.model, request.state.version = program.name, program.version
         return program
 
-    async def prompt_for(program: LoadedProgram, conversation: Conversation) -> list[dict[str, str]]:
-        """The messages the program itself would send (``AlignedResponder.messages_for``), retrieval off the loop."""
-        return await asyncio.to_thread(conversation_messages, program.responder, conversation)
+    async def prompt_for(program: LoadedProgram, conversation: AnyConversation) -> list[dict[str, Any]]:
+        """The messages sent for ``conversation``, retrieval off the loop: the program's own DRPO layout
+        (``AlignedResponder.messages_for``) or the plain layout."""
+        build = plain_messages if isinstance(conversation, PlainConversation) else conversation_messages
+        return await asyncio.to_thread(build, program.responder, conversation)
 
     async def from_upstream(call: Awaitable[Any]) -> Any:
         try:
@@ -112,85 +128,76 @@ def create_app(settings: ServeSettings, registry: ProgramRegistry, upstream: Ups
             logger.warning("base model call failed: %s -> %d", type(exc).__name__, error.status)
             raise error from None
 
-    async def answer(kind: str, conversation: Conversation,
-                     decoding: Decoding, program: LoadedProgram) -> Any:
+    async def answer(kind: str, conversation: AnyConversation, decoding: Decoding, features: Features,
+                     program: LoadedProgram) -> Any:
         release, streaming = admission.enter(), False
+        params = {**decoding.params, **features.params}
         try:
             messages = await prompt_for(program, conversation)
             headers = program_headers(program)
             if decoding.stream:
-                deltas = await from_upstream(upstream.stream(messages, decoding.params, decoding.include_usage))
-                events = _events(kind, program, deltas, decoding, messages, release)
+                deltas = await from_upstream(upstream.stream(messages, params, decoding.include_usage))
+                events = _events(kind, program, deltas, decoding, features, messages, release)
                 weakref.finalize(events, release)  # a stream dropped before it started still frees its slot
                 streaming = True
                 return StreamingResponse(events, headers=headers, media_type="text/event-stream")
-            completion = await from_upstream(upstream.complete(messages, decoding.params))
+            completion = await from_upstream(upstream.complete(messages, params))
         finally:
             if not streaming:
                 release()
-        answers = [(extract_answer(choice.text), choice.finish_reason) for choice in completion.choices]
-        if any(not text.strip() for text, _ in answers):
-            logger.warning("program %s gave an empty answer (finish_reason %s)", program.name,
-                           ", ".join(reason for text, reason in answers if not text.strip()))
+        answers = [answer_of(choice, features.shape, features.logprobs) for choice in completion.choices]
+        empty = [a.finish_reason for a in answers if not a.text.strip() and not a.tool_calls]
+        if empty:
+            logger.warning("program %s gave an empty answer (finish_reason %s)", program.name, ", ".join(empty))
         if settings.log_prompts:
-            log_exchange(program.name, program.version, messages, [text for text, _ in answers])
+            log_exchange(program.name, program.version, messages, [a.text for a in answers])
         tokens = (completion.prompt_tokens, completion.completion_tokens)
         return JSONResponse(completion_body(kind, program, answers, tokens), headers=headers)
 
     async def _events(kind: str, program: LoadedProgram, deltas: AsyncIterator[Delta], decoding: Decoding,
-                      messages: list[dict[str, str]], release: Callable[[], None]) -> AsyncIterator[str]:
+                      features: Features, messages: list[dict[str, Any]], release: Callable[[], None]
+                      ) -> AsyncIterator[str]:
+        writer, result = ChunkWriter(kind, program), StreamResult()
         try:
-            async for event in _event_stream(kind, program, deltas, decoding, messages):
+            async for event in answer_chunks(writer, deltas, n=decoding.n, shape=features.shape,
+                                             logprobs=features.logprobs, include_usage=decoding.include_usage,
+                                             result=result):
                 yield event
-        finally:
-            release()
-
-    async def _event_stream(kind: str, program: LoadedProgram, deltas: AsyncIterator[Delta], decoding: Decoding,
-                            messages: list[dict[str, str]]) -> AsyncIterator[str]:
-        writer, stream, finish = ChunkWriter(kind, program), AnswerStream(), "stop"
-        tokens = (0, 0)
-        if kind == "chat":
-            yield writer.chunk(None, role=True)
-        try:
-            async for delta in deltas:
-                text = stream.feed(delta.text)
-                if text:
-                    yield writer.chunk(text)
-                finish = delta.finish_reason or finish
-                tokens = delta.usage or tokens
-                if stream.stopped:
-                    finish = "stop"
-                    break
-            rest = stream.finish()
-            if rest:
-                yield writer.chunk(rest)
-            yield writer.chunk(None, finish)
-            if decoding.include_usage:
-                yield writer.usage_chunk(tokens)
         except Exception as exc:  # the stream already started: report in-band, as OpenAI does
             yield writer.error(upstream_error(exc, redactor).body())
         finally:
+            release()
             with contextlib.suppress(Exception):
                 await deltas.aclose()
         if settings.log_prompts:
-            log_exchange(program.name, program.version, messages, [stream.sent])
+            log_exchange(program.name, program.version, messages, answers_text(result))
         yield writer.done()
 
     @app.post("/v1/chat/completions", dependencies=[Depends(require_key)])
     async def chat_completions(request: Request) -> Any:
         body = await read_body(request)
         program = choose_program(request, body)
-        conversation = parse_messages(body.get("messages"), max_messages=settings.max_messages)
-        decoding = parse_decoding(body, settings, allowed=CHAT_FIELDS, defaults=program.decoding)
-        return await answer("chat", conversation, decoding, program)
+        messages = body.get("messages")
+        features = parse_features(body, "chat", route, tool_messages=has_tool_messages(messages))
+        if features.layout == "plain":
+            conversation: AnyConversation = parse_plain_messages(messages, max_messages=settings.max_messages)
+        else:
+            conversation = parse_messages(messages, max_messages=settings.max_messages)
+        decoding = parse_decoding(body, settings, allowed=CHAT_FIELDS, defaults=program.decoding,
+                                  drpo_stops=features.drpo_stops)
+        return await answer("chat", conversation, decoding, features, program)
 
     @app.post("/v1/completions", dependencies=[Depends(require_key)])
     async def completions(request: Request) -> Any:
         body = await read_body(request)
         program = choose_program(request, body)
-        conversation = parse_prompt(body.get("prompt"))
-        decoding = parse_decoding(body, settings, allowed=COMPLETION_FIELDS, defaults=program.decoding)
-        return await answer("text", conversation, decoding, program)
+        conversation: AnyConversation = parse_prompt(body.get("prompt"))
+        features = parse_features(body, "text", route)
+        if features.layout == "plain":
+            conversation = prompt_conversation(conversation.query)
+        decoding = parse_decoding(body, settings, allowed=COMPLETION_FIELDS, defaults=program.decoding,
+                                  drpo_stops=features.drpo_stops)
+        return await answer("text", conversation, decoding, features, program)
 
     @app.get("/v1/models", dependencies=[Depends(require_key)])
     async def list_models() -> dict[str, Any]:

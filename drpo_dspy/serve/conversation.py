@@ -31,7 +31,8 @@ class Conversation:
     system: str = ""
 
 
-def _content_text(content: Any, index: int) -> str:
+def content_text(content: Any, index: int) -> str:
+    """A message's text: a string, or a list of text parts joined (other parts are a 400)."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
@@ -68,9 +69,9 @@ def parse_messages(messages: Any, *, max_messages: int) -> Conversation:
                               param=f"messages[{index}]")
         role = message.get("role")
         if message.get("tool_calls") or message.get("function_call"):
-            raise bad_request(f"messages[{index}]: tool calls are not supported by an aligned program",
+            raise bad_request(f"messages[{index}]: tool calls need the plain layout (a request with tools)",
                               param=f"messages[{index}]")
-        text = _content_text(message.get("content"), index)
+        text = content_text(message.get("content"), index)
         if role in _SYSTEM_ROLES:
             if text.strip():
                 system.append(text.strip())

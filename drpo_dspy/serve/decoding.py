@@ -1,8 +1,9 @@
 """Client decoding parameters, checked against OpenAI's ranges and the operator's limits.
 
 Supported: temperature, top_p, max_tokens (or max_completion_tokens), stop, seed, n, presence_penalty,
-frequency_penalty. Features an aligned text program cannot honour (tools, structured output, logprobs) are refused
-with a 400 rather than silently ignored; unknown arguments are refused as OpenAI does.
+frequency_penalty. Tools, response_format and logprobs are checked in :mod:`drpo_dspy.serve.features`; what the
+server cannot honour (logit_bias, audio, predicted outputs, legacy ``functions``) is refused with a 400 rather than
+silently ignored; unknown arguments are refused as OpenAI does.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ from drpo_dspy.serve.settings import ServeSettings
 MAX_STOPS = 4  # what OpenAI-compatible servers accept
 
 _COMMON = {"model", "stream", "stream_options", "temperature", "top_p", "max_tokens", "stop", "seed", "n",
-           "presence_penalty", "frequency_penalty", "user", "metadata", "store", "service_tier", "logprobs"}
-CHAT_FIELDS = _COMMON | {"messages", "max_completion_tokens", "parallel_tool_calls"}
+           "presence_penalty", "frequency_penalty", "user", "metadata", "store", "service_tier", "logprobs",
+           "response_format"}
+CHAT_FIELDS = _COMMON | {"messages", "max_completion_tokens", "parallel_tool_calls", "tools", "tool_choice",
+                         "top_logprobs"}
 COMPLETION_FIELDS = _COMMON | {"prompt", "echo", "best_of", "suffix"}
 _UNSUPPORTED = {
-    "tools": "tool calling", "tool_choice": "tool calling", "functions": "function calling",
-    "function_call": "function calling", "response_format": "structured output (response_format)",
-    "logit_bias": "logit_bias", "top_logprobs": "logprobs", "audio": "audio output", "modalities": "audio output",
+    "functions": "legacy function calling (use 'tools')", "function_call": "legacy function calling (use "
+    "'tool_choice')", "logit_bias": "logit_bias", "audio": "audio output", "modalities": "audio output",
     "prediction": "predicted outputs",
 }
 MAX_CLIENT_STOPS = 4
@@ -76,15 +78,12 @@ def _stops(value: Any) -> list[str]:
 
 def _check_fields(body: dict[str, Any], allowed: set[str]) -> None:
     for name, value in body.items():
-        if name in _UNSUPPORTED and value not in (None, [], {}, {"type": "text"}):
+        if name in _UNSUPPORTED and value not in (None, [], {}, ["text"]):
             raise bad_request(f"'{name}': {_UNSUPPORTED[name]} is not supported by an aligned DRPO program",
                               param=name, code="unsupported_parameter")
         if name not in allowed and name not in _UNSUPPORTED:
             raise bad_request(f"Unrecognized request argument supplied: {name}", param=name,
                               code="unrecognized_argument")
-    if body.get("logprobs") not in (None, False, 0):
-        raise bad_request("'logprobs' is not supported by an aligned DRPO program", param="logprobs",
-                          code="unsupported_parameter")
     if body.get("echo") or body.get("suffix") or body.get("best_of") not in (None, 1):
         name = next(n for n in ("echo", "suffix", "best_of") if body.get(n) not in (None, False, "", 1))
         raise bad_request(f"'{name}' is not supported by an aligned DRPO program", param=name,
@@ -102,8 +101,9 @@ def program_defaults(responder: Any) -> dict[str, Any]:
 
 
 def parse_decoding(body: dict[str, Any], settings: ServeSettings, *, allowed: set[str],
-                   defaults: dict[str, Any] | None = None) -> Decoding:
-    """Validate the request's decoding parameters; the DRPO end markers always lead the stop list.
+                   defaults: dict[str, Any] | None = None, drpo_stops: bool = True) -> Decoding:
+    """Validate the request's decoding parameters; the DRPO end markers follow the client's stops (``drpo_stops``
+    False: the client's alone -- the plain layout and structured output have no markers to stop at).
 
     ``defaults`` (the program's own decoding) fill what the client leaves out; without any ``max_tokens`` the
     server's default applies. A program's cap is held to the server's limit; a client's above it is a 400.
@@ -139,11 +139,11 @@ def parse_decoding(body: dict[str, Any], settings: ServeSettings, *, allowed: se
     if n is not None:
         if not 1 <= n <= settings.max_n:
             raise bad_request(f"'n' must be between 1 and {settings.max_n}, got {n}", param="n")
-        if n > 1 and stream:
-            raise bad_request("'n' above 1 cannot be streamed; set stream to false", param="n")
         if n > 1:
             params["n"] = n
     # OpenAI-compatible upstreams take at most four stops: the client's first, then ours while there is room (the
     # answer is cut at layout text on our side in any case: extract_answer).
-    params["stop"] = list(dict.fromkeys([*_stops(body.get("stop")), *STOP_SEQUENCES]))[:MAX_STOPS]
+    stops = list(dict.fromkeys([*_stops(body.get("stop")), *(STOP_SEQUENCES if drpo_stops else ())]))[:MAX_STOPS]
+    if stops:
+        params["stop"] = stops
     return Decoding(params, stream, bool((options or {}).get("include_usage")))
