@@ -80,7 +80,9 @@ class _Handler(CustomLLM):
         message: dict[str, Any] = {"role": "assistant", "content": reply.text or None}
         if reply.calls:
             message["tool_calls"] = reply.tool_calls(turn)
-        return litellm.ModelResponse(choices=[{"index": 0, "finish_reason": reply.finish_reason, "message": message}],
+        n = int((kwargs.get("optional_params") or {}).get("n") or 1)  # n choices, the same reply
+        return litellm.ModelResponse(choices=[{"index": i, "finish_reason": reply.finish_reason, "message": message}
+                                              for i in range(n)],
                                      usage={"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18})
 
     async def acompletion(self, model: str, messages: list, *args: Any, **kwargs: Any) -> Any:
