@@ -16,7 +16,7 @@ from world import World, field
 
 from drpo_dspy import DRPO, AlignedResponder
 from drpo_dspy.cli.main import main
-from drpo_dspy.modules.conversation_query import (
+from drpo_dspy.primitives.conversation_query import (
     EARLIER_HEADER,
     LAST_HEADER,
     ConversationQuery,

@@ -6,7 +6,7 @@ import pytest
 from world import World
 
 from drpo_dspy import DRPO, AlignedResponder
-from drpo_dspy.teleprompt.events import (
+from drpo_dspy.primitives.events import (
     BeamSelected,
     BudgetUpdated,
     CandidateJudged,

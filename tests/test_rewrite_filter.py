@@ -12,7 +12,7 @@ from world import World, field
 from drpo_dspy import DRPO, AlignedResponder
 from drpo_dspy.cli.main import main
 from drpo_dspy.datasets import load_train_queries
-from drpo_dspy.teleprompt.events import CandidateDropped
+from drpo_dspy.primitives.events import CandidateDropped
 from drpo_dspy.teleprompt.rewrite_filter import copies_query, prompt_problem
 from drpo_dspy.testing import system_text
 

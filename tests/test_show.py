@@ -13,7 +13,7 @@ from world import World, field
 
 from drpo_dspy import DRPO, AlignedResponder
 from drpo_dspy.cli.show import add_show_parser, run_show
-from drpo_dspy.runs.search_report import best_path, load_trace, render_run, word_diff
+from drpo_dspy.teleprompt.search_report import best_path, load_trace, render_run, word_diff
 
 TIPS = ["State what you cannot do (no internet, no actions).", "Refuse harmful requests & explain <why>.",
         "Use short sections and bullet points.", "Ask a clarifying question when the query is vague."]
@@ -162,7 +162,7 @@ def test_settings_read_as_words_not_python_values(run_dir, tmp_path):
 
 
 def test_rationales_that_are_only_numbers_are_called_out():
-    from drpo_dspy.runs.search_report import render_html
+    from drpo_dspy.teleprompt.search_report import render_html
 
     def node(i, rationales):
         return {"id": i, "level": 1, "prompt": "p", "parent_id": None, "rewards": [1.0], "query": "q",

@@ -27,7 +27,7 @@ def add_show_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_show(args: argparse.Namespace) -> int:
     """Run ``drpo show``; a missing or non-run directory is a ValueError / FileNotFoundError with a clear message."""
-    from drpo_dspy.runs.search_report import CHART_FILE, render_run
+    from drpo_dspy.teleprompt.search_report import CHART_FILE, render_run
 
     if args.out is not None and args.out.suffix.lower() not in (".html", ".htm"):
         raise ValueError(f"--out must be an .html file, got {args.out}")

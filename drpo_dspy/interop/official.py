@@ -200,7 +200,7 @@ def _levels_of_run(run_dir: Path) -> dict[str, dict[str, Any]]:
         return read_levels(run_dir / "levels.json")
     if not (run_dir / "trace.jsonl").is_file():
         raise ValueError(f"{run_dir} is not a drpo run directory (no levels.json and no trace.jsonl)")
-    from drpo_dspy.runs.search_report import best_path, load_trace
+    from drpo_dspy.teleprompt.search_report import best_path, load_trace
 
     return _levels_from_nodes(best_path(load_trace(run_dir), run_dir))
 

@@ -36,7 +36,6 @@ import dspy
 from dspy.utils.exceptions import AdapterParseError
 
 from drpo_dspy.adapters.drpo_layout import DEFAULT_LAYOUT, DRPOLayoutAdapter, check_layout, stop_sequences
-from drpo_dspy.modules.history import conversation_turns
 from drpo_dspy.modules.in_context import demo_pairs, in_context
 from drpo_dspy.modules.program_file import PROGRAM_FIX, check_program_file
 from drpo_dspy.modules.responder_state import (
@@ -48,6 +47,7 @@ from drpo_dspy.modules.responder_state import (
     check_demo_mode,
     check_k,
 )
+from drpo_dspy.primitives.history import conversation_turns
 
 logger = logging.getLogger(__name__)
 

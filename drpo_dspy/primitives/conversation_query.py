@@ -19,7 +19,7 @@ from typing import Any
 
 import dspy
 
-from drpo_dspy.modules.history import Turn, conversation_turns
+from drpo_dspy.primitives.history import Turn, conversation_turns
 
 EARLIER_HEADER = "Earlier turns of the conversation:"
 LAST_HEADER = "Last user turn (the one to answer):"

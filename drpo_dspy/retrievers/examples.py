@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from drpo_dspy.adapters.drpo_layout import END, START
-from drpo_dspy.modules.conversation_query import Turn, transcript, turns_of
+from drpo_dspy.primitives.conversation_query import Turn, transcript, turns_of
 
 
 def strip_answer_markers(text: str) -> str:

@@ -24,7 +24,7 @@ import dspy
 from drpo_dspy.clients.budget import Budget, StopSignal
 from drpo_dspy.clients.failures import DEFAULT_MAX_ERRORS, FailurePolicy
 from drpo_dspy.clients.metering import Meter
-from drpo_dspy.modules.conversation_query import parse_conversation
+from drpo_dspy.primitives.conversation_query import parse_conversation
 from drpo_dspy.rewards.aspects import AspectCatalogue
 from drpo_dspy.rewards.reward_judge import AspectSelection, Judgment, RewardJudge
 

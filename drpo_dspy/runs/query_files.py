@@ -3,7 +3,7 @@
 A query is a string or ``{"query": ...}``; in .json and .jsonl it may also be a conversation, answered at its last
 user turn: ``{"messages": [{"role": "user", "content": ...}, {"role": "assistant", ...}, ..., {"role": "user",
 ...}]}`` or ``{"query": ..., "history": [{"query": ..., "response": ...}, ...]}`` (see
-:mod:`drpo_dspy.modules.conversation_query`). Errors name the file and the line (JSONL) or the position (JSON).
+:mod:`drpo_dspy.primitives.conversation_query`). Errors name the file and the line (JSONL) or the position (JSON).
 """
 
 from __future__ import annotations

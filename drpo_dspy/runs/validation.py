@@ -10,7 +10,7 @@ from typing import Any
 
 import dspy
 
-from drpo_dspy.modules.conversation_query import parse_conversation
+from drpo_dspy.primitives.conversation_query import parse_conversation
 
 _KEYS_NOT_NEEDED: contextvars.ContextVar[bool] = contextvars.ContextVar("drpo_keys_not_needed", default=False)
 
@@ -57,7 +57,7 @@ def coerce_queries(trainset: Any, name: str = "trainset", *, max_query_chars: in
 def query_text(item: Any, where: str, max_query_chars: int | None = None) -> str:
     """The query of one trainset item, checked: a string, an Example/dict with ``query`` (or ``instruction``) and
     an optional ``history``, ``{"messages": [...]}`` or a list of messages; a conversation comes back as a
-    :class:`~drpo_dspy.modules.conversation_query.ConversationQuery` (a ``str`` holding its transcript)."""
+    :class:`~drpo_dspy.primitives.conversation_query.ConversationQuery` (a ``str`` holding its transcript)."""
     text = parse_conversation(item, where)
     if not isinstance(text, str):
         raise ValueError(

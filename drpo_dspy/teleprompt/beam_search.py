@@ -5,7 +5,7 @@ same query. Each beam node gets ``n_actions`` rewrites from the optimizer LM; al
 the ``beam_size`` best by mean reward along their path (the root's reward left out, as in the original code)
 survive. A node whose last answer scored 5 on every aspect, or whose mean score is above ``skip_threshold``, is
 not rewritten: its prompt carries to the next level and the depth limit grows by one (at most once per level,
-``max_depth_increase`` in total). Every step is announced as a typed event (:mod:`drpo_dspy.teleprompt.events`).
+``max_depth_increase`` in total). Every step is announced as a typed event (:mod:`drpo_dspy.primitives.events`).
 """
 
 from __future__ import annotations
@@ -24,9 +24,7 @@ from drpo_dspy.adapters.field_markers import neutralize_field_markers
 from drpo_dspy.adapters.typed_calls import call_typed, call_typed_samples, requests_per_call, sampling_config
 from drpo_dspy.clients.budget import Budget, BudgetExhausted, guarded
 from drpo_dspy.clients.metering import Meter
-from drpo_dspy.rewards.reward_judge import Judgment, RewardJudge
-from drpo_dspy.signatures import ProposeInstructions, ProposeInstructionsWithBudget
-from drpo_dspy.teleprompt.events import (
+from drpo_dspy.primitives.events import (
     BeamSelected,
     BudgetUpdated,
     CandidateDropped,
@@ -35,6 +33,8 @@ from drpo_dspy.teleprompt.events import (
     LevelStarted,
     SearchStopped,
 )
+from drpo_dspy.rewards.reward_judge import Judgment, RewardJudge
+from drpo_dspy.signatures import ProposeInstructions, ProposeInstructionsWithBudget
 from drpo_dspy.teleprompt.guards import LevelGuards, answer_tokens, merge_duplicate_bullets, rank_within_noise
 from drpo_dspy.teleprompt.refusal_probes import RefusalProbe, default_probes
 from drpo_dspy.teleprompt.rewrite_filter import clean_rewrite, prompt_problem

@@ -13,8 +13,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from drpo_dspy.primitives.events import LevelFinished
 from drpo_dspy.runs.run_dir import RunDirectory, published_levels
-from drpo_dspy.teleprompt.events import LevelFinished
 from drpo_dspy.teleprompt.search_state import SearchState
 
 logger = logging.getLogger(__name__)

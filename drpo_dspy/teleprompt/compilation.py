@@ -23,16 +23,16 @@ from drpo_dspy.clients.failures import FailurePolicy, SystemicFailure, systemic_
 from drpo_dspy.clients.metering import Meter
 from drpo_dspy.clients.run_cache import run_lm_cache
 from drpo_dspy.modules.aligned_responder import AlignedResponder
-from drpo_dspy.modules.conversation_query import ConversationQuery, live_query, query_record
+from drpo_dspy.primitives.conversation_query import ConversationQuery, live_query, query_record
+from drpo_dspy.primitives.events import EventBus
 from drpo_dspy.rewards.reward_judge import RewardJudge
-from drpo_dspy.runs.checkpoints import Checkpointer, load_checkpoint
 from drpo_dspy.runs.run_dir import RunDirectory
-from drpo_dspy.runs.run_log import RunLogWriter
 from drpo_dspy.runs.secrets import Redactor, describe_lm
 from drpo_dspy.teleprompt.beam_search import BeamSearch
-from drpo_dspy.teleprompt.events import EventBus
+from drpo_dspy.teleprompt.checkpoints import Checkpointer, load_checkpoint
 from drpo_dspy.teleprompt.progress import ProgressReporter
 from drpo_dspy.teleprompt.result import DRPOResult
+from drpo_dspy.teleprompt.run_log import RunLogWriter
 from drpo_dspy.teleprompt.search_state import SearchState
 
 logger = logging.getLogger("drpo_dspy.teleprompt.drpo")

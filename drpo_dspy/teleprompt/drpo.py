@@ -16,13 +16,13 @@ from drpo_dspy.clients.budget import Budget
 from drpo_dspy.clients.failures import DEFAULT_MAX_ERRORS, FailurePolicy
 from drpo_dspy.clients.metering import Meter
 from drpo_dspy.modules.aligned_responder import AlignedResponder, _check_decoding
-from drpo_dspy.modules.conversation_query import ConversationQuery
+from drpo_dspy.primitives.conversation_query import ConversationQuery
+from drpo_dspy.primitives.events import EventBus
 from drpo_dspy.rewards.aspects import AspectCatalogue
 from drpo_dspy.runs.run_dir import RunDirectory
 from drpo_dspy.runs.secrets import Redactor
 from drpo_dspy.runs.validation import check_number, check_positive_int, coerce_queries, resolve_lm
 from drpo_dspy.teleprompt.compilation import Compilation
-from drpo_dspy.teleprompt.events import EventBus
 from drpo_dspy.teleprompt.guards import GuardSettings, split_holdout
 from drpo_dspy.teleprompt.result import DRPOResult
 from drpo_dspy.teleprompt.search_state import SearchSettings
@@ -76,7 +76,7 @@ class DRPO(Teleprompter):
         max_errors: Errors a role may have before the compile stops (``SystemicFailure``); a systemic error (bad
             key, unknown model, missing package) stops it at the first. ``None``: never stop on error counts.
         callbacks: Watch the search: callables or objects with ``on_level_started``... methods, receiving the typed
-            events of :mod:`drpo_dspy.teleprompt.events`.
+            events of :mod:`drpo_dspy.primitives.events`.
         length_control: Remove the judge's length preference from each level's rewards (off).
         judge_samples: Judge every answer this many times and average (1: once); ties within the measured noise
             then go to the parent's prompt and the shorter prompt.

@@ -25,12 +25,12 @@ import dspy
 
 from drpo_dspy.adapters.field_markers import neutralize_field_markers
 from drpo_dspy.modules.aligned_program import ProgramView
+from drpo_dspy.primitives.events import LevelFinished
 from drpo_dspy.runs.run_dir import RunDirectory
 from drpo_dspy.runs.secrets import Redactor, describe_lm
 from drpo_dspy.signatures.propose_program import program_proposal_signature
 from drpo_dspy.teleprompt.beam_search import BeamSearch
 from drpo_dspy.teleprompt.compilation import Compilation
-from drpo_dspy.teleprompt.events import LevelFinished
 from drpo_dspy.teleprompt.search_state import SearchState
 
 TRACES_FILE = "program_traces.json"

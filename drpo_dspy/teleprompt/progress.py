@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from drpo_dspy.teleprompt.events import LevelFinished
+from drpo_dspy.primitives.events import LevelFinished
 
 logger = logging.getLogger("drpo_dspy.teleprompt.drpo")
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from drpo_dspy.primitives.events import CandidateDropped, CandidateJudged, LevelFinished, SearchStopped
 from drpo_dspy.runs.run_dir import RunDirectory
-from drpo_dspy.teleprompt.events import CandidateDropped, CandidateJudged, LevelFinished, SearchStopped
 
 DROPPED = "dropped"
 

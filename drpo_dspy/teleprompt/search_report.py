@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from drpo_dspy.runs.jsonl_lines import jsonl_values
-from drpo_dspy.runs.run_log import is_node_line
+from drpo_dspy.teleprompt.run_log import is_node_line
 from drpo_dspy.teleprompt.search_state import path_mean
 
 __all__ = ["best_path", "final_beam", "load_trace", "render_run", "reward_chart", "word_diff"]

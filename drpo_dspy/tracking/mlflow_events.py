@@ -29,8 +29,8 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
+from drpo_dspy.primitives.events import BudgetUpdated, LevelFinished, SearchStopped
 from drpo_dspy.runs.secrets import Redactor, describe_lm
-from drpo_dspy.teleprompt.events import BudgetUpdated, LevelFinished, SearchStopped
 
 logger = logging.getLogger(__name__)
 
