@@ -172,14 +172,19 @@ def quiet_truncation_warnings() -> None:
 
 
 def make_lm(model: str | None, api_base: str | None = None, model_type: str | None = None, role: str | None = None,
-            **kwargs: Any) -> Any:
+            router: str | Path | None = None, **kwargs: Any) -> Any:
     """A ``dspy.LM`` for a litellm model string (default: the embedded model, registered as a litellm provider).
 
-    For the embedded model a missing ``[local]`` extra fails here, with the pip command, before any work.
+    Several servers make one role's pool (``clients/replica_pool.py``): ``api_base`` as a comma-separated list of
+    URLs (``model`` served on each), or ``router``, a litellm Router configuration file (YAML or JSON). A mistake in
+    either is refused here, before any call (exit 2). For the embedded model a missing ``[local]`` extra fails
+    here, with the pip command, before any work.
     """
     import dspy
 
     quiet_litellm()
+    if router is not None or (api_base and "," in api_base):
+        return make_pool_lm(model, api_base, model_type, role or "pool", router, **kwargs)
     model = model or EMBEDDED
     if model.startswith("embedded/"):
         from drpo_dspy.clients.embedded import ensure_embedded_runtime, register_embedded_provider
@@ -198,6 +203,22 @@ def make_lm(model: str | None, api_base: str | None = None, model_type: str | No
     if api_base:
         kwargs["api_base"] = api_base
     return dspy.LM(model, model_type=model_type or "chat", **kwargs)
+
+
+def make_pool_lm(model: str | None, api_base: str | None, model_type: str | None, role: str,
+                 router: str | Path | None, **kwargs: Any) -> Any:
+    """One role's replica pool from ``--<role>-api-base URL1,URL2,...`` or ``--<role>-router FILE``."""
+    from drpo_dspy.clients.pool_inputs import pool_from_router_file, pool_from_urls, split_api_bases
+
+    if router is not None:
+        if api_base:
+            raise UsageError(f"--{role}-router and --{role}-api-base both given: the router file names the servers")
+        return pool_from_router_file(router, label=role, model=model, model_type=model_type or "chat", **kwargs)
+    urls = split_api_bases(api_base or "", f"--{role}-api-base")
+    if not model or model.startswith("embedded/"):
+        raise UsageError(f"--{role}-api-base lists {len(urls)} servers: name the model they serve with "
+                         f"--{role}-model (e.g. hosted_vllm/<served name>)")
+    return pool_from_urls(model, urls, label=role, model_type=model_type or "chat", **kwargs)
 
 
 def check_settings(role: str, lm: Any) -> None:

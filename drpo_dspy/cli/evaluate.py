@@ -76,18 +76,24 @@ def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-judge", action="store_true",
                    help="judge-free scores only (IFEval, XSTest and HarmBench string match); no judge model")
     p.add_argument("--base-model", help=f"litellm model string the systems answer with (default: {EMBEDDED})")
-    p.add_argument("--base-api-base", help="API base URL for the base model (vLLM, Ollama, proxies)")
+    p.add_argument("--base-api-base", help="API base URL for the base model (vLLM, Ollama, proxies); URL1,URL2,...: "
+                                           "a pool of servers of the same model (docs/scale-out.md)")
+    p.add_argument("--base-router", metavar="FILE", help="a litellm Router configuration (YAML/JSON: model_list, "
+                                                          "routing_strategy) serving the base model from a pool")
     p.add_argument("--base-model-type", choices=["chat", "text"], default=None,
                    help="'text' for base (non-chat) models served by text completion")
     p.add_argument("--base-api-key", help="API key of the base model (default: the provider's environment variable, "
                                           "e.g. OPENAI_API_KEY or HOSTED_VLLM_API_KEY, which keeps it out of the "
                                           "shell history); never printed or saved")
     p.add_argument("--judge-model", help=f"litellm model string for the judge (default: {EMBEDDED})")
-    p.add_argument("--judge-api-base", help="API base URL for the judge model")
+    p.add_argument("--judge-api-base", help="API base URL for the judge model; URL1,URL2,...: a pool")
+    p.add_argument("--judge-router", metavar="FILE", help="a litellm Router configuration serving the judge")
     p.add_argument("--judge-api-key", help="API key of the judge model (default: the provider's environment "
                                            "variable); never printed or saved")
     p.add_argument("--out", type=Path, help="output directory (default: runs/eval-<eval set>); reuse it to resume")
-    p.add_argument("--num-threads", type=positive_int, default=4, help="concurrent (system, prompt) pairs (default: 4)")
+    p.add_argument("--num-threads", type=positive_int,
+                   help="concurrent (system, prompt) pairs (default: 4, or 4 per replica of the largest pool, at most "
+                        "64)")
     p.add_argument("--max-tokens", type=positive_int, default=DEFAULT_MAX_TOKENS,
                    help=f"cap on each system's answer length (default: {DEFAULT_MAX_TOKENS})")
     p.add_argument("--judge-max-tokens", type=positive_int, default=DEFAULT_JUDGE_MAX_TOKENS,
@@ -156,11 +162,19 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     if not prompts:
         raise ValueError(f"evaluation set {args.eval_set} is empty: nothing to evaluate")
     out = ensure_writable_dir(args.out or Path("runs") / f"eval-{Path(label).stem}")
+    for flag in ("base_router", "judge_router"):
+        if getattr(args, flag, None) and not Path(getattr(args, flag)).is_file():
+            raise FileNotFoundError(f"--{flag.replace('_', '-')} {getattr(args, flag)} does not exist")
     base_lm = make_lm(args.base_model, args.base_api_base, args.base_model_type, role="base", temperature=0.0,
-                      **_key(getattr(args, "base_api_key", None)))
+                      router=getattr(args, "base_router", None), **_key(getattr(args, "base_api_key", None)))
     judge_lm = None if args.no_judge else make_lm(args.judge_model, args.judge_api_base, role="judge",
                                                   temperature=0.0, max_tokens=args.judge_max_tokens,
+                                                  router=getattr(args, "judge_router", None),
                                                   **_key(getattr(args, "judge_api_key", None)))
+    if getattr(args, "num_threads", None) is None:
+        from drpo_dspy.clients.replica_pool import derived_num_threads
+
+        args.num_threads = derived_num_threads([base_lm, judge_lm], floor=4)
     for role, lm in (("base", base_lm), ("judge", judge_lm)):
         if lm is not None:
             check_settings(role, lm)  # a missing key or server address: exit 2, before any call

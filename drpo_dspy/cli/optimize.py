@@ -68,7 +68,7 @@ def _quit_message(log_dir: Path) -> str:
 
 def _check_paths(o: dict[str, Any]) -> None:
     """Files named by the options exist: refused before anything heavy is imported."""
-    for name in ("trainset", "valset", "examples", "probe_queries"):
+    for name in ("trainset", "valset", "examples", "probe_queries", *(f"{r}_router" for r in ROLES)):
         if o.get(name) and not Path(o[name]).exists():
             flag = "--" + name.replace("_", "-")
             what = "training file" if name == "trainset" else f"{flag} file"
@@ -102,7 +102,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     if args.quick and not o.get("base_model") and resume is None:
         o["base_model"] = quick_base_model()
     lms = {r: make_lm(o.get(f"{r}_model"), o.get(f"{r}_api_base"),
-                       o.get("base_model_type") if r == "base" else None, role=r) for r in ROLES}
+                       o.get("base_model_type") if r == "base" else None, role=r, router=o.get(f"{r}_router"))
+           for r in ROLES}
     if o.get("examples"):
         from drpo_dspy.retrievers.bank_loading import load_bank
 

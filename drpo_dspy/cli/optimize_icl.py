@@ -48,14 +48,16 @@ def add_optimize_icl_parser(subparsers: Any) -> argparse.ArgumentParser:
     models.add_argument("--optimizer-model", "--rewriter-model", dest="rewriter_model", metavar="MODEL",
                         help="rewrites each answer from the critique (--rewriter-model: the same option, its "
                              "former name)")
-    models.add_argument("--api-base", metavar="URL", help="API base URL for the models (vLLM, Ollama, proxies)")
+    models.add_argument("--api-base", metavar="URL", help="API base URL for the models (vLLM, Ollama, proxies); "
+                                                          "URL1,URL2,...: a pool of servers (docs/scale-out.md)")
     parser.add_argument("--max-tokens", type=positive_int,
                         help=f"cap on each completion (default: {EMBEDDED_MAX_TOKENS['rewriter']} for the embedded "
                              "model, else the provider's)")
     parser.add_argument("--rounds", type=non_negative_int, default=5,
                         help="rewrite rounds per example; 0 only judges the seeds (default: 5)")
-    parser.add_argument("--num-threads", type=positive_int, default=8,
-                        help="examples optimized concurrently (default: 8)")
+    parser.add_argument("--num-threads", type=positive_int,
+                        help="examples optimized concurrently (default: 8, or 4 per replica of the largest pool, at "
+                             "most 64)")
     parser.add_argument("--limit", type=positive_int, help="optimize only the first N examples")
     parser.add_argument("--out", type=Path, help="write the optimized bank (JSON, with provenance) here")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -113,6 +115,10 @@ def run_optimize_icl(args: argparse.Namespace, *, lms: dict[str, Any] | None = N
             # the embedded model gets the rewriter's cap (1024) for every ICL role unless --max-tokens says otherwise
             lms[role] = make_lm(getattr(args, f"{role}_model", None), args.api_base, role="rewriter", **cap)
             check_settings(role, lms[role])  # a missing key or server address: exit 2, before any call
+    if args.num_threads is None:
+        from drpo_dspy.clients.replica_pool import derived_num_threads
+
+        args.num_threads = derived_num_threads(list(lms.values()), floor=8)
     meter = Meter(FailurePolicy(args.max_errors))
     stop = StopSignal(args.stop_file)
     budget = Budget(meter, max_calls=args.max_calls, max_total_tokens=args.max_total_tokens,

@@ -66,7 +66,7 @@ KNOWN = {"trainset", "num_queries", "examples", "log_dir", "max_tokens", "demo_q
          "proposal_sampling", "max_calls", "max_total_tokens", "max_cost_usd", "stop_file", "dry_run", "resume",
          "resume_queries", "valset", "paper_mode", "rewrite_filter", "answer_temperature", "max_errors",
          *GUARD_OPTIONS, "probe_queries", "resume_probe_queries",
-         *(f"{r}_model" for r in ROLES), *(f"{r}_api_base" for r in ROLES)}
+         *(f"{r}_model" for r in ROLES), *(f"{r}_api_base" for r in ROLES), *(f"{r}_router" for r in ROLES)}
 
 DESCRIPTION = """\
 Search for an alignment system prompt with DRPO's beam search: the optimizer rewrites the prompt, the base model
@@ -91,7 +91,11 @@ def _add_role_flags(parser: argparse.ArgumentParser) -> None:
     for role in ROLES:
         roles.add_argument(f"--{role}-model", metavar="MODEL", help=f"the {role} role's model")
         roles.add_argument(f"--{role}-api-base", metavar="URL",
-                           help=f"API base URL for the {role} model (vLLM, Ollama, proxies)")
+                           help=f"API base URL for the {role} model (vLLM, Ollama, proxies); URL1,URL2,...: a pool "
+                                "of servers of the same model (docs/scale-out.md)")
+        roles.add_argument(f"--{role}-router", metavar="FILE",
+                           help=f"a litellm Router configuration (YAML/JSON: model_list, routing_strategy) serving "
+                                f"the {role} role from a pool of deployments")
     roles.add_argument("--base-model-type", choices=["chat", "text"], default=None,
                        help="'text' for base (non-chat) models served by text completion")
 
@@ -208,4 +212,14 @@ def saved_options(run_dir: Path) -> dict[str, Any]:
             options[f"{role}_api_base"] = lm["kwargs"]["api_base"]
         if role == "base":
             options["base_model_type"] = lm.get("model_type", "chat")
+        pool = lm.get("pool")
+        if pool:  # a replica pool: its model, and its router file or its servers' addresses
+            options[f"{role}_model"] = pool.get("model")
+            if pool.get("router_file"):
+                options[f"{role}_router"] = pool["router_file"]
+            else:
+                options[f"{role}_api_base"] = ",".join(r["api_base"] for r in pool.get("replicas", [])
+                                                       if r.get("api_base"))
+            if role == "base":
+                options["base_model_type"] = pool.get("model_type", "chat")
     return {k: v for k, v in options.items() if v is not None}

@@ -7,6 +7,12 @@ load. One systemic error, or a role whose errors pass ``max_errors``, or a role 
 output after ``max_errors + 1`` tries, trips the policy: the call that saw it raises :class:`SystemicFailure`, and
 every later call of the run is refused before it is sent (``Budget.spend`` checks the policy), so no more money is
 spent on a run that cannot produce a reward.
+
+A role served by a replica pool (``clients/replica_pool.py``) fails over instead: one replica's connection error,
+timeout or 5xx is retried on another replica inside litellm's Router and never reaches this policy. Only an error
+after every replica has failed (``ReplicaPoolExhausted``, found anywhere in the exception's chain, as DSPy and litellm
+wrap it) is systemic here ("every replica failed"); a 401/404 that every replica returns is systemic as it is for
+one server.
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ _HINTS = {
     "not configured": "check the provider settings of this role's LM (model string, api_base, key).",
     "missing package": "install the missing package (the message names the pip command).",
     "embedder could not load": "install the embedder's package or pass a local model directory.",
+    "every replica failed": "every replica of this role's pool refused connections, timed out or failed (summary.json "
+                            "lists each replica's failures); bring at least one back, then resume.",
     "too many errors": "the provider failed repeatedly; check that the server is up and reachable, then resume.",
     "no readable output": "this model never produced output DRPO could read; use a stronger model for this role.",
 }
@@ -68,10 +76,24 @@ def _status_of(exc: BaseException) -> int | None:
     return None
 
 
+def _in_chain(exc: BaseException, class_name: str) -> bool:
+    """Whether ``exc`` or an exception it was raised from or during is of a class named ``class_name``."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if any(cls.__name__ == class_name for cls in type(current).__mro__):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
 def systemic_reason(exc: BaseException) -> str | None:
     """Why ``exc`` cannot be fixed by retrying (``"authentication failed"``, ...), or None when it may be transient."""
     if isinstance(exc, ImportError):
         return "missing package"
+    if _in_chain(exc, "ReplicaPoolExhausted"):
+        return "every replica failed"
     names = {cls.__name__ for cls in type(exc).__mro__}
     if "EmbedderLoadError" in names:
         return "embedder could not load"

@@ -2,7 +2,9 @@
 
 DSPy's usage tracker does not roll up across ``dspy.Parallel`` workers, so DRPO counts every call it
 makes itself: a callback on each role's LM counts requests as they start, and a usage tracker scoped to
-each call attributes its tokens.
+each call attributes its tokens. A role served by a replica pool (``clients/replica_pool.py``) is still one LM
+here; the same callback tells the pool which role calls, and the summary adds each replica's calls, tokens and
+failures under the role's ``replicas``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import dspy
 from dspy.utils.callback import BaseCallback
 
 from drpo_dspy.clients.failures import FailurePolicy, failure_kind
+from drpo_dspy.clients.replica_pool import ReplicaPool, attribute_calls, end_attribution, pool_of
 
 ROLES = ("base", "metrics", "judge", "optimizer")
 
@@ -23,9 +26,16 @@ ROLES = ("base", "metrics", "judge", "optimizer")
 class _CallCounter(BaseCallback):
     def __init__(self, meter: Meter, role: str):
         self.meter, self.role = meter, role
+        self._attributions: dict[str, Any] = {}
 
     def on_lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
         self.meter.count_request(self.role)
+        self._attributions[call_id] = attribute_calls(self.role)  # a pool's replicas count the call for this role
+
+    def on_lm_end(self, call_id: str, outputs: Any, exception: Exception | None = None) -> None:
+        token = self._attributions.pop(call_id, None)
+        if token is not None:
+            end_attribution(token)
 
 
 class Meter:
@@ -39,6 +49,8 @@ class Meter:
         self.completion_tokens: Counter[str] = Counter()
         self.cost_usd: defaultdict[str, float] = defaultdict(float)
         self.failures: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        self.pools: dict[str, ReplicaPool] = {}
+        self._saved_replicas: dict[str, dict[str, Any]] = {}  # per-replica counts of the run being resumed
 
     def watch(self, lm: dspy.LM, role: str) -> dspy.LM:
         """A copy of ``lm`` whose requests are counted under ``role`` (the original is untouched)."""
@@ -46,7 +58,25 @@ class Meter:
         copied.callbacks = [*(getattr(lm, "callbacks", None) or []), _CallCounter(self, role)]
         copied.history = lm.history  # the calls stay visible in the user's own lm.history / inspect_history()
         self.policy.describe(role, str(getattr(lm, "model", type(lm).__name__)))
+        pool = pool_of(lm)
+        if pool is not None:
+            self.pools[role] = pool
         return copied
+
+    def replicas(self, role: str) -> dict[str, Any] | None:
+        """Per replica of ``role``'s pool: calls, tokens and failures (with a resumed run's), or None."""
+        pool, saved = self.pools.get(role), self._saved_replicas.get(role, {})
+        if pool is None and not saved:
+            return None
+        rows = {name: dict(row) for name, row in saved.items()}
+        for name, row in (pool.stats(role) if pool is not None else {}).items():
+            old = rows.get(name, {})
+            failures = Counter(old.get("failures", {}))
+            failures.update(row["failures"])
+            rows[name] = {key: int(old.get(key, 0)) + row[key] for key in ("calls", "prompt_tokens",
+                                                                          "completion_tokens")}
+            rows[name]["failures"] = dict(failures)
+        return rows
 
     def count_request(self, role: str) -> None:
         with self._lock:
@@ -117,7 +147,7 @@ class Meter:
         """Plain-JSON summary per role."""
         with self._lock:
             roles = sorted(set(self.requests) | set(self.prompt_tokens) | set(self.failures), key=_role_order)
-            return {
+            summary = {
                 role: {
                     "lm_calls": self.requests[role],
                     "prompt_tokens": self.prompt_tokens[role],
@@ -127,6 +157,11 @@ class Meter:
                 }
                 for role in roles
             }
+        for role, row in summary.items():
+            replicas = self.replicas(role)
+            if replicas is not None:
+                row["replicas"] = replicas
+        return summary
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Continue counting from a saved summary (used when resuming a run)."""
@@ -137,16 +172,27 @@ class Meter:
                 self.completion_tokens[role] = int(row.get("completion_tokens", 0))
                 self.cost_usd[role] = float(row.get("cost_usd", 0.0))
                 self.failures[role] = Counter(row.get("failures", {}))
+                if row.get("replicas"):
+                    self._saved_replicas[role] = dict(row["replicas"])
 
 
 def _role_order(role: str) -> tuple[int, str]:
     return (ROLES.index(role) if role in ROLES else len(ROLES), role)
 
 
+def _priced_model(model: str) -> str:
+    """The model a price is looked up for: a pool's first replica's (``drpo_text/`` routes dropped)."""
+    pool = pool_of(model) if model.startswith("drpo_pool/") else None
+    if pool is not None:
+        model = pool.replicas[0].model
+    return model.removeprefix("drpo_text/")
+
+
 def price_per_token(model: str) -> tuple[float, float]:
     """(input, output) dollars per token from litellm's offline price table; zeros for unpriced (local) models."""
     import litellm
 
+    model = _priced_model(model)
     info = litellm.model_cost.get(model) or litellm.model_cost.get(model.split("/", 1)[-1]) or {}
     return float(info.get("input_cost_per_token") or 0.0), float(info.get("output_cost_per_token") or 0.0)
 
@@ -179,6 +225,10 @@ def price_known(lm_or_model: Any) -> bool:
     construction (the embedded model, scripted LMs, a self-hosted provider, any ``api_base`` server)."""
     model = lm_or_model if isinstance(lm_or_model, str) else str(getattr(lm_or_model, "model", "") or "")
     kwargs = {} if isinstance(lm_or_model, str) else (getattr(lm_or_model, "kwargs", None) or {})
+    pool = pool_of(lm_or_model) if model.startswith("drpo_pool/") else None
+    if pool is not None:  # priced as its replicas: each is free if it is a server of one's own
+        return all(bool(price_known(r.model.removeprefix("drpo_text/")) or r.params.get("api_base")
+                        or r.params.get("base_url")) for r in pool.replicas)
     if not model or model.startswith(_FREE_PREFIXES) or kwargs.get("api_base") or kwargs.get("base_url"):
         return True
     if _price_entry(model) is not None:

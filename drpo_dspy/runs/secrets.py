@@ -63,6 +63,9 @@ def secret_values(lms: Iterable[Any] = ()) -> set[str]:
             _add_secret(values, value)
     for lm in lms:
         _settings_secrets(getattr(lm, "kwargs", None) or {}, values)
+        pool = getattr(lm, "replica_pool", None)  # a replica pool's LM: its replicas' keys (clients/replica_pool.py)
+        for settings in (pool.replica_settings() if pool is not None else []):
+            _settings_secrets(settings, values)
     return values
 
 
@@ -180,12 +183,18 @@ def install_log_redaction(prefixes: Iterable[str] = LOGGER_PREFIXES) -> None:
 
 
 def describe_lm(lm: Any) -> dict[str, Any]:
-    """A secret-free description of an LM for configs and summaries."""
+    """A secret-free description of an LM for configs and summaries (a replica pool's: its replicas' models and
+    addresses, and the path of its router file, never the file's keys)."""
     if lm is None:
         return {}
     kwargs = {k: v for k, v in (getattr(lm, "kwargs", None) or {}).items()
               if not is_secret_name(k) and k not in ("headers", "extra_headers") and _jsonable(v)}
-    return {"model": getattr(lm, "model", str(lm)), "model_type": getattr(lm, "model_type", "chat"), "kwargs": kwargs}
+    described = {"model": getattr(lm, "model", str(lm)), "model_type": getattr(lm, "model_type", "chat"),
+                 "kwargs": kwargs}
+    pool = getattr(lm, "replica_pool", None)
+    if pool is not None:
+        described["pool"] = pool.describe()
+    return described
 
 
 def _jsonable(value: Any) -> bool:

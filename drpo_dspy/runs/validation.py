@@ -116,6 +116,12 @@ def check_model_string(role: str, lm: dspy.LM, *, need_key: bool = True) -> None
     A missing ``*_API_BASE`` (a self-hosted provider such as Ollama with no address) points at ``--<role>-api-base``
     and ``api_base=``. ``need_key=False`` (or inside :func:`keys_not_needed`) checks the model string only."""
     model = lm.model
+    pool = getattr(lm, "replica_pool", None)
+    if pool is not None:  # a replica pool (clients/replica_pool.py): each replica is checked as the LM it is
+        for replica in pool.replicas:
+            inner = dspy.LM(replica.model.removeprefix("drpo_text/"), model_type=pool.model_type, **replica.params)
+            check_model_string(role, inner, need_key=need_key)
+        return
     if model.startswith(("embedded/", "drpo_text/")):
         from drpo_dspy.clients.embedded import register_embedded_provider
         from drpo_dspy.clients.embedded_models import is_embedded

@@ -15,6 +15,8 @@ from dspy.utils.callback import BaseCallback
 from drpo_dspy.clients.budget import Budget
 from drpo_dspy.clients.failures import DEFAULT_MAX_ERRORS, FailurePolicy
 from drpo_dspy.clients.metering import Meter
+from drpo_dspy.clients.pool_inputs import role_lm
+from drpo_dspy.clients.replica_pool import derived_num_threads
 from drpo_dspy.modules.aligned_responder import AlignedResponder, _check_decoding
 from drpo_dspy.primitives.conversation_query import ConversationQuery
 from drpo_dspy.primitives.events import EventBus
@@ -39,7 +41,10 @@ class DRPO(Teleprompter):
     """Dynamic Rewarding with Prompt Optimization.
 
     Args:
-        base_lm: The model being aligned (chat or ``model_type="text"``). Defaults to ``dspy.settings.lm``.
+        base_lm: The model being aligned (chat or ``model_type="text"``). Defaults to ``dspy.settings.lm``. Any role
+            also takes a list of ``dspy.LM`` replicas of one model (several servers): calls are spread over them by
+            litellm's Router, a replica that fails is taken out of rotation, and the run stops only when every
+            replica fails (``docs/scale-out.md``).
         metrics_lm: Picks the reward aspects per query. Defaults to ``dspy.settings.lm``.
         judge_lm: Scores answers 1-5 per aspect. Defaults to ``dspy.settings.lm``.
         optimizer_lm: Rewrites the system prompt. Defaults to ``dspy.settings.lm``.
@@ -50,7 +55,8 @@ class DRPO(Teleprompter):
             keeps the student's ``k``.
         initial_instructions: The starting system prompt; default: the student's instructions (which are
             "You are a helpful assistant." unless set otherwise).
-        num_threads: Concurrent LM calls within a level.
+        num_threads: Concurrent LM calls within a level (and examples in the ICL stage). Default: 8, or 4 per
+            replica of the largest pool among the roles given (at most 64).
         seed: Seed for sampled calls on local models.
         log_dir: Run directory (configuration, log, trace, per-level results, caches, program, summary).
         catalogue: Reward aspects (default: the 14 built-in ones).
@@ -100,10 +106,10 @@ class DRPO(Teleprompter):
     def __init__(
         self,
         *,
-        base_lm: dspy.BaseLM | None = None,
-        metrics_lm: dspy.BaseLM | None = None,
-        judge_lm: dspy.BaseLM | None = None,
-        optimizer_lm: dspy.BaseLM | None = None,
+        base_lm: dspy.BaseLM | Sequence[dspy.LM] | None = None,
+        metrics_lm: dspy.BaseLM | Sequence[dspy.LM] | None = None,
+        judge_lm: dspy.BaseLM | Sequence[dspy.LM] | None = None,
+        optimizer_lm: dspy.BaseLM | Sequence[dspy.LM] | None = None,
         beam_size: int = 2,
         n_actions: int = 3,
         depth: int = 20,
@@ -112,7 +118,7 @@ class DRPO(Teleprompter):
         skip_threshold: float = 4.5,
         k: int | None = 2,
         initial_instructions: str | None = None,
-        num_threads: int = 8,
+        num_threads: int | None = None,
         seed: int = 0,
         log_dir: str | Path | None = None,
         catalogue: AspectCatalogue | None = None,
@@ -158,6 +164,10 @@ class DRPO(Teleprompter):
         check_positive_int("max_depth_increase", max_depth_increase, minimum=0)
         if k is not None:
             check_positive_int("k", k, minimum=0)
+        base_lm, metrics_lm, judge_lm, optimizer_lm = (role_lm(lm, role) for lm, role in (
+            (base_lm, "base"), (metrics_lm, "metrics"), (judge_lm, "judge"), (optimizer_lm, "optimizer")))
+        if num_threads is None:
+            num_threads = derived_num_threads([base_lm, metrics_lm, judge_lm, optimizer_lm], floor=8)
         check_positive_int("num_threads", num_threads)
         check_positive_int("seed", seed, minimum=0)
         check_positive_int("icl_rounds", icl_rounds)
@@ -245,7 +255,7 @@ class DRPO(Teleprompter):
                         beam_size=s.beam_size, n_actions=s.n_actions, depth=s.depth,
                         max_depth_increase=s.max_depth_increase, batched=s.batched,
                         judge_samples=s.guards.judge_samples, refusal_probes=s.guards.refusal_probes,
-                        holdout=len(held), **shape)
+                        holdout=len(held), num_threads=s.num_threads, **shape)
 
     def _split(self, queries: list[str], valset: list[str] | None) -> tuple[list[str], list[str]]:
         """(search queries, held-out queries): an explicit valset, or the automatic held-out split."""

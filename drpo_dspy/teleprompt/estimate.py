@@ -4,6 +4,10 @@ Counts are exact bounds of the search structure. ``upper`` assumes the longest s
 increase, no skip saving a rewrite) and one JSON retry for every chat-adapter call; ``expected`` assumes the
 initial depth, no retries. Tokens are estimated from the text that will be sent (about 4 characters a token)
 and each role's ``max_tokens``; dollars come from litellm's offline price table (0 for local models).
+
+Concurrency: a level's calls run at once (the rewrites, then every candidate's answer and judgment), but levels run
+one after another, so beam x actions x minibatch bounds the calls a search can keep in flight, whatever
+``num_threads`` or the number of replicas (``report["concurrency"]``).
 """
 
 from __future__ import annotations
@@ -30,6 +34,25 @@ def level_counts(n_levels: int, beam_size: int, n_actions: int) -> list[tuple[in
         children = parents * n_actions
         counts.append((parents, children))
     return counts
+
+
+def level_concurrency(n_levels: int, beam_size: int, n_actions: int, *, minibatch_size: int = 1,
+                      batched: bool = False) -> list[int]:
+    """The most calls a search can have in flight at each level: its rewrites (one request per parent when batched),
+    then its candidates' answers, each followed by its judgment."""
+    return [max(parents * (1 if batched else n_actions), children * minibatch_size)
+            for parents, children in level_counts(n_levels, beam_size, n_actions)]
+
+
+def concurrency_report(n_levels: int, beam_size: int, n_actions: int, *, minibatch_size: int = 1,
+                       batched: bool = False, num_threads: int | None = None,
+                       roles: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a compile can use at once: calls in flight per level, the useful ``num_threads``, and the pools."""
+    from drpo_dspy.clients.replica_pool import pool_size
+
+    per_level = level_concurrency(n_levels, beam_size, n_actions, minibatch_size=minibatch_size, batched=batched)
+    pools = {role: pool_size(lm) for role, lm in (roles or {}).items() if pool_size(lm) > 1}
+    return {"per_level": per_level, "max": max(per_level, default=0), "num_threads": num_threads, "pools": pools}
 
 
 def role_calls(n_levels: int, n_queries_distinct: int, beam_size: int, n_actions: int,
@@ -60,7 +83,7 @@ def estimate(*, queries: list[str], roles: dict[str, Any], beam_size: int, n_act
              minibatch_size: int = 1,
              max_depth_increase: int, k: int, batched: bool = False, instructions_chars: int = 1500,
              example_chars: int = 1500, judge_samples: int = 1, refusal_probes: int = 0,
-             holdout: int = 0, base_calls_per_answer: int = 1) -> dict[str, Any]:
+             holdout: int = 0, base_calls_per_answer: int = 1, num_threads: int | None = None) -> dict[str, Any]:
     """Upper bound and expected calls, tokens and dollars per role (the guards' extra calls included, and listed
     per guard under ``report["guards"]``). ``base_calls_per_answer``: the base model's calls in one answer (a
     program's predictors)."""
@@ -105,6 +128,8 @@ def estimate(*, queries: list[str], roles: dict[str, Any], beam_size: int, n_act
     for mode in ("expected", "upper"):
         report[mode] = {key: sum(r[mode][key] for r in report["roles"].values())
                         for key in ("lm_calls", "prompt_tokens", "completion_tokens", "cost_usd")}
+    report["concurrency"] = concurrency_report(report["levels"]["upper"], beam_size, n_actions, minibatch_size=m,
+                                               batched=batched, num_threads=num_threads, roles=roles)
     report["price_notes"] = price_notes(roles.values())  # models whose cost is unknown (a typo, say), not $0.00
     return report
 
@@ -126,6 +151,26 @@ def render(report: dict[str, Any]) -> str:
             expected = guards.get("expected", {}).get(name, {})
             calls = ", ".join(f"{role} {expected.get(role, 0)} / {n}" for role, n in roles.items())
             lines.append(f"- {name}: {calls}")
+    if report.get("concurrency"):
+        lines += ["", render_concurrency(report["concurrency"])]
     if report.get("price_notes"):
         lines += ["", *report["price_notes"]]
+    return "\n".join(lines)
+
+
+def render_concurrency(c: dict[str, Any]) -> str:
+    """The compile's maximum useful concurrency per level, in a few lines."""
+    per_level = c["per_level"]
+    steps = [f"level {i}: {n}" for i, n in enumerate(per_level, start=1) if i == 1 or n != per_level[i - 2]]
+    lines = [f"Concurrency: at most {c['max']} LM calls in flight per level ({', '.join(steps)}"
+             f"{', and so on' if len(steps) < len(per_level) else ''}). Levels run one after another, so more "
+             "threads or replicas than that sit idle during the search; the ICL stage and drpo evaluate can use more."]
+    threads = c.get("num_threads")
+    if threads is not None:
+        verdict = "covers it" if threads >= c["max"] else f"is below it: --num-threads {c['max']} would use it all"
+        lines.append(f"num_threads {threads} {verdict}.")
+    for role, size in c.get("pools", {}).items():
+        busy = c["max"] / size
+        lines.append(f"{role}: a pool of {size} replicas, at most {busy:.1f} of this role's calls in flight per "
+                     "replica during the search.")
     return "\n".join(lines)
