@@ -25,9 +25,10 @@ _EXPORTS = {
     "DynamicReward": "drpo_dspy.rewards.metric",
     "DRPO": "drpo_dspy.teleprompt.drpo",
     "DRPOResult": "drpo_dspy.teleprompt.drpo",
+    "replica_pool": "drpo_dspy.clients.pool_inputs",
 }
 __all__ = ["DEFAULT_INSTRUCTIONS", "DRPO", "AlignedResponder", "AlignmentBank", "Aspect", "AspectCatalogue",
-           "DRPOResult", "DynamicReward", "ICLExample"]
+           "DRPOResult", "DynamicReward", "ICLExample", "replica_pool"]
 __version__ = "0.1.0"
 
 

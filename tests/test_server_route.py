@@ -4,11 +4,12 @@ The test starts llama-cpp-python's OpenAI-compatible server on the embedded GGUF
 ``/v1/chat/completions`` and ``/v1/completions`` exactly as ``vllm serve`` does, so the litellm model strings used
 here (``hosted_vllm/<served name>`` with ``api_base``) are the ones a vLLM user writes. Chat models are called
 with the DRPO layout as chat messages; ``model_type="text"`` (base models) sends the exact concatenated prompt
-through the ``drpo_text`` route to ``/v1/completions``. The litellm Router snippet of docs/vllm.md is executed too.
+through the ``drpo_text`` route to ``/v1/completions``. The replica-pool snippet of docs/vllm.md is executed too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -78,19 +79,19 @@ class Server:
         return self.log.read_text(encoding="utf-8", errors="replace")[-3000:]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+@contextlib.contextmanager
+def _running_server(log: Path, threads: int = 2):
+    """A llama.cpp server on a free port, ready to answer; stopped on exit."""
     try:
         model = gguf_path()
     except ImportError as exc:
         pytest.skip(str(exc))
     port = _free_port()
-    log = tmp_path_factory.mktemp("server") / "server.log"
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
     with log.open("w", encoding="utf-8") as sink:
         process = subprocess.Popen(
             [sys.executable, "-c", LAUNCHER, "--model", str(model), "--model_alias", SERVED_NAME,
-             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "2",
+             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", str(threads),
              "--verbose", "False"],
             stdout=sink, stderr=subprocess.STDOUT, env=env,
         )
@@ -111,12 +112,22 @@ def server(tmp_path_factory):
         assert served == [SERVED_NAME]
         yield running
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        _stop(process)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with _running_server(tmp_path_factory.mktemp("server") / "server.log") as running:
+        yield running
 
 
 @pytest.fixture
@@ -215,7 +226,7 @@ def test_compile_with_the_base_model_on_the_server(server, text_completion_calls
     assert server.requests("/v1/completions") == before + 3
 
 
-def test_the_router_snippet_of_the_docs_routes_both_model_groups(server, text_completion_calls):
+def test_the_pool_snippet_of_the_docs_routes_both_pools(server, text_completion_calls):
     doc = (Path(__file__).resolve().parent.parent / "docs" / "vllm.md").read_text(encoding="utf-8")
     marker = "<!-- the snippet below is executed by tests/test_server_route.py"
     assert marker in doc
@@ -229,6 +240,7 @@ def test_the_router_snippet_of_the_docs_routes_both_model_groups(server, text_co
     namespace: dict = {}
     exec(compile(snippet, "docs/vllm.md", "exec"), namespace)
     base, chat = namespace["base"].copy(max_tokens=24), namespace["chat"].copy(max_tokens=24)
+    assert namespace["drpo"].base_lm.model == namespace["base"].model  # DRPO(base_lm=[...]) is the same pool
     responder = AlignedResponder("You are a concise assistant.", examples=[], k=0)
     query = "Name one animal that lives in the sea."
     before_text, before_chat = server.requests("/v1/completions"), server.requests("/v1/chat/completions")
@@ -237,7 +249,7 @@ def test_the_router_snippet_of_the_docs_routes_both_model_groups(server, text_co
     from_chat = responder(query=query, lm=chat).response
 
     assert from_base.strip() and from_chat.strip()
-    (request, _reply), = text_completion_calls  # the base group: one raw completion with the exact prompt
+    (request, _reply), = text_completion_calls  # the base pool: one raw completion with the exact prompt
     assert request["prompt"] == system_part(responder.instructions, []) + user_part(query)
     assert request["api_base"] == server.url and "\n# Query:" in request["stop"]
     assert server.requests("/v1/completions") == before_text + 1
@@ -258,3 +270,27 @@ def test_the_readme_configuration_gets_full_length_greedy_answers(server, text_c
         assert lm.history[0]["kwargs"].get("temperature") == 0.0
     sent = text_completion_calls[-1][0]
     assert sent["max_tokens"] == 96 and sent["temperature"] == 0.0
+
+
+def test_a_pool_of_two_servers_survives_one_being_killed_mid_run(server, tmp_path):
+    """Two real servers behind one pool: both answer; one is killed; every later call is answered by the other."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from drpo_dspy import replica_pool
+    from drpo_dspy.clients.replica_pool import pool_of
+
+    with _running_server(tmp_path / "second.log", threads=1) as second:
+        lm = replica_pool([_server_lm(server, cache=False, max_tokens=8), _server_lm(second, cache=False,
+                                                                                     max_tokens=8)], name="kill")
+        responder = AlignedResponder(examples=[], k=0, max_tokens=8)
+        queries = [f"Name a colour, number {i}." for i in range(6)]
+        with ThreadPoolExecutor(2) as workers:  # two at once: least-busy gives each server one
+            first = list(workers.map(lambda q: responder(query=q, lm=lm).response, queries[:2]))
+            _stop(second.process)
+            after = list(workers.map(lambda q: responder(query=q, lm=lm).response, queries[2:]))
+        stats = pool_of(lm).stats()
+    assert all(answer.strip() for answer in first + after)
+    assert stats[second.url]["calls"] >= 1 and set(stats[second.url]["failures"]) == {"unreachable"}
+    assert stats[second.url]["failures"]["unreachable"] <= 2  # the calls in flight when it died, then cooled down
+    assert stats[server.url]["calls"] == 6 - stats[second.url]["calls"]
+

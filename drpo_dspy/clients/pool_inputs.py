@@ -189,3 +189,9 @@ def pool_from_router_file(path: str | Path, *, label: str, model: str | None = N
 def role_lm(lm: Any, role: str) -> Any:
     """A role's LM as given to ``DRPO(...)``: a list or tuple of replicas becomes one pool LM (labelled ``role``)."""
     return pool_from_lms(list(lm), role) if isinstance(lm, list | tuple) else lm
+
+
+def replica_pool(replicas: Sequence[Any], name: str = "pool") -> Any:
+    """One ``dspy.LM`` spread over ``replicas`` (``dspy.LM``s of one model on different servers) by litellm's
+    Router, with failover (``docs/scale-out.md``); ``name`` labels the pool (a role's name, say)."""
+    return pool_from_lms(list(replicas), name)
