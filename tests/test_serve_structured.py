@@ -5,6 +5,7 @@ model (chat and text routes) llama.cpp's grammar makes every answer parse."""
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from serve_upstreams import RecordedModel, Reply, recorded_model  # noqa: E402
 from drpo_dspy import AlignedResponder  # noqa: E402
 from drpo_dspy.retrievers.embedders import HashingEmbedder  # noqa: E402
 from drpo_dspy.serve import BackgroundServer, ProgramRegistry, ProgramSpec, ServeSettings, create_app  # noqa: E402
+from drpo_dspy.serve.answer_stream import AnswerStream  # noqa: E402
+from drpo_dspy.serve.answers import json_parts, plain_parts  # noqa: E402
 from drpo_dspy.serve.errors import APIError  # noqa: E402
 from drpo_dspy.serve.features import Route, parse_features  # noqa: E402
 from drpo_dspy.serve.plain_layout import plain_system  # noqa: E402
@@ -176,3 +179,43 @@ def test_the_embedded_models_answer_always_parses(tmp_path: Path, route: str) ->
     person = json.loads(answer)
     assert set(PERSON["required"]) <= set(person)
     assert isinstance(person["name"], str) and isinstance(person["age"], int)
+
+
+def _streamed(parts: Any, text: str, cuts: list[int]) -> str:
+    stream, out, start = AnswerStream(parts), [], 0
+    for cut in [*sorted(cuts), len(text)]:
+        out.append(stream.feed(text[start:cut]))
+        start = cut
+    return "".join(out) + stream.finish()
+
+
+@pytest.mark.parametrize("text", [
+    ' {"a": "line one\nline two", "b": 1}\n', '{"a": "tab\there", "q": "\\"quoted\\"\n"}', '{"a": "<END>"}',
+    '{"a": "\x01"}', "  [1, 2]  ",
+])
+def test_structured_answers_stream_whole_and_parse(text: str) -> None:
+    rng = random.Random(text)
+    whole = json_parts(text)[0]
+    assert json.loads(whole) == json.loads(text, strict=False)  # raw control characters escaped, nothing else
+    for cuts in ([], list(range(1, len(text))), *(rng.sample(range(len(text)), 3) for _ in range(20))):
+        assert _streamed(json_parts, text, cuts) == whole
+
+
+@pytest.mark.parametrize(("text", "answer"), [
+    ("Sure.<END> more", "Sure."), ("  a < b and <endpoint>  ", "a < b and <endpoint>"), ("Done</end>", "Done"),
+    ("x<|im_end|>y", "x"), ("# Answer: kept\n# Query: kept", "# Answer: kept\n# Query: kept"), ("plain", "plain"),
+])
+def test_plain_answers_stream_as_they_are_cut(text: str, answer: str) -> None:
+    whole = plain_parts(text)[0]
+    assert whole == answer  # cut at an end marker only; headings are the model's own text here
+    for cuts in ([], list(range(1, len(text)))):
+        assert _streamed(plain_parts, text, cuts) == whole
+
+
+def test_a_raw_newline_inside_a_json_string_still_parses(served: Served, model: RecordedModel) -> None:
+    model.script = lambda messages, params: Reply('{"city": "Paris\nFrance", "population": 2}')
+    body = {"model": "aligned", "messages": [{"role": "user", "content": QUESTION}], "response_format": CITY_FORMAT}
+    whole = served.post("/chat/completions", body).json()["choices"][0]["message"]["content"]
+    streamed = "".join(c.choices[0].delta.content or "" for c in served.client.chat.completions.create(
+        stream=True, **body) if c.choices)
+    assert whole == streamed and json.loads(whole) == {"city": "Paris\nFrance", "population": 2}

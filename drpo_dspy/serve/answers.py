@@ -6,7 +6,9 @@ Three shapes of answer:
   or a ``# Query:``/``# Answer:`` heading, without a leading ``<START>`` or ``# Answer:``, stripped;
 - ``plain`` (tool requests and tool conversations, in the plain layout): the text as the model wrote it, stripped,
   cut only at an end marker (``<END>`` in any spelling, or a leaked chat-template end token) should one appear;
-- ``json`` (structured output): the text stripped and nothing cut, so the JSON the client asked for stays whole.
+- ``json`` (structured output): the text stripped and nothing cut, so the JSON the client asked for stays whole;
+  a raw control character inside a JSON string (which llama-cpp-python's schema grammar lets through, e.g. a
+  newline) is written as its escape (``\\n``), so the answer parses; nothing else changes.
 
 Log probabilities are trimmed to the returned text: the token entries whose characters overlap the answer, in order
 (token spans are the running sum of the entries' ``token`` lengths, placed where the answer starts in the raw
@@ -36,9 +38,33 @@ def plain_parts(completion: str) -> tuple[str, bool]:
     return (text if end is None else text[: end.start()]).strip(), end is not None
 
 
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b", "\f": "\\f"}
+
+
+def escape_string_controls(text: str) -> str:
+    """``text`` with each raw control character inside a JSON string literal escaped (left to right, so the
+    escaped text of a prefix is a prefix of the escaped whole: it can be streamed)."""
+    if not any(ord(char) < 0x20 for char in text):
+        return text
+    out, inside, escaped = [], False, False
+    for char in text:
+        if inside and not escaped and ord(char) < 0x20:
+            out.append(_ESCAPES.get(char, f"\\u{ord(char):04x}"))
+            continue
+        out.append(char)
+        if inside and not escaped and char == "\\":
+            escaped = True
+            continue
+        if char == '"' and not escaped:
+            inside = not inside
+        escaped = False
+    return "".join(out)
+
+
 def json_parts(completion: str) -> tuple[str, bool]:
-    """``(answer, ended)`` for structured output: the whole text, stripped (a cut would break the JSON)."""
-    return (completion or "").strip(), False
+    """``(answer, ended)`` for structured output: the whole text, stripped (a cut would break the JSON), raw
+    control characters inside its strings escaped."""
+    return escape_string_controls(completion or "").strip(), False
 
 
 PARTS: dict[str, Parts] = {"layout": answer_parts, "plain": plain_parts, "json": json_parts}
