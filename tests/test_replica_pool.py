@@ -196,7 +196,8 @@ def test_a_stopped_run_on_a_url_pool_resumes_on_the_same_pool(world, tmp_path, c
                  "--metrics-model", world.metrics_lm.model, "--judge-model", world.judge_lm.model,
                  "--optimizer-model", world.optimizer_lm.model, "--depth", "3", "--n-actions", "2", "--k", "0",
                  "--num-queries", "3", "--log-dir", str(run), "--no-progress", "--max-calls", "8"])
-    assert code == 0 and "Stopped early" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert code == 0 and "Stopped early" in out and f"Calls per replica (base): {replicas.urls[0]} " in out
     options = saved_options(run)
     assert options["base_api_base"] == ",".join(replicas.urls) and options["base_model"] == replicas.model
     first = json.loads((run / "summary.json").read_text())["usage"]["base"]["replicas"]
@@ -205,3 +206,16 @@ def test_a_stopped_run_on_a_url_pool_resumes_on_the_same_pool(world, tmp_path, c
     assert summary["levels"] == 3
     rows = summary["usage"]["base"]["replicas"]
     assert sum(r["calls"] for r in rows.values()) > sum(r["calls"] for r in first.values())  # counts continue
+
+
+def test_evaluate_on_a_pool_counts_each_replica_and_derives_its_threads(tmp_path, capsys):
+    replicas = ScriptedReplicas(lambda messages, params: "Sure, here is how.\n<END>", n=2)
+    out = tmp_path / "eval"
+    code = main(["evaluate", "--systems", "base", "--eval-set", "xstest", "--limit", "3", "--no-judge",
+                 "--base-model", replicas.model, "--base-api-base", ",".join(replicas.urls), "--out", str(out),
+                 "--no-progress"])
+    assert code == 0 and "Calls per replica (base):" in capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["settings"]["num_threads"] == 8  # 4 per replica
+    rows = summary["usage"]["base"]["replicas"]
+    assert sum(row["calls"] for row in rows.values()) == summary["usage"]["base"]["lm_calls"] > 0

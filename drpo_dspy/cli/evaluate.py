@@ -30,6 +30,7 @@ from drpo_dspy.cli.common import (
     non_negative_int,
     positive_float,
     positive_int,
+    replica_lines,
     run_reporting_errors,
 )
 
@@ -200,6 +201,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     calls = ", ".join(f"{role}={row['lm_calls']}" for role, row in usage.items()) or "none"
     print(f"Reused {result.reused} finished judgments, computed {result.computed}; LM calls this run: {calls}.",
           file=sys.stderr)
+    for line in replica_lines(usage):
+        print(line, file=sys.stderr)
     print(f"Report: {out / 'report.html'}  (also report.md, summary.json, *.csv, *.png, records.jsonl)",
           file=sys.stderr)
     if result.stopped:

@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from drpo_dspy.cli.common import ROLES, Interrupted, InterruptWatch, UsageError, fmt, make_lm
+from drpo_dspy.cli.common import ROLES, Interrupted, InterruptWatch, UsageError, fmt, make_lm, replica_lines
 from drpo_dspy.cli.optimize_options import (  # noqa: F401  (QUICK and GUARD_OPTIONS: imported from here by benches)
     GUARD_OPTIONS,
     QUICK,
@@ -162,6 +162,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
           f"{final}\n{rule}\nDemo query: {demo}\n{rule}\nAnswer before:\n{before}\n{rule}\n"
           f"Answer after:\n{after}\n{rule}")
     print("LM calls per role: " + ", ".join(f"{r}={u['lm_calls']}" for r, u in result.usage.items()))
+    for line in replica_lines(result.usage):
+        print(line)
     print(f"Run directory: {log_dir}  (program: {Path(log_dir) / 'program.json'}, wall time {result.wall_time_s:.0f}s)")
     if result.stopped:
         print(f"Stopped early: {result.stopped}. To continue: drpo optimize --resume {shlex.quote(str(log_dir))} "

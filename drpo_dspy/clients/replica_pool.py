@@ -58,11 +58,13 @@ class ReplicaUnavailable(litellm.ServiceUnavailableError):
 class ReplicaPoolExhausted(litellm.ServiceUnavailableError):
     """Every replica of a pool failed: the role cannot work (systemic, see ``clients/failures.py``)."""
 
-    def __init__(self, pool: str, last_errors: dict[str, str]):
+    def __init__(self, pool: str, last_errors: dict[str, tuple[str, str]]):
         self.pool, self.last_errors = pool, dict(last_errors)
-        listed = "; ".join(f"{name}: {error}" for name, error in last_errors.items())
-        super().__init__(f"every replica of the pool {pool} failed ({listed})", llm_provider=POOL_PROVIDER,
-                         model=pool)
+        kinds = Counter(kind for kind, _ in last_errors.values())
+        counted = ", ".join(f"{kind} {n}" for kind, n in kinds.items())
+        listed = "; ".join(f"{name}: {error}" for name, (_, error) in last_errors.items())
+        super().__init__(f"every replica of the pool {pool} failed ({len(last_errors)} replicas: {counted}): "
+                         f"{listed}", llm_provider=POOL_PROVIDER, model=pool)
 
 
 @dataclass(frozen=True)
@@ -185,7 +187,7 @@ class ReplicaPool:
         with self._lock:
             last, errors = list(self._last), list(self._last_error)
         if all(kind in (*UNAVAILABLE, REJECTED) for kind in last) and any(kind in UNAVAILABLE for kind in last):
-            return ReplicaPoolExhausted(self.name, {r.name: f"{kind}: {_short(error)}" for r, kind, error in
+            return ReplicaPoolExhausted(self.name, {r.name: (kind, _short(error)) for r, kind, error in
                                                     zip(self.replicas, last, errors) if error is not None})
         if all(kind == REJECTED for kind in last) and getattr(exc, "status_code", None) == 429:
             return _rejection(errors[-1], self.name)  # every replica said no: that, not "no deployment available"
