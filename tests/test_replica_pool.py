@@ -50,6 +50,9 @@ def test_both_replicas_answer_and_summary_json_counts_each(world, tmp_path, refe
                                                                   for i in (0, 1)}
     assert sum(row["calls"] for row in rows.values()) == usage["base"]["lm_calls"]
     assert "replicas" not in usage["judge"]  # a plain role has no per-replica rows
+    assert all(row["cost_usd"] == 0.0 for row in rows.values())  # a scripted model is free
+    log = (tmp_path / "run.log").read_text()
+    assert f"--- after level 3: Calls per replica (base): {replicas.urls[0]} " in log
     pool = json.loads((tmp_path / "config.json").read_text())["roles"]["base"]["pool"]
     assert [r["api_base"] for r in pool["replicas"]] == replicas.urls
 

@@ -231,14 +231,9 @@ def check_settings(role: str, lm: Any) -> None:
 def replica_lines(usage: dict[str, Any]) -> list[str]:
     """One line per role served by a replica pool: each replica's answered calls and failures (from a meter's
     summary)."""
-    lines = []
-    for role, row in usage.items():
-        replicas = row.get("replicas") or {}
-        if replicas:
-            parts = [f"{name} {r['calls']}" + (f" ({', '.join(f'{k} {n}' for k, n in r['failures'].items())})"
-                                              if r.get("failures") else "") for name, r in replicas.items()]
-            lines.append(f"Calls per replica ({role}): " + ", ".join(parts))
-    return lines
+    from drpo_dspy.clients.replica_pool import replica_usage_lines
+
+    return replica_usage_lines(usage)
 
 
 def fmt(value: float | None) -> str:

@@ -76,6 +76,11 @@ class Meter:
             rows[name] = {key: int(old.get(key, 0)) + row[key] for key in ("calls", "prompt_tokens",
                                                                           "completion_tokens")}
             rows[name]["failures"] = dict(failures)
+        models = {r.name: r.model.removeprefix("drpo_text/") for r in (pool.replicas if pool is not None else [])}
+        for name, row in rows.items():
+            model = models.get(name)
+            cost = _price(model, row["prompt_tokens"], row["completion_tokens"]) if model else row.get("cost_usd", 0)
+            row["cost_usd"] = round(float(cost or 0.0), 6)
         return rows
 
     def count_request(self, role: str) -> None:

@@ -1,5 +1,6 @@
 """The run's readable log and its prompt-evolution trace, written from the search's events.
 
+``run.log`` also says, after each level, how many calls each replica of a role on a replica pool answered.
 ``trace.jsonl`` holds one line per evaluated candidate (the node: prompt, answer, judgment, rewards, parent) and one
 line per dropped rewrite (``{"kind": "dropped", "level", "parent_id", "reason"}``), so the trace says why every
 rewrite that was not evaluated was dropped. ``run.log`` is the same story for people.
@@ -9,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from drpo_dspy.primitives.events import CandidateDropped, CandidateJudged, LevelFinished, SearchStopped
+from drpo_dspy.clients.replica_pool import replica_usage_lines
+from drpo_dspy.primitives.events import BudgetUpdated, CandidateDropped, CandidateJudged, LevelFinished, SearchStopped
 from drpo_dspy.runs.run_dir import RunDirectory
 
 DROPPED = "dropped"
@@ -52,6 +54,9 @@ class RunLogWriter:
         elif isinstance(event, LevelFinished):
             self.run_dir.append_text("run.log", f"\n### level {event.level} finished | depth limit "
                                                 f"{event.max_depth} | best path mean {_fmt(event.best_path_mean)}\n")
+        elif isinstance(event, BudgetUpdated):  # roles on replica pools: each replica's calls so far
+            for line in replica_usage_lines(event.usage or {}):
+                self.run_dir.append_text("run.log", f"--- after level {event.level}: {line}\n")
         elif isinstance(event, SearchStopped):
             self.run_dir.append_text("run.log", f"\n### stopped after level {event.level}: {event.reason}\n")
 
