@@ -211,12 +211,14 @@ def test_a_stopped_run_on_a_url_pool_resumes_on_the_same_pool(world, tmp_path, c
     assert sum(r["calls"] for r in rows.values()) > sum(r["calls"] for r in first.values())  # counts continue
 
 
-def test_evaluate_on_a_pool_counts_each_replica_and_derives_its_threads(tmp_path, capsys):
+@pytest.mark.parametrize("given", ["urls", "router"])
+def test_evaluate_on_a_pool_counts_each_replica_and_derives_its_threads(tmp_path, capsys, given):
     replicas = ScriptedReplicas(lambda messages, params: "Sure, here is how.\n<END>", n=2)
     out = tmp_path / "eval"
-    code = main(["evaluate", "--systems", "base", "--eval-set", "xstest", "--limit", "3", "--no-judge",
-                 "--base-model", replicas.model, "--base-api-base", ",".join(replicas.urls), "--out", str(out),
-                 "--no-progress"])
+    pool = (["--base-model", replicas.model, "--base-api-base", ",".join(replicas.urls)] if given == "urls"
+            else ["--base-router", router_file(tmp_path, replicas)])
+    code = main(["evaluate", "--systems", "base", "--eval-set", "xstest", "--limit", "3", "--no-judge", *pool,
+                 "--out", str(out), "--no-progress"])
     assert code == 0 and "Calls per replica (base):" in capsys.readouterr().err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["settings"]["num_threads"] == 8  # 4 per replica

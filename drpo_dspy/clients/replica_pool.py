@@ -23,6 +23,7 @@ import contextvars
 import json
 import logging
 import threading
+import weakref
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -46,7 +47,7 @@ UNAVAILABLE = ("unreachable", "timeout")  # a replica's failures the Router rout
 REJECTED = "rejected"  # 401/402/403/404: this replica refuses the key or does not serve the model
 
 logger = logging.getLogger(__name__)
-_POOLS: dict[str, ReplicaPool] = {}
+_POOLS: weakref.WeakValueDictionary[str, ReplicaPool] = weakref.WeakValueDictionary()  # alive while an LM uses it
 _POOLS_LOCK = threading.Lock()
 _ROLE: contextvars.ContextVar[str | None] = contextvars.ContextVar("drpo_pool_role", default=None)
 
@@ -157,10 +158,12 @@ class ReplicaPool:
                        "litellm_params": {"model": f"{REPLICA_PROVIDER}/{self.name}#{i}", **replica.routing}}
                       for i, replica in enumerate(self.replicas)]
         try:
-            return Router(model_list=model_list, **self.settings)
+            router = Router(model_list=model_list, **self.settings)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"the pool {self.name}: litellm's Router refused its settings {self.settings}: "
                              f"{exc}") from exc
+        weakref.finalize(self, _retire, router)  # a Router registers global litellm callbacks: gone with the pool
+        return router
 
     def signature(self) -> str:
         """What makes two pools the same (replicas, settings, source)."""
@@ -328,13 +331,24 @@ def replica_pool_lm(replicas: Sequence[Replica], *, model: str, label: str = "po
     with _POOLS_LOCK:
         existing = _POOLS.get(name)
         if existing is not None and existing.signature() == pool.signature():
+            _retire(pool.router)
             pool = existing
         else:
             _POOLS[name] = pool
+            if existing is not None:
+                _retire(existing.router)  # replaced: calls by its name now reach the new pool
     lm = dspy.LM(f"{POOL_PROVIDER}/{name}", model_type="chat", engine="litellm", num_retries=0, cache=cache,
                  **lm_kwargs)
     lm.replica_pool = pool  # kept by lm.copy(); read by the meter, the redactor and describe_lm
     return lm
+
+
+def _retire(router: Any) -> None:
+    """Drop a Router's global litellm registrations (its callbacks); it can still answer."""
+    try:
+        router.retire()
+    except Exception:  # an older litellm without retire(): the callbacks stay, harmlessly
+        pass
 
 
 def pool_of(lm: Any) -> ReplicaPool | None:
