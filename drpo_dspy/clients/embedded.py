@@ -4,7 +4,7 @@
 ``dspy.LM("embedded/smollm2-135m")`` goes through DSPy's ordinary litellm path (cache, history, callbacks,
 adapters). DSPy's ``engine="auto"`` does not know the ``embedded`` provider and falls back to litellm; the model
 is registered with litellm as supporting response schemas, so ``dspy.JSONAdapter`` sends a JSON schema that
-llama.cpp enforces with a grammar.
+llama.cpp enforces with a grammar. ``stream=True`` streams the text token by token (``embedded_stream.py``).
 """
 
 from __future__ import annotations
@@ -16,12 +16,14 @@ import os
 import random
 import threading
 import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import dspy
 import litellm
 from litellm import CustomLLM, ModelResponse
+from litellm.types.utils import GenericStreamingChunk
 
 from drpo_dspy.clients.embedded_cache import (
     PrefixStateCache,
@@ -42,7 +44,13 @@ from drpo_dspy.clients.embedded_models import (
     model_file,
     resolve_embedded,
 )
-from drpo_dspy.clients.embedded_sampling import fast_grammar_enabled_by_env, grammar_for, install_fast_grammar
+from drpo_dspy.clients.embedded_sampling import (
+    fast_grammar_enabled_by_env,
+    grammar_for,
+    install_fast_grammar,
+    sampling_options,
+)
+from drpo_dspy.clients.embedded_stream import TextStream, achunks, chunks, decode_alone
 from drpo_dspy.clients.embedded_threads import set_thread_wait_policy
 from drpo_dspy.clients.embedded_workers import (
     Job,
@@ -64,13 +72,6 @@ N_CTX = 8192
 # exactly as in a fresh evaluation: outputs do not depend on call history nor on the prefix cache.
 N_BATCH = 64
 INSTALL_HINT = LOCAL_HINT
-
-# Mode -> llama.cpp's own defaults for what the caller leaves out (create_chat_completion / create_completion).
-_DEFAULTS = {
-    "chat": {"temperature": 0.2, "top_p": 0.95, "repeat_penalty": 1.1},
-    "text": {"temperature": 0.8, "top_p": 0.95, "repeat_penalty": 1.0},
-}
-_EXTRA_SAMPLING = ("top_k", "min_p", "repeat_penalty", "frequency_penalty", "presence_penalty")
 
 # litellm model info: what DSPy reads for capabilities (response schema -> JSONAdapter sends a schema), free to run.
 _MODEL_INFO = {
@@ -174,28 +175,10 @@ class EmbeddedRuntime:
         tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
         return tokens or [self.llm.token_bos()]
 
-    def generate(
-        self,
-        tokens: list[int],
-        *,
-        n: int,
-        seed: int | None,
-        stop: list[str],
-        stopping: Any = None,
-        grammar: Any = None,
-        max_tokens: int | None = None,
-        **sampling: Any,
-    ) -> list[Sample]:
+    def generate(self, tokens: list[int], *, n: int, seed: int | None, stop: list[str], stopping: Any = None,
+                 grammar: Any = None, max_tokens: int | None = None, **sampling: Any) -> list[Sample]:
         """Generate ``n`` independent samples (seeds seed, seed+1, ...) for the prompt tokens."""
-        if len(tokens) >= self.n_ctx:
-            raise litellm.ContextWindowExceededError(
-                f"prompt has {len(tokens)} tokens; the embedded model's context is {self.n_ctx}",
-                model=self.model,
-                llm_provider=EMBEDDED_PROVIDER,
-            )
-        room = self.n_ctx - len(tokens)
-        max_tokens = room if max_tokens is None or max_tokens <= 0 else min(max_tokens, room)
-        base = random.SystemRandom().randrange(2**31) if seed is None else int(seed)
+        max_tokens, base = self._limits(tokens, max_tokens, seed)
         if self.parallel:
             jobs = [Job(list(tokens), sampler_options(grammar, sampling), (base + i) % 2**32, stop, stopping,
                         max_tokens) for i in range(n)]
@@ -203,24 +186,48 @@ class EmbeddedRuntime:
         samples = []
         with self.lock:
             for i in range(n):
-                prepare_prefix(self.llm, self.prefix_cache, self.stats, self._prompt, tokens)
-                self._prompt = []  # unknown state until this generation completes
-                out = self.llm.create_completion(
-                    prompt=tokens,
-                    max_tokens=max_tokens,
-                    stop=stop,
-                    seed=(base + i) % 2**32,
-                    stopping_criteria=stopping,
-                    grammar=grammar,
-                    **sampling,
-                )
-                self._prompt = list(tokens)
-                self.stats.generated_tokens += out["usage"]["completion_tokens"]
-                choice = out["choices"][0]
-                samples.append(
-                    Sample(choice["text"], choice.get("finish_reason") or "stop", out["usage"]["completion_tokens"])
-                )
+                self.begin_prompt(tokens)
+                out = self.llm.create_completion(prompt=tokens, max_tokens=max_tokens, stop=stop,
+                                                 seed=(base + i) % 2**32, stopping_criteria=stopping, grammar=grammar,
+                                                 **sampling)
+                generated, choice = out["usage"]["completion_tokens"], out["choices"][0]
+                self.end_prompt(tokens, generated)
+                samples.append(Sample(choice["text"], choice.get("finish_reason") or "stop", generated))
         return samples
+
+    def _limits(self, tokens: list[int], max_tokens: int | None, seed: int | None) -> tuple[int, int]:
+        """The request's token limit (at most the context's room) and base seed (random if none)."""
+        if len(tokens) >= self.n_ctx:
+            raise litellm.ContextWindowExceededError(
+                f"prompt has {len(tokens)} tokens; the embedded model's context is {self.n_ctx}", model=self.model,
+                llm_provider=EMBEDDED_PROVIDER)
+        room = self.n_ctx - len(tokens)
+        max_tokens = room if max_tokens is None or max_tokens <= 0 else min(max_tokens, room)
+        return max_tokens, random.SystemRandom().randrange(2**31) if seed is None else int(seed)
+
+    def stream(self, tokens: list[int], *, seed: int | None, stop: list[str], stopping: Any = None,
+               grammar: Any = None, max_tokens: int | None = None, **sampling: Any) -> TextStream:
+        """Start one completion (``generate``'s first sample, token for token) whose text arrives as it is made:
+        on a parallel decoder when they are on, else on a thread of its own that holds the lock while it decodes
+        (``embedded_stream.py``). Closing the returned stream's iterator stops the decoding at the next token."""
+        max_tokens, base = self._limits(tokens, max_tokens, seed)
+        job = Job(list(tokens), sampler_options(grammar, sampling), base % 2**32, stop, stopping, max_tokens,
+                  stream=TextStream())
+        if self.parallel:
+            self.decoder.submit([job])
+        else:
+            threading.Thread(target=decode_alone, args=(self, job), name="drpo-embedded-stream", daemon=True).start()
+        return job.stream  # type: ignore[return-value]
+
+    def begin_prompt(self, tokens: list[int]) -> None:
+        """One-at-a-time path, lock held: bring the shared context to the prompt's longest reusable prefix."""
+        prepare_prefix(self.llm, self.prefix_cache, self.stats, self._prompt, tokens)
+        self._prompt = []  # unknown state until this generation completes
+
+    def end_prompt(self, tokens: list[int], generated: int) -> None:
+        """One-at-a-time path, lock held: a generation from ``tokens`` ended (the context holds the prompt)."""
+        self._prompt = list(tokens)
+        self.stats.generated_tokens += generated
 
     def reset(self) -> None:
         """Forget the cached prompt: the next generation evaluates its prompt from scratch (snapshots are kept)."""
@@ -280,37 +287,9 @@ def loaded_runtimes() -> dict[str, EmbeddedRuntime]:
     return dict(_runtimes)
 
 
-def sampling_options(params: dict[str, Any], mode: str, model: str = EMBEDDED_MODEL) -> dict[str, Any]:
-    """Map OpenAI-style optional params to ``EmbeddedRuntime.generate`` keyword arguments."""
-    n = params.get("n") or 1
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise litellm.BadRequestError(
-            f"n must be a positive integer, got {n!r}", model=model, llm_provider=EMBEDDED_PROVIDER
-        )
-    stop = params.get("stop") or []
-    options: dict[str, Any] = {
-        "n": n,
-        "seed": params.get("seed"),
-        "stop": [stop] if isinstance(stop, str) else list(stop),
-        "max_tokens": params.get("max_tokens") or params.get("max_completion_tokens"),
-        "grammar": grammar_for(params.get("response_format")),
-    }
-    for key, default in _DEFAULTS[mode].items():
-        options[key] = params[key] if params.get(key) is not None else default
-    options.update({key: params[key] for key in _EXTRA_SAMPLING if params.get(key) is not None})
-    return options
-
-
-def complete_embedded(
-    messages: list[dict[str, Any]] | None,
-    params: dict[str, Any],
-    *,
-    prompt: str | None = None,
-    model: str = EMBEDDED_MODEL,
-    response: ModelResponse | None = None,
-) -> ModelResponse:
-    """Run the embedded model ``model`` (``[drpo_text/]embedded/<name>``) on chat ``messages`` (chat template) or
-    on a raw ``prompt`` (no template)."""
+def _request(messages: list[dict[str, Any]] | None, params: dict[str, Any], prompt: str | None, model: str
+             ) -> tuple[EmbeddedRuntime, list[int], dict[str, Any]]:
+    """The runtime, prompt tokens and ``generate`` arguments of a request (chat ``messages`` or raw ``prompt``)."""
     try:
         runtime = get_runtime(model)
     except UnknownEmbeddedModel as exc:  # not retryable: no such model
@@ -324,8 +303,31 @@ def complete_embedded(
     else:
         tokens, stopping = runtime.text_prompt(prompt), None
         options = sampling_options(params, "text", model)
-    samples = runtime.generate(tokens, stopping=stopping, **options)
-    return model_response(model, samples, len(tokens), response)
+    return runtime, tokens, {**options, "stopping": stopping, "grammar": grammar_for(params.get("response_format"))}
+
+
+def complete_embedded(
+    messages: list[dict[str, Any]] | None,
+    params: dict[str, Any],
+    *,
+    prompt: str | None = None,
+    model: str = EMBEDDED_MODEL,
+    response: ModelResponse | None = None,
+) -> ModelResponse:
+    """Run the embedded model ``model`` (``[drpo_text/]embedded/<name>``) on chat ``messages`` (chat template) or
+    on a raw ``prompt`` (no template)."""
+    runtime, tokens, options = _request(messages, params, prompt, model)
+    return model_response(model, runtime.generate(tokens, **options), len(tokens), response)
+
+
+def stream_embedded(messages: list[dict[str, Any]] | None, params: dict[str, Any], *, prompt: str | None = None,
+                    model: str = EMBEDDED_MODEL) -> tuple[TextStream, int]:
+    """``complete_embedded`` as a stream of its text (one completion: n must be 1), and the prompt's tokens."""
+    if (params.get("n") or 1) != 1:
+        raise litellm.BadRequestError("n above 1 cannot be streamed", model=model, llm_provider=EMBEDDED_PROVIDER)
+    runtime, tokens, options = _request(messages, params, prompt, model)
+    del options["n"]
+    return runtime.stream(tokens, **options), len(tokens)
 
 
 class EmbeddedLLM(CustomLLM):
@@ -340,17 +342,29 @@ class EmbeddedLLM(CustomLLM):
         model_response: ModelResponse | None = None,
         **kwargs: Any,
     ) -> ModelResponse:
-        if (optional_params or {}).get("stream"):
-            raise litellm.BadRequestError(
-                "streaming is not supported by the embedded model", model=f"{EMBEDDED_PROVIDER}/{model}",
-                llm_provider=EMBEDDED_PROVIDER
-            )
         return complete_embedded(
             messages, dict(optional_params or {}), model=f"{EMBEDDED_PROVIDER}/{model}", response=model_response
         )
 
     async def acompletion(self, model: str, messages: list, *args: Any, **kwargs: Any) -> ModelResponse:
         return await asyncio.to_thread(self.completion, model, messages, *args, **kwargs)
+
+    def streaming(self, model: str, messages: list, *args: Any, optional_params: dict | None = None,
+                  **kwargs: Any) -> Iterator[GenericStreamingChunk]:
+        """The completion's text as it is generated (see ``embedded_stream``); the last chunk has the usage."""
+        stream, prompt_tokens = stream_embedded(messages, dict(optional_params or {}),
+                                                model=f"{EMBEDDED_PROVIDER}/{model}")
+        return chunks(stream, prompt_tokens)
+
+    async def astreaming(self, model: str, messages: list, *args: Any, optional_params: dict | None = None,
+                         **kwargs: Any) -> AsyncIterator[GenericStreamingChunk]:
+        stream, prompt_tokens = await asyncio.to_thread(stream_embedded, messages, dict(optional_params or {}),
+                                                        model=f"{EMBEDDED_PROVIDER}/{model}")
+        try:
+            async for chunk in achunks(stream, prompt_tokens):
+                yield chunk
+        finally:  # closed early by its reader: stop the decoder now (an inner generator closes only when collected)
+            stream.cancel()
 
 
 def register_embedded_provider(*models: str) -> None:

@@ -22,9 +22,17 @@ from typing import Any
 import litellm
 import numpy as np
 
+from drpo_dspy.clients.embedded_models import DEFAULT_MODEL, EMBEDDED_PROVIDER
+
 logger = logging.getLogger(__name__)
 
 FAST_GRAMMAR_ENV_VAR = "DRPO_EMBEDDED_FAST_GRAMMAR"
+# Mode -> llama.cpp's own defaults for what the caller leaves out (create_chat_completion / create_completion).
+_DEFAULTS = {
+    "chat": {"temperature": 0.2, "top_p": 0.95, "repeat_penalty": 1.1},
+    "text": {"temperature": 0.8, "top_p": 0.95, "repeat_penalty": 1.0},
+}
+_EXTRA_SAMPLING = ("top_k", "min_p", "repeat_penalty", "frequency_penalty", "presence_penalty")
 _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])  # llama_token_data
 
 
@@ -135,3 +143,24 @@ def grammar_for(response_format: Any) -> Any:
         schema = response_format.get("schema")
         return _grammar(json.dumps(schema) if schema else None)
     return None  # "text"
+
+
+def sampling_options(params: dict[str, Any], mode: str, model: str = DEFAULT_MODEL.model) -> dict[str, Any]:
+    """Map OpenAI-style optional params to ``EmbeddedRuntime.generate`` keyword arguments (all but the grammar:
+    ``grammar_for(params["response_format"])``)."""
+    n = params.get("n") or 1
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise litellm.BadRequestError(
+            f"n must be a positive integer, got {n!r}", model=model, llm_provider=EMBEDDED_PROVIDER
+        )
+    stop = params.get("stop") or []
+    options: dict[str, Any] = {
+        "n": n,
+        "seed": params.get("seed"),
+        "stop": [stop] if isinstance(stop, str) else list(stop),
+        "max_tokens": params.get("max_tokens") or params.get("max_completion_tokens"),
+    }
+    for key, default in _DEFAULTS[mode].items():
+        options[key] = params[key] if params.get(key) is not None else default
+    options.update({key: params[key] for key in _EXTRA_SAMPLING if params.get(key) is not None})
+    return options

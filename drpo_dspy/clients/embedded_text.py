@@ -5,6 +5,9 @@ finish reason as llama-cpp-python's non-streaming completion: an end-of-generati
 counted; a token that ends inside a multi-byte UTF-8 character defers the stop-string and length checks; the first
 stop string found cuts the text; ``max_tokens`` ends it with ``"length"``; a stopping criterion (the chat template's
 stop tokens) is asked about the tokens evaluated so far before each token is taken, and once more at the end.
+
+For streaming, ``certain()`` is the part of the text the finished completion is sure to start with: the text so far
+less a tail that could still begin a stop string (the stop would cut there), as of the last token whose checks ran.
 """
 
 from __future__ import annotations
@@ -26,6 +29,17 @@ def _vocab_is_eog(llm: Any) -> Callable[[int], bool]:
     return lambda token: bool(llama_cpp.llama_vocab_is_eog(vocab, token))
 
 
+def _open_stop(text: bytes, stops: list[bytes]) -> int:
+    """Length of the longest tail of ``text`` that is the beginning of a stop string (none is in ``text``)."""
+    longest = 0
+    for stop in stops:
+        for size in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:size]):
+                longest = size
+                break
+    return longest
+
+
 class CompletionText:
     """Feed sampled tokens with ``add``; it says when the completion is over, and ``sample()`` gives the result."""
 
@@ -42,6 +56,8 @@ class CompletionText:
         self._text = b""
         self._finish = "length"
         self._multibyte_fix = 0
+        self._checked = b""  # the text as of the last stop-string check
+        self._certain = 0  # bytes of it the finished text will start with
         self.done = False
 
     def _criteria(self) -> bool:
@@ -76,11 +92,16 @@ class CompletionText:
             self._text = text[: text.index(found[0])]
             self._finish = "stop"
             return self._end()
+        self._checked, self._certain = text, len(text) - _open_stop(text, self.stop)
         if len(self.tokens) >= self.max_tokens:
             self._text = text
             self._finish = "length"
             return self._end()
         return False
+
+    def certain(self) -> bytes:
+        """The text's bytes that are final whatever comes next (all of them once the completion is finished)."""
+        return self._text if self.done else self._checked[: self._certain]
 
     def _detokenize(self) -> bytes:
         return self._llm.detokenize(self.tokens, prev_tokens=self.prompt)

@@ -15,6 +15,9 @@ Bit-identical outputs, whichever worker runs a request and whatever runs beside 
 - each request gets the sampler chain llama-cpp-python builds (penalties, grammar, seed), and its text is
   assembled as ``create_completion`` assembles it (``embedded_text.py``).
 
+A streamed request (``Job.stream``, see ``embedded_stream.py``) is decoded the same way; its worker hands the text
+over after each token and stops at the next token once the reader has gone.
+
 Switches: ``$DRPO_EMBEDDED_PARALLEL=0`` keeps one request at a time through llama-cpp-python; ``$DRPO_EMBEDDED_WORKERS``
 (default: the usable cores, at most 4). Each worker holds a full context's KV cache (about 23 KB per token on
 SmolLM2-135M, 190 MB at 8192 tokens), allocated when it first runs.
@@ -32,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from drpo_dspy.clients.embedded_cache import PrefixStateCache, TokenStats, common_prefix_length, reusable_length
+from drpo_dspy.clients.embedded_stream import StreamCancelled, TextStream
 from drpo_dspy.clients.embedded_text import CompletionText
 from drpo_dspy.clients.providers import Sample
 
@@ -94,6 +98,15 @@ class Job:
     done: threading.Event = field(default_factory=threading.Event)
     sample: Sample | None = None
     error: BaseException | None = None
+    stream: TextStream | None = None  # a streamed job hands its text over token by token
+
+    def settle(self, error: BaseException | None = None) -> None:
+        """The job is over (with ``error`` if it failed): wake whoever waits or reads."""
+        if error is not None:
+            self.error = error
+        if self.stream is not None and self.error is not None:
+            self.stream.fail(self.error)
+        self.done.set()
 
 
 class _ContextRef:
@@ -147,10 +160,13 @@ class _Worker:
                 job.error = exc
             finally:
                 owner.busy_changed(-1)
-                job.done.set()
+                job.settle()
 
     def serve(self, job: Job) -> None:
         owner = self.owner
+        if job.stream is not None and job.stream.cancelled.is_set():
+            job.error = StreamCancelled("the stream's reader went away before it started")
+            return
         self.context()
         with owner.lock:  # the sampler is built from the shared Llama's settings
             owner.llm.set_seed(job.seed)
@@ -161,19 +177,25 @@ class _Worker:
             prompt_done = time.perf_counter()
             text = CompletionText(owner.llm, job.tokens, stop=job.stop, stopping=job.stopping,
                                   max_tokens=job.max_tokens)
-            position = len(job.tokens)
+            position, stream = len(job.tokens), job.stream
             while not text.add(sampler.sample(self.ref, last)):
+                if stream is not None and stream.offer(text.certain()):
+                    break  # the reader has gone: the context is left as after a finished completion
                 self.decode([text.tokens[-1]], position, logits_for_last=True)
                 position += 1
                 last = 0
-            sample = text.sample()
             self.prompt = list(job.tokens)
             with owner.lock:
                 stats: TokenStats = owner.stats()
-                stats.generated_tokens += sample.completion_tokens
+                stats.generated_tokens += len(text.tokens)
                 stats.prompt_seconds += prompt_done - started
                 stats.decode_seconds += time.perf_counter() - prompt_done
-            job.sample = sample
+            if not text.done:
+                job.error = StreamCancelled("the stream's reader went away")
+                return
+            job.sample = text.sample()
+            if stream is not None:
+                stream.finish(job.sample, text.certain())
         finally:
             close = getattr(sampler, "close", None)
             if close is not None:
@@ -298,8 +320,8 @@ class ParallelDecoder:
         self.peak_busy = 0
         self._closed = False
 
-    def run(self, jobs: Sequence[Job]) -> list[Sample]:
-        """Queue ``jobs``, wait for all, and return their samples in order (the first failure is raised)."""
+    def submit(self, jobs: Sequence[Job]) -> None:
+        """Queue ``jobs`` without waiting (a streamed job reports through its stream)."""
         with self._cond:
             if self._closed:
                 raise RuntimeError("the embedded model's parallel decoder is closed")
@@ -309,6 +331,10 @@ class ParallelDecoder:
                 worker.thread.start()
             self._pending.extend(jobs)
             self._cond.notify_all()
+
+    def run(self, jobs: Sequence[Job]) -> list[Sample]:
+        """Queue ``jobs``, wait for all, and return their samples in order (the first failure is raised)."""
+        self.submit(jobs)
         for job in jobs:
             while not job.done.wait(1.0):
                 with self._cond:
@@ -353,8 +379,7 @@ class ParallelDecoder:
         with self._cond:
             self._closed = True
             for job in self._pending:
-                job.error = RuntimeError("the embedded model was closed")
-                job.done.set()
+                job.settle(RuntimeError("the embedded model was closed"))
             self._pending.clear()
             self._cond.notify_all()
         for worker in self._workers:

@@ -4,20 +4,24 @@
 ``raw_completion_lm(lm)`` returns a chat-type copy of ``lm`` whose model is ``drpo_text/<model>``: the ``drpo_text``
 litellm provider concatenates the message contents exactly (``"".join``) and sends that one prompt to the embedded
 model without a chat template, or to ``litellm.text_completion`` for any other model. Calls stay inside dspy.LM
-(cache, history, callbacks) and litellm, and are recorded in the user's own LM's history.
+(cache, history, callbacks) and litellm, and are recorded in the user's own LM's history. Streaming
+(``stream=True``) is real on both: the embedded model's text token by token, the remote one's as it arrives.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import dspy
 import litellm
 from litellm import CustomLLM, ModelResponse
+from litellm.types.utils import GenericStreamingChunk
 
-from drpo_dspy.clients.embedded import EMBEDDED_PROVIDER, complete_embedded, register_embedded_provider
+from drpo_dspy.clients.embedded import EMBEDDED_PROVIDER, complete_embedded, register_embedded_provider, stream_embedded
+from drpo_dspy.clients.embedded_stream import achunks, chunks, text_chunk
 from drpo_dspy.clients.providers import Sample, message_text, model_response, register_custom_provider
 
 RAW_TEXT_PROVIDER = "drpo_text"
@@ -45,18 +49,18 @@ def join_messages(messages: list[dict[str, Any]]) -> str:
     return "".join(message_text(m) for m in messages)
 
 
-def _text_completion(
+def _text_request(
     model: str,
     prompt: str,
     params: dict[str, Any],
     *,
-    api_base: str | None,
-    api_key: str | None,
-    timeout: Any,
-    headers: dict[str, Any] | None,
-    response: ModelResponse | None,
-) -> ModelResponse:
-    """Call ``litellm.text_completion`` as DSPy's ``litellm_text_completion`` does, and wrap it as a chat response."""
+    api_base: str | None = None,
+    api_key: str | None = None,
+    timeout: Any = None,
+    headers: dict[str, Any] | None = None,
+    **_: Any,
+) -> dict[str, Any]:
+    """``litellm.text_completion`` arguments, as DSPy's ``litellm_text_completion`` builds them."""
     provider, _, name = model.partition("/") if "/" in model else ("openai", "", model)
     env = (provider.upper(), provider)
     api_key = api_key or next((os.environ[f"{p}_API_KEY"] for p in env if os.environ.get(f"{p}_API_KEY")), None)
@@ -68,9 +72,14 @@ def _text_completion(
         request["timeout"] = timeout
     if headers:
         request["headers"] = headers
-    text = litellm.text_completion(
-        model=f"text-completion-openai/{name}", prompt=prompt, api_base=api_base, api_key=api_key, **request
-    )
+    return {"model": f"text-completion-openai/{name}", "prompt": prompt, "api_base": api_base, "api_key": api_key,
+            **request}
+
+
+def _text_completion(model: str, prompt: str, params: dict[str, Any], *, response: ModelResponse | None,
+                     **connection: Any) -> ModelResponse:
+    """Call ``litellm.text_completion`` and wrap its answer as a chat response."""
+    text = litellm.text_completion(**_text_request(model, prompt, params, **connection))
     samples = [Sample(c.text or "", c.finish_reason or "stop", 0) for c in text.choices]
     usage = getattr(text, "usage", None)
     prompt_tokens = getattr(usage, "prompt_tokens", 0) or 0
@@ -95,10 +104,6 @@ class RawTextLLM(CustomLLM):
         **kwargs: Any,
     ) -> ModelResponse:
         params = dict(optional_params or {})
-        if params.get("stream"):
-            raise litellm.BadRequestError(
-                "streaming is not supported by the drpo_text route", model=model, llm_provider=RAW_TEXT_PROVIDER
-            )
         prompt = join_messages(messages)
         if model.startswith(f"{EMBEDDED_PROVIDER}/"):
             return complete_embedded(
@@ -117,6 +122,38 @@ class RawTextLLM(CustomLLM):
 
     async def acompletion(self, model: str, messages: list, *args: Any, **kwargs: Any) -> ModelResponse:
         return await asyncio.to_thread(self.completion, model, messages, *args, **kwargs)
+
+    def streaming(self, model: str, messages: list, *args: Any, optional_params: dict | None = None,
+                  **kwargs: Any) -> Iterator[GenericStreamingChunk]:
+        """The raw completion's text as it is generated: the embedded model's token by token
+        (``embedded_stream``), any other model's through ``litellm.text_completion(stream=True)``."""
+        params, prompt = dict(optional_params or {}), join_messages(messages)
+        if model.startswith(f"{EMBEDDED_PROVIDER}/"):
+            stream, prompt_tokens = stream_embedded(None, params, prompt=prompt, model=f"{RAW_TEXT_PROVIDER}/{model}")
+            return chunks(stream, prompt_tokens)
+        text = litellm.text_completion(**_text_request(model, prompt, params, **kwargs), **_stream_args(params))
+        return (text_chunk(chunk) for chunk in text)
+
+    async def astreaming(self, model: str, messages: list, *args: Any, optional_params: dict | None = None,
+                         **kwargs: Any) -> AsyncIterator[GenericStreamingChunk]:
+        params, prompt = dict(optional_params or {}), join_messages(messages)
+        if model.startswith(f"{EMBEDDED_PROVIDER}/"):
+            stream, prompt_tokens = await asyncio.to_thread(
+                stream_embedded, None, params, prompt=prompt, model=f"{RAW_TEXT_PROVIDER}/{model}")
+            try:
+                async for chunk in achunks(stream, prompt_tokens):
+                    yield chunk
+            finally:
+                stream.cancel()
+            return
+        text = await litellm.atext_completion(**_text_request(model, prompt, params, **kwargs), **_stream_args(params))
+        async for piece in text:
+            yield text_chunk(piece)
+
+
+def _stream_args(params: dict[str, Any]) -> dict[str, Any]:
+    options = params.get("stream_options")
+    return {"stream": True, **({"stream_options": options} if options else {})}
 
 
 def register_raw_text_provider() -> None:
