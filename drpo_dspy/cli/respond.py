@@ -49,7 +49,7 @@ def cmd_respond(args: argparse.Namespace) -> int:
     program.load(str(args.program))
     if args.max_tokens is not None:
         program.max_tokens = args.max_tokens
-    lm = make_lm(args.model, args.api_base, args.model_type)
+    lm = make_lm(args.model, args.api_base, args.model_type, role="base")  # URL1,URL2: a pool (scale-out.md)
     check_settings("base", lm)
     print(program(query=args.query, lm=lm).response)
     return 0
