@@ -231,7 +231,7 @@ def check_settings(role: str, lm: Any) -> None:
 def replica_lines(usage: dict[str, Any]) -> list[str]:
     """One line per role served by a replica pool: each replica's answered calls and failures (from a meter's
     summary)."""
-    from drpo_dspy.clients.replica_pool import replica_usage_lines
+    from drpo_dspy.clients.metering import replica_usage_lines
 
     return replica_usage_lines(usage)
 

@@ -181,6 +181,18 @@ class Meter:
                     self._saved_replicas[role] = dict(row["replicas"])
 
 
+def replica_usage_lines(usage: dict[str, Any]) -> list[str]:
+    """One line per role with replicas in a meter's summary: each replica's answered calls and failures."""
+    lines = []
+    for role, row in usage.items():
+        replicas = row.get("replicas") or {}
+        if replicas:
+            parts = [f"{name} {r['calls']}" + (f" ({', '.join(f'{k} {n}' for k, n in r['failures'].items())})"
+                                              if r.get("failures") else "") for name, r in replicas.items()]
+            lines.append(f"Calls per replica ({role}): " + ", ".join(parts))
+    return lines
+
+
 def _role_order(role: str) -> tuple[int, str]:
     return (ROLES.index(role) if role in ROLES else len(ROLES), role)
 

@@ -378,18 +378,6 @@ def derived_num_threads(lms: Sequence[Any], floor: int) -> int:
     return max(floor, min(MAX_DERIVED_THREADS, PER_REPLICA_THREADS * largest))
 
 
-def replica_usage_lines(usage: dict[str, Any]) -> list[str]:
-    """One line per role with replicas in a meter's summary: each replica's answered calls and failures."""
-    lines = []
-    for role, row in usage.items():
-        replicas = row.get("replicas") or {}
-        if replicas:
-            parts = [f"{name} {r['calls']}" + (f" ({', '.join(f'{k} {n}' for k, n in r['failures'].items())})"
-                                              if r.get("failures") else "") for name, r in replicas.items()]
-            lines.append(f"Calls per replica ({role}): " + ", ".join(parts))
-    return lines
-
-
 def attribute_calls(role: str | None) -> contextvars.Token:
     """Count the replica calls made from here on in this context under ``role`` (the meter sets it per call)."""
     return _ROLE.set(role)

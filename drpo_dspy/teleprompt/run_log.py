@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from drpo_dspy.clients.replica_pool import replica_usage_lines
+from drpo_dspy.clients.metering import replica_usage_lines
 from drpo_dspy.primitives.events import BudgetUpdated, CandidateDropped, CandidateJudged, LevelFinished, SearchStopped
 from drpo_dspy.runs.run_dir import RunDirectory
 
