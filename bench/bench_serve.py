@@ -10,7 +10,12 @@ completion at once with a fixed DRPO-layout answer), the DRPO server in front of
 - throughput with 1, 8 and 32 concurrent clients, a fixed number of requests per level (bounded loops), direct
   and through the server (k=2 and k=0).
 
-    python bench/bench_serve.py [--requests 300] [--throughput-requests 256]
+And streaming on the embedded route: a second server with the embedded model as its base (``embedded/smollm2-135m``,
+a k=0 program) answers a query that yields a long answer (greedy, max_tokens 200), streamed (time to the first
+content chunk, time to the end of the stream, content chunks) and not streamed (time to the full answer).
+
+    python bench/bench_serve.py [--requests 300] [--throughput-requests 256] [--stream-runs 5]
+    python bench/bench_serve.py --only embedded-stream   # just the streaming part, merged into the results file
 """
 
 from __future__ import annotations
@@ -33,6 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 CANNED = "<START>\nA fixed answer from the scripted upstream.\n<END>"
 CONCURRENCY = (1, 8, 32)
+EMBEDDED_BASE = "embedded/smollm2-135m"
+LONG_QUERY = ("Explain in detail how the water cycle works, covering evaporation, condensation, precipitation and "
+              "collection.")
+STREAM_MAX_TOKENS = 200
 
 
 def free_port() -> int:
@@ -90,6 +99,21 @@ def run_server(port: int, programs: dict[str, str], upstream_port: int) -> None:
                              base_api_key="bench-no-key", reload_interval=0, port=port)
     registry = ProgramRegistry([ProgramSpec(name, Path(path)) for name, path in programs.items()])
     registry.load_all()
+    uvicorn.run(create_app(settings, registry), host="127.0.0.1", port=port, log_level="error", access_log=False)
+
+
+def run_embedded_server(port: int, program: str) -> None:
+    _quiet()
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+    import uvicorn
+
+    from drpo_dspy.serve import ProgramRegistry, ProgramSpec, ServeSettings, create_app
+
+    litellm.suppress_debug_info = True
+    registry = ProgramRegistry([ProgramSpec("aligned-embedded", Path(program))])
+    registry.load_all()
+    settings = ServeSettings(base_model=EMBEDDED_BASE, reload_interval=0, port=port)
     uvicorn.run(create_app(settings, registry), host="127.0.0.1", port=port, log_level="error", access_log=False)
 
 
@@ -168,6 +192,85 @@ async def _throughput(url: str, model: str, queries: list[str], clients: int, to
             "errors": len(errors), "first_error": errors[0] if errors else None}
 
 
+def _stream_once(client: Any, url: str, body: dict[str, Any]) -> dict[str, Any]:
+    """One streamed request: seconds to the first content chunk and to the end, content chunks, usage."""
+    started = time.perf_counter()
+    first, chunks, text, usage = None, 0, [], None
+    with client.stream("POST", url, json={**body, "stream": True, "stream_options": {"include_usage": True}}) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            usage = chunk.get("usage") or usage
+            content = chunk["choices"][0]["delta"].get("content") if chunk.get("choices") else None
+            if content:
+                first = first if first is not None else time.perf_counter() - started
+                chunks += 1
+                text.append(content)
+    return {"first": first, "end": time.perf_counter() - started, "chunks": chunks, "text": "".join(text),
+            "completion_tokens": (usage or {}).get("completion_tokens")}
+
+
+def measure_embedded_stream(url: str, runs: int, warmup: int = 1) -> dict[str, Any]:
+    """Streamed and plain requests for a long answer, interleaved; medians over ``runs``."""
+    import httpx
+
+    body = {"model": "aligned-embedded", "messages": [{"role": "user", "content": LONG_QUERY}],
+            "max_tokens": STREAM_MAX_TOKENS, "temperature": 0}
+    streamed, plain, answer = [], [], None
+    with httpx.Client(timeout=300) as client:
+        for i in range(warmup + runs):
+            one = _stream_once(client, url, body)
+            started = time.perf_counter()
+            response = client.post(url, json=body).raise_for_status()
+            elapsed, answer = time.perf_counter() - started, response.json()["choices"][0]["message"]["content"]
+            if one["text"] != answer:
+                raise RuntimeError("the streamed answer differs from the non-streamed one")
+            if i >= warmup:
+                streamed.append(one)
+                plain.append(elapsed)
+    first = statistics.median(s["first"] for s in streamed)
+    end = statistics.median(s["end"] for s in streamed)
+    return {"runs": runs, "max_tokens": STREAM_MAX_TOKENS, "query": LONG_QUERY,
+            "completion_tokens": streamed[-1]["completion_tokens"], "answer_chars": len(answer or ""),
+            "content_chunks": statistics.median(s["chunks"] for s in streamed),
+            "first_chunk_s": round(first, 3), "stream_end_s": round(end, 3),
+            "full_answer_s": round(statistics.median(plain), 3),
+            "first_over_full": round(first / statistics.median(plain), 3),
+            "first_chunk_s_all": [round(s["first"], 3) for s in streamed],
+            "full_answer_s_all": [round(p, 3) for p in plain]}
+
+
+def stream_markdown(stream: dict[str, Any]) -> str:
+    return "\n".join([
+        "| embedded route, streamed (~200-token answer) | median |", "|---|---:|",
+        f"| time to first content chunk | {stream['first_chunk_s']:.2f} s |",
+        f"| time to end of stream | {stream['stream_end_s']:.2f} s |",
+        f"| time to full answer, not streamed | {stream['full_answer_s']:.2f} s |",
+        f"| first chunk / full answer | {stream['first_over_full']:.3f} |",
+        f"| content chunks (completion tokens) | {stream['content_chunks']:.0f} ({stream['completion_tokens']}) |"])
+
+
+def run_embedded_stream(runs: int) -> dict[str, Any]:
+    """The streaming measurement against its own server process (embedded base model)."""
+    from drpo_dspy import AlignedResponder
+
+    context = multiprocessing.get_context("spawn")
+    with tempfile.TemporaryDirectory() as tmp:
+        program = str(Path(tmp) / "embedded-k0.json")
+        AlignedResponder(examples=[], k=0).save(program)
+        port = free_port()
+        child = context.Process(target=run_embedded_server, args=(port, program), daemon=True)
+        child.start()
+        try:
+            wait_ready(f"http://127.0.0.1:{port}/health")
+            return measure_embedded_stream(f"http://127.0.0.1:{port}/v1/chat/completions", runs)
+        finally:
+            child.terminate()
+            child.join(timeout=10)
+
+
 def markdown(latency: dict[str, dict[str, float]], overhead: dict[str, dict[str, float]],
              throughput: dict[str, dict[str, Any]]) -> str:
     lines = ["| path | p50 ms | p99 ms |", "|---|---:|---:|"]
@@ -192,9 +295,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--throughput-requests", type=int, default=256, help="requests per concurrency level")
     parser.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)), help="client counts, comma-separated")
+    parser.add_argument("--stream-runs", type=int, default=5, help="streamed requests on the embedded route")
+    parser.add_argument("--only", choices=("all", "embedded-stream"), default="all",
+                        help="embedded-stream: measure only streaming and merge it into the results file")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "serve.json")
     args = parser.parse_args(argv)
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    if args.only == "embedded-stream":
+        return _only_embedded_stream(args)
     from drpo_dspy import AlignedResponder
     from drpo_dspy.datasets import load_train_queries
 
@@ -237,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
             for child in children:
                 child.terminate()
                 child.join(timeout=10)
+    stream = run_embedded_stream(args.stream_runs) if args.stream_runs > 0 else None
     import fastapi
     import litellm
     import uvicorn
@@ -250,15 +359,31 @@ def main(argv: list[str] | None = None) -> int:
               "base_model": "openai/fast-upstream via litellm", "queries": "first 50 bundled training queries",
               "programs": {"k2": "built-in seed bank (16 examples), default MiniLM embedder", "k0": "no retrieval"}}
     table = markdown(latency, overhead, throughput)
+    if stream is not None:
+        table += "\n\n" + stream_markdown(stream)
     print(table)
     print(f"\nmeasured in {total:.0f}s on {machine['cpus']} CPUs (client, server and upstream share them); "
           f"load average {machine['load_average_1min']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"config": config, "machine": machine, "latency_ms": latency,
                                     "overhead_ms": overhead, "throughput": throughput,
-                                    "markdown": table,
+                                    "embedded_stream": stream, "markdown": table,
                                     "seconds": round(total, 1)}, indent=1), encoding="utf-8")
     print(f"wrote {args.out.name}")
+    return 0
+
+
+def _only_embedded_stream(args: argparse.Namespace) -> int:
+    load_before = os.getloadavg()
+    stream = run_embedded_stream(args.stream_runs)
+    stream["load_average_1min"] = {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)}
+    table = stream_markdown(stream)
+    print(table)
+    results = json.loads(args.out.read_text(encoding="utf-8")) if args.out.exists() else {}
+    results["embedded_stream"] = stream
+    results["markdown"] = results.get("markdown", "").split("\n\n| embedded route")[0] + "\n\n" + table
+    args.out.write_text(json.dumps(results, indent=1), encoding="utf-8")
+    print(f"wrote {args.out.name} (embedded_stream merged)")
     return 0
 
 
