@@ -19,7 +19,8 @@ from drpo_dspy.serve.conversation import content_text, example_pairs
 from drpo_dspy.serve.errors import bad_request
 
 _SYSTEM_ROLES = ("system", "developer")
-_KEPT = ("role", "content", "name", "tool_calls", "tool_call_id")
+_KEPT = {"user": ("role", "content", "name"), "assistant": ("role", "content", "name", "tool_calls"),
+         "tool": ("role", "content", "tool_call_id")}
 EXAMPLES_HEADER = ("Examples of good answers (they show how to answer; they are not part of this "
                    "conversation):")
 
@@ -60,7 +61,7 @@ def _tool_calls(calls: Any, index: int) -> list[dict[str, Any]]:
 
 def _kept(message: dict[str, Any]) -> dict[str, Any]:
     """The message as forwarded: its OpenAI fields, without the empty ones clients echo back (refusal, audio)."""
-    kept = {key: message[key] for key in _KEPT if message.get(key) is not None}
+    kept = {key: message[key] for key in _KEPT[message["role"]] if message.get(key) is not None}
     if message["role"] == "assistant":
         kept.setdefault("content", None if kept.get("tool_calls") else "")
     return kept

@@ -48,9 +48,9 @@ async def answer_chunks(writer: ChunkWriter, deltas: AsyncIterator[Delta], *, n:
             states[index] = ChoiceState(AnswerStream(parts))
         return states[index]
 
-    if writer.kind == "chat":
-        for index in range(n):
-            state(index)
+    for index in range(n):  # every choice gets its final chunk, even one the upstream never wrote to
+        state(index)
+        if writer.kind == "chat":
             yield writer.chunk(None, role=True, index=index)
     async for delta in deltas:
         result.tokens = delta.usage or result.tokens
