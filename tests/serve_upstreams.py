@@ -175,3 +175,15 @@ class FakeOpenAI:
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")
+
+
+def needs_llama_cpp() -> None:
+    """Skip unless llama-cpp-python is installed, without importing it: llama.cpp must first load when the embedded
+    runtime loads it, after it has set how its threads wait (``clients/embedded_threads.py``); loaded earlier, its
+    threads spin and generation on a busy machine slows several-fold."""
+    import importlib.util
+
+    import pytest
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama-cpp-python is not installed")

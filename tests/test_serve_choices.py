@@ -14,7 +14,7 @@ import pytest
 openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi")
 
-from serve_upstreams import FakeOpenAI, Reply, recorded_model  # noqa: E402
+from serve_upstreams import FakeOpenAI, Reply, needs_llama_cpp, recorded_model  # noqa: E402
 
 from drpo_dspy import AlignedResponder  # noqa: E402
 from drpo_dspy.retrievers.embedders import HashingEmbedder  # noqa: E402
@@ -143,7 +143,7 @@ def test_a_bad_base_model_exits_2_before_the_server_binds(tmp_path: Path, monkey
 
     from drpo_dspy.serve import command
 
-    pytest.importorskip("llama_cpp")
+    needs_llama_cpp()
     path = tmp_path / "program.json"
     AlignedResponder("Be kind.", [("Greet me.", "Hello!")], k=1, embedder=HashingEmbedder()).save(str(path))
     bound: list[Any] = []

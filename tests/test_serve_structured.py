@@ -18,7 +18,7 @@ import pytest
 openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi")
 
-from serve_upstreams import RecordedModel, Reply, recorded_model  # noqa: E402
+from serve_upstreams import RecordedModel, Reply, needs_llama_cpp, recorded_model  # noqa: E402
 
 from drpo_dspy import AlignedResponder  # noqa: E402
 from drpo_dspy.retrievers.embedders import HashingEmbedder  # noqa: E402
@@ -163,19 +163,22 @@ PERSON_FORMAT = {"type": "json_schema", "json_schema": {"name": "person", "schem
 @pytest.mark.embedded
 @pytest.mark.parametrize("route", ["chat", "text"])
 def test_the_embedded_models_answer_always_parses(tmp_path: Path, route: str) -> None:
-    pytest.importorskip("llama_cpp")
+    needs_llama_cpp()
     s = Served(tmp_path, "embedded/smollm2-135m", base_model_type=route)
+    ask = {"model": "aligned", "temperature": 0, "max_tokens": 48, "extra_body": {"response_format": PERSON_FORMAT}}
     try:
         if route == "chat":
-            answer = s.client.chat.completions.create(
-                model="aligned", temperature=0, max_tokens=48, response_format=PERSON_FORMAT,
-                messages=[{"role": "user", "content": "Describe a famous scientist."}]).choices[0].message.content
+            messages = [{"role": "user", "content": "Describe a famous scientist."}]
+            answer = s.client.chat.completions.create(messages=messages, **ask).choices[0].message.content
+            streamed = "".join(c.choices[0].delta.content or "" for c in s.client.chat.completions.create(
+                messages=messages, stream=True, **ask) if c.choices)
         else:  # the raw DRPO document, the answer shaped by the grammar
-            answer = s.post("/completions", {"model": "aligned", "prompt": "Describe a famous scientist.",
-                                             "temperature": 0, "max_tokens": 48,
-                                             "response_format": PERSON_FORMAT}).json()["choices"][0]["text"]
+            answer = s.client.completions.create(prompt="Describe a famous scientist.", **ask).choices[0].text
+            streamed = "".join(c.choices[0].text for c in s.client.completions.create(
+                prompt="Describe a famous scientist.", stream=True, **ask) if c.choices)
     finally:
         s.server.stop()
+    assert streamed == answer  # token by token through the grammar, the same JSON
     person = json.loads(answer)
     assert set(PERSON["required"]) <= set(person)
     assert isinstance(person["name"], str) and isinstance(person["age"], int)

@@ -17,7 +17,7 @@ import pytest
 openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi")
 
-from serve_upstreams import RecordedModel, Reply, recorded_model  # noqa: E402
+from serve_upstreams import RecordedModel, Reply, needs_llama_cpp, recorded_model  # noqa: E402
 
 from drpo_dspy import AlignedResponder  # noqa: E402
 from drpo_dspy.retrievers.embedders import HashingEmbedder  # noqa: E402
@@ -259,7 +259,7 @@ def test_which_routes_take_tools(route: Route, refusal: str | None) -> None:
 
 
 def test_the_embedded_base_refuses_tools_with_a_clear_400(tmp_path: Path) -> None:
-    pytest.importorskip("llama_cpp")
+    needs_llama_cpp()
     s = Served(tmp_path, "embedded/smollm2-135m")
     try:
         with pytest.raises(openai.BadRequestError) as tools:
