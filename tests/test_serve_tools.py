@@ -273,3 +273,10 @@ def test_the_embedded_base_refuses_tools_with_a_clear_400(tmp_path: Path) -> Non
     for caught in (tools, history):
         assert "the embedded model cannot call tools" in caught.value.body["message"]
         assert caught.value.body["code"] == "unsupported_parameter"
+
+
+def test_tools_on_the_completions_endpoint_are_an_unknown_argument(served: Served, model: RecordedModel) -> None:
+    response = httpx.post(served.server.base_url + "/completions", timeout=30,
+                          json={"model": "aligned", "prompt": QUESTION, "tools": [WEATHER]})
+    assert response.status_code == 400 and not model.requests
+    assert response.json()["error"]["message"] == "Unrecognized request argument supplied: tools"

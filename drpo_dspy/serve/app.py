@@ -27,7 +27,7 @@ from drpo_dspy.serve.access_log import AccessLogMiddleware, log_exchange
 from drpo_dspy.serve.admission import Admission
 from drpo_dspy.serve.answers import answer_of
 from drpo_dspy.serve.conversation import Conversation, conversation_messages, parse_messages, parse_prompt
-from drpo_dspy.serve.decoding import CHAT_FIELDS, COMPLETION_FIELDS, Decoding, parse_decoding
+from drpo_dspy.serve.decoding import CHAT_FIELDS, COMPLETION_FIELDS, Decoding, check_fields, parse_decoding
 from drpo_dspy.serve.errors import APIError, bad_request, missing_key, too_large, unknown_model, upstream_error
 from drpo_dspy.serve.features import Features, Route, parse_features
 from drpo_dspy.serve.payloads import ChunkWriter, completion_body, model_card, program_headers
@@ -177,6 +177,7 @@ def create_app(settings: ServeSettings, registry: ProgramRegistry, upstream: Ups
     async def chat_completions(request: Request) -> Any:
         body = await read_body(request)
         program = choose_program(request, body)
+        check_fields(body, CHAT_FIELDS)
         messages = body.get("messages")
         features = parse_features(body, "chat", route, tool_messages=has_tool_messages(messages))
         if features.layout == "plain":
@@ -191,6 +192,7 @@ def create_app(settings: ServeSettings, registry: ProgramRegistry, upstream: Ups
     async def completions(request: Request) -> Any:
         body = await read_body(request)
         program = choose_program(request, body)
+        check_fields(body, COMPLETION_FIELDS)
         conversation: AnyConversation = parse_prompt(body.get("prompt"))
         features = parse_features(body, "text", route)
         if features.layout == "plain":

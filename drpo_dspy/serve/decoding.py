@@ -76,7 +76,8 @@ def _stops(value: Any) -> list[str]:
     return stops
 
 
-def _check_fields(body: dict[str, Any], allowed: set[str]) -> None:
+def check_fields(body: dict[str, Any], allowed: set[str]) -> None:
+    """400 for an argument the OpenAI API does not define here, or one this server cannot honour."""
     for name, value in body.items():
         if name in _UNSUPPORTED and value not in (None, [], {}, ["text"]):
             raise bad_request(f"'{name}': {_UNSUPPORTED[name]} is not supported by an aligned DRPO program",
@@ -109,7 +110,7 @@ def parse_decoding(body: dict[str, Any], settings: ServeSettings, *, allowed: se
     server's default applies. A program's cap is held to the server's limit; a client's above it is a 400.
     """
     defaults = dict(defaults or {})
-    _check_fields(body, allowed)
+    check_fields(body, allowed)
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise bad_request("'stream' must be true or false", param="stream", code="invalid_type")
