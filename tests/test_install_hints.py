@@ -40,7 +40,7 @@ def test_the_patterns_find_extras():
 
 def test_every_extra_named_in_docs_notebooks_and_messages_exists():
     texts = _texts()
-    assert "README.md" in texts and "notebooks/build_notebooks.py" in texts
+    assert "README.md" in texts and "notebooks/01_quickstart.ipynb" in texts
     unknown = [f"{path}:{line}: [{name}]" for path, text in texts.items() for line, name in _mentions(text)
                if name not in EXTRAS]
     assert unknown == [], f"extras that pyproject.toml does not define (it has {sorted(EXTRAS)})"
@@ -55,4 +55,4 @@ def test_drpo_serve_points_at_the_extra_that_holds_its_web_stack():
                    if path == "docs/serve.md" or path.startswith("drpo_dspy/serve/")}
     named = {(path, name) for path, text in about_serve.items() for _, name in _mentions(text)}
     assert named and all(name in web for _, name in named), named
-    assert 'pip install "drpo-dspy[serve]"' in texts["drpo_dspy/serve/command.py"]
+    assert 'pip install "drpo-dspy[serve]"' in texts["drpo_dspy/cli/serve.py"]
