@@ -476,7 +476,7 @@ def test_serve_command(tmp_path: Path, program_file: Path, monkeypatch: pytest.M
                        capsys: pytest.CaptureFixture) -> None:
     import argparse
 
-    from drpo_dspy.serve import command
+    from drpo_dspy.cli import serve as command
 
     parser = argparse.ArgumentParser(prog="drpo")
     command.add_parser(parser.add_subparsers(dest="command"))
@@ -651,7 +651,7 @@ def test_the_server_holds_a_slow_base_model_to_its_timeout(program_file: Path) -
 
 def test_drpo_serve_is_a_drpo_command(program_file: Path) -> None:
     from drpo_dspy.cli import build_parser
-    from drpo_dspy.serve import command
+    from drpo_dspy.cli import serve as command
 
     args = build_parser().parse_args(["serve", str(program_file), "--port", "8123"])
     settings, specs = command.settings_from_args(args)

@@ -141,7 +141,7 @@ def test_a_bad_base_model_exits_2_before_the_server_binds(tmp_path: Path, monkey
                                                           message: str) -> None:
     import uvicorn
 
-    from drpo_dspy.serve import command
+    from drpo_dspy.cli import serve as command
 
     needs_llama_cpp()
     path = tmp_path / "program.json"
