@@ -7,6 +7,7 @@ package, and starting the ``drpo`` command, does not import DSPy, litellm or tor
 from __future__ import annotations
 
 import importlib
+import warnings
 from typing import Any
 
 from drpo_dspy.clients import offline_defaults as _offline
@@ -14,6 +15,9 @@ from drpo_dspy.log_stream import configure_package_logger as _configure_logger
 
 _offline.apply_offline_defaults()
 _configure_logger(__name__)  # INFO progress through DSPy's stream: dspy.disable_logging() silences it too
+# In Jupyter without ipywidgets, importing tqdm.auto (DSPy, transformers) warns "IProgress not found" although its
+# text progress bars work; only that notice is hidden.
+warnings.filterwarnings("ignore", message="IProgress not found")
 
 _EXPORTS = {
     "DEFAULT_INSTRUCTIONS": "drpo_dspy.modules.aligned_responder",

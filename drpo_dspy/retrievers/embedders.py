@@ -11,6 +11,7 @@ Every embedder returns float32 ``(n, dim)`` arrays whose rows are L2-normalised,
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import re
@@ -18,7 +19,7 @@ import threading
 import unicodedata
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +149,24 @@ def _in_hf_cache(repo_id: str) -> bool:
     return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
 
 
+@contextlib.contextmanager
+def _no_load_bars() -> Iterator[None]:
+    """No "Loading weights 100%" bar from transformers while our embedder loads (a notebook would keep it as output);
+    the user's own setting is restored afterwards."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        yield
+        return
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 class SentenceTransformerEmbedder(Embedder):
     """A sentence-transformers model, loaded lazily; ``encode`` holds a lock around the model.
 
@@ -204,7 +223,8 @@ class SentenceTransformerEmbedder(Embedder):
                     "SentenceTransformerEmbedder needs sentence-transformers: `pip install sentence-transformers`"
                 ) from exc
             try:
-                model = SentenceTransformer(self._source, device=self.device)
+                with _no_load_bars():
+                    model = SentenceTransformer(self._source, device=self.device)
             except Exception as exc:
                 raise EmbedderLoadError(f"could not load sentence-transformers model {self._source!r}: {exc}") from exc
             get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension

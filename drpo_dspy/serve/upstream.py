@@ -2,9 +2,10 @@
 
 Chat base models get the DRPO-layout messages; text (base) models get them through the ``drpo_text`` route, which
 concatenates the contents into one raw prompt exactly as ``AlignedResponder`` does for ``model_type="text"``.
-Providers that cannot stream (the embedded model, scripted test providers, the raw-text route) are called once and
-their answer is streamed as it arrives from that call; so are ``n > 1`` streams from custom providers (litellm's
-custom-provider stream carries one choice). Tool calls and token logprobs come back with each choice or delta.
+Providers that stream (built-in ones, the embedded model, the raw-text route over either) deliver token by token;
+a custom provider that cannot (scripted test providers) is called once and its answer streamed as it arrives from
+that call; so are ``n > 1`` streams from custom providers (litellm's custom-provider stream carries one choice).
+Tool calls and token logprobs come back with each choice or delta.
 """
 
 from __future__ import annotations
