@@ -10,6 +10,7 @@ import pytest
 
 from drpo_dspy import AlignedResponder
 from drpo_dspy.adapters.drpo_layout import build_messages
+from drpo_dspy.primitives.fidelity import PAPER
 from drpo_dspy.serve.conversation import Conversation, conversation_messages, example_pairs, layout_messages
 from drpo_dspy.testing import last_user_text, scripted_lm
 
@@ -103,11 +104,11 @@ def test_bad_history_fails_before_any_lm_call(history, message):
 def test_paper_layout_has_no_conversations():
     seen: list = []
     with pytest.raises(ValueError, match="single-turn"):
-        responder().respond_with("P", "Why?", lm=recording_lm(seen), paper_layout=True, history=HISTORY)
+        responder().respond_with("P", "Why?", lm=recording_lm(seen), fidelity=PAPER, history=HISTORY)
     assert seen == []
     # without history the paper layout is unchanged
-    assert responder(k=0).messages_for("Why?", paper_layout=True) == build_messages("Be honest.", [], "Why?",
-                                                                                     paper=True)
+    assert responder(k=0).messages_for("Why?", fidelity=PAPER) == build_messages("Be honest.", [], "Why?",
+                                                                                 paper=True)
 
 
 def test_text_models_read_one_continuous_document(monkeypatch):

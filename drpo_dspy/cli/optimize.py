@@ -127,8 +127,6 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         search["probe_queries"] = _load_queries(Path(o["probe_queries"]), None)
     elif o.get("resume_probe_queries"):
         search["probe_queries"] = list(o["resume_probe_queries"])
-    if o.get("paper_mode") and "max_tokens" not in o:
-        search["answer_max_tokens"] = 2048
     drpo = DRPO(base_lm=lms["base"], metrics_lm=lms["metrics"], judge_lm=lms["judge"], optimizer_lm=lms["optimizer"],
                 k=k, log_dir=log_dir, progress=not o.get("no_progress"), **search)
     if o.get("dry_run"):  # an estimate calls nothing: no key, no server address needed; unknown prices named

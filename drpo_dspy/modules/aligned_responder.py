@@ -47,6 +47,7 @@ from drpo_dspy.modules.responder_state import (
     check_demo_mode,
     check_k,
 )
+from drpo_dspy.primitives.fidelity import DEFAULT, Fidelity
 from drpo_dspy.primitives.history import conversation_turns
 
 logger = logging.getLogger(__name__)
@@ -244,72 +245,72 @@ class AlignedResponder(dspy.Module):
         return raw
 
     def _request(self, query: str, turns: tuple, demos: list, retrieved: list, instructions: str | None,
-                 paper_layout: bool) -> tuple[DRPOLayoutAdapter, dict[str, Any], list[tuple[str, str]]]:
+                 fidelity: Fidelity) -> tuple[DRPOLayoutAdapter, dict[str, Any], list[tuple[str, str]]]:
         """The adapter and the predictor's arguments for one call (no LM chosen yet), and the examples shown."""
         shown = in_context(demos, [(e.shown_query, e.answer) for e in retrieved], self.demo_mode)
         signature = self.respond.signature
         if instructions is not None:
             signature = signature.with_instructions(instructions)
         arguments = {"query": query, "demos": [{"query": q, "response": a} for q, a in shown], "signature": signature}
-        return DRPOLayoutAdapter(paper=paper_layout, history=turns, layout=self.layout), arguments, shown
+        return DRPOLayoutAdapter(paper=fidelity.original_layout, history=turns, layout=self.layout), arguments, shown
 
     def request_settings(self, lm: Any = None, config: dict | None = None) -> dict[str, Any]:
         """What a call sends besides the prompt (stops, temperature, answer cap), as :meth:`forward` sends it."""
         return self._config(config, lm or self.respond.lm or dspy.settings.lm)
 
-    def _config(self, config: dict | None, lm: Any, paper_layout: bool = False) -> dict[str, Any]:
+    def _config(self, config: dict | None, lm: Any, fidelity: Fidelity = DEFAULT) -> dict[str, Any]:
         """The call's settings: stops, then the saved decoding, then ``config``; an answer cap is always sent
         (the LM's own when this module has none, else the default), never left to a server's default."""
-        merged = {"stop": stop_sequences(paper_layout), **self.decoding.config(), **(config or {})}
+        merged = {"stop": stop_sequences(fidelity.original_layout), **self.decoding.config(), **(config or {})}
         if merged.get("max_tokens") is None and merged.get("max_completion_tokens") is None:
             own = getattr(lm, "kwargs", {}) or {}
             merged["max_tokens"] = own.get("max_tokens") or own.get("max_completion_tokens") or DEFAULT_MAX_TOKENS
         return merged
 
-    def _prepare(self, query: str, history: Any, instructions: str | None, paper_layout: bool = False
+    def _prepare(self, query: str, history: Any, instructions: str | None, fidelity: Fidelity = DEFAULT
                  ) -> tuple[tuple, list]:
         """Validate the call's inputs before any retrieval or LM call."""
         _check_query(query)
         if instructions is not None and (not isinstance(instructions, str) or not instructions.strip()):
             raise ValueError("instructions must be a non-empty string")
         turns = conversation_turns(history)
-        if turns and paper_layout:
+        if turns and fidelity.original_layout:
             raise ValueError("the paper layout is single-turn: it has no place for a conversation's earlier turns")
         return turns, demo_pairs(self.respond.demos)
 
     def messages_for(self, query: str, history: Any = None, *, instructions: str | None = None,
-                     paper_layout: bool = False) -> list[dict[str, str]]:
+                     fidelity: Fidelity = DEFAULT) -> list[dict[str, str]]:
         """Exactly the chat messages a call with these inputs sends (a text model gets their contents joined).
 
         ``instructions`` lays the call out under other instructions, as :meth:`respond_with` answers.
         """
-        turns, demos = self._prepare(query, history, instructions, paper_layout)
+        turns, demos = self._prepare(query, history, instructions, fidelity)
         retrieved = self.retrieve(query) if self._needs_retrieval(demos) else []
-        adapter, arguments, _ = self._request(query, turns, demos, retrieved, instructions, paper_layout)
+        adapter, arguments, _ = self._request(query, turns, demos, retrieved, instructions, fidelity)
         return adapter.format(arguments["signature"], arguments["demos"], {"query": query})
 
     def _call(self, query: str, history: Any, instructions: str | None, lm: Any, config: dict | None,
-              paper_layout: bool = False) -> tuple[str, list[tuple[str, str]]]:
-        turns, demos = self._prepare(query, history, instructions, paper_layout)
+              fidelity: Fidelity = DEFAULT) -> tuple[str, list[tuple[str, str]]]:
+        turns, demos = self._prepare(query, history, instructions, fidelity)
         retrieved = self.retrieve(query) if self._needs_retrieval(demos) else []
-        adapter, arguments, shown = self._request(query, turns, demos, retrieved, instructions, paper_layout)
+        adapter, arguments, shown = self._request(query, turns, demos, retrieved, instructions, fidelity)
         lm = self._lm_for_call(lm)
         with dspy.context(adapter=adapter):
             try:
-                pred = self.respond(**arguments, lm=lm, config=self._config(config, lm, paper_layout))
+                pred = self.respond(**arguments, lm=lm, config=self._config(config, lm, fidelity))
             except AdapterParseError:  # the model returned nothing at all
                 pred = None
         return _answer(pred, query), shown
 
     async def _acall(self, query: str, history: Any, instructions: str | None, lm: Any, config: dict | None,
-                     paper_layout: bool = False) -> tuple[str, list[tuple[str, str]]]:
-        turns, demos = self._prepare(query, history, instructions, paper_layout)
+                     fidelity: Fidelity = DEFAULT) -> tuple[str, list[tuple[str, str]]]:
+        turns, demos = self._prepare(query, history, instructions, fidelity)
         retrieved = await asyncio.to_thread(self.retrieve, query) if self._needs_retrieval(demos) else []
-        adapter, arguments, shown = self._request(query, turns, demos, retrieved, instructions, paper_layout)
+        adapter, arguments, shown = self._request(query, turns, demos, retrieved, instructions, fidelity)
         lm = self._lm_for_call(lm)
         with dspy.context(adapter=adapter):
             try:
-                pred = await self.respond.acall(**arguments, lm=lm, config=self._config(config, lm, paper_layout))
+                pred = await self.respond.acall(**arguments, lm=lm, config=self._config(config, lm, fidelity))
             except AdapterParseError:
                 pred = None
         return _answer(pred, query), shown
@@ -337,11 +338,11 @@ class AlignedResponder(dspy.Module):
                 logger.debug("batched query embedding failed; answering without it", exc_info=True)
         return super().batch(examples, *args, **kwargs)
 
-    def respond_with(self, instructions: str, query: str, *, lm: Any = None, paper_layout: bool = False,
+    def respond_with(self, instructions: str, query: str, *, lm: Any = None, fidelity: Fidelity = DEFAULT,
                      history: Any = None) -> str:
         """Answer ``query`` under other ``instructions`` without changing this module (used by the search);
-        ``paper_layout`` formats the prompt as the original code does during its search."""
-        return self._call(query, history, instructions, lm, None, paper_layout)[0]
+        ``fidelity=PAPER`` formats the prompt as the original code does during its search."""
+        return self._call(query, history, instructions, lm, None, fidelity)[0]
 
     # -- saving and loading --------------------------------------------------------------------------------
     def dump_state(self, json_mode: bool = True) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from drpo_dspy.adapters.field_markers import neutralize_field_markers
 from drpo_dspy.adapters.typed_calls import call_typed, requests_per_call, sampling_config, supports_schema
 from drpo_dspy.clients.budget import Budget, BudgetExhausted, guarded
 from drpo_dspy.clients.metering import Meter
+from drpo_dspy.primitives.fidelity import DEFAULT, Fidelity
 from drpo_dspy.rewards.aspects import AspectCatalogue, normalize_aspect_name
 from drpo_dspy.signatures import (
     JudgeResponse,
@@ -127,7 +128,7 @@ class Judgment:
 class RewardJudge:
     """Aspect selection (cached per query and model) plus judging, with failures counted in a ``Meter``.
 
-    ``paper_mode`` uses the original code's judge wording and one request per call (no JSON retry of an
+    A ``PAPER`` fidelity policy uses the original code's judge wording and one request per call (no JSON retry of an
     unreadable reply). An LM error is counted and, when systemic, stops the run (``SystemicFailure``); an
     unreadable judgment is a missing reward, counted.
     """
@@ -144,7 +145,7 @@ class RewardJudge:
         strict: bool = False,
         cache: dict[str, dict[str, Any]] | None = None,
         budget: Budget | None = None,
-        paper_mode: bool = False,
+        fidelity: Fidelity = DEFAULT,
     ):
         if not 1 <= min_aspects <= max_aspects:
             raise ValueError(f"need 1 <= min_aspects <= max_aspects, got {min_aspects}, {max_aspects}")
@@ -152,10 +153,10 @@ class RewardJudge:
         self.catalogue = catalogue or AspectCatalogue()
         self.meter = meter or Meter()
         self.min_aspects, self.max_aspects = min_aspects, max_aspects
-        self.paper_mode = paper_mode
+        self.fidelity = fidelity
         self._select = dspy.Predict(SelectAspectsStrict if strict else SelectAspects)
-        self._judge = dspy.Predict(JudgeResponseStrict if strict else JudgeResponsePaper if paper_mode
-                                   else JudgeResponse)
+        wording = JudgeResponsePaper if fidelity.judge_wording == "paper" else JudgeResponse
+        self._judge = dspy.Predict(JudgeResponseStrict if strict else wording)
         self._cache: dict[str, dict[str, Any]] = dict(cache or {})
         self.budget = budget
         self._lock = threading.Lock()
@@ -212,7 +213,7 @@ class RewardJudge:
         signature = self._select.signature
         if supports_schema(self.metrics_lm):  # schema-enforcing provider: only catalogue names can come out
             signature = selector_signature(signature, tuple(self.catalogue.names))
-        single = self.paper_mode
+        single = self.fidelity.single_request
         try:
             with guarded(self.budget, self.metrics_lm, len(query) + len(menu),
                          requests=requests_per_call(self.metrics_lm, single_request=single)), \
@@ -279,7 +280,7 @@ class RewardJudge:
         aspects = [self.catalogue.get(name) for name in selection.aspects]
         rubrics = "\n\n".join(a.render() for a in aspects)
         names = tuple(a.name for a in aspects)
-        single = self.paper_mode
+        single = self.fidelity.single_request
         try:
             with guarded(self.budget, self.judge_lm, len(query) + len(response) + len(rubrics),
                          requests=requests_per_call(self.judge_lm, single_request=single)), \

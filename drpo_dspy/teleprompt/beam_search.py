@@ -11,7 +11,6 @@ not rewritten: its prompt carries to the next level and the depth limit grows by
 from __future__ import annotations
 
 import contextvars
-import json
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -43,32 +42,12 @@ from drpo_dspy.teleprompt.search_state import Node, SearchSettings, SearchState
 logger = logging.getLogger(__name__)
 
 Proposal = tuple[str | None, str | None]  # (usable prompt, or None with the reason it was dropped)
-PAPER_TOP_P = 0.95  # the original optimizer's nucleus sampling
 
 
 def rank_key(node: Node) -> float:
     """Sort key: path mean, with nodes that have no reward at all ranked last."""
     mean = node.path_mean
     return float("-inf") if mean is None else mean
-
-
-def render_history(prompts: Sequence[str], paper_mode: bool) -> str:
-    """The prompt history the optimizer reads: oldest first, the last one labelled as the current version."""
-    if not prompts:
-        return ""
-    if paper_mode:  # the original's layout, repeats included
-        earlier = "\n".join(f"---Version {i + 1}---\n{p}" for i, p in enumerate(prompts[:-1]))
-        return f"{earlier}\n---Current Version---\n{prompts[-1]}"
-    return "\n\n".join(f"## {'Current Version' if i == len(prompts) else f'Version {i}'}\n{p}"
-                       for i, p in enumerate(prompts, start=1))
-
-
-def render_evaluation(judgment: Judgment, paper_mode: bool) -> str:
-    """The judge's verdicts as the optimizer reads them (the original: the verdict JSON, indented by 4)."""
-    if paper_mode:
-        return json.dumps({a: {"rationale": judgment.rationales.get(a, ""), "score": s}
-                           for a, s in judgment.scores.items()}, indent=4)
-    return judgment.render()
 
 
 class BeamSearch:
@@ -92,6 +71,7 @@ class BeamSearch:
         """``propose_signature`` maps the optimizer's signature to the one used (same fields, other wording);
         ``inspect_answer(query, response)`` returns a note on an answer that copied a shown example (or None)."""
         self.settings = settings
+        self.fidelity = settings.fidelity
         self.answer = answer  # (instructions, query) -> response text
         self.inspect_answer = inspect_answer
         self.rewarder = rewarder
@@ -126,7 +106,7 @@ class BeamSearch:
         self.meter.record_success("base")
         if not response.strip():
             self.meter.record_failure("base", EMPTY_ANSWER)
-            if not self.settings.paper_mode:  # no answer, no reward: it can never win on a judge's score
+            if not self.fidelity.judge_empty_answers:  # no answer, no reward: it can never win on a judge's score
                 return response, Judgment(selection.aspects, failure=EMPTY_ANSWER)
         copied = self.inspect_answer(query, response) if self.inspect_answer and response.strip() else None
         if copied:
@@ -165,22 +145,19 @@ class BeamSearch:
 
     # -- proposals -------------------------------------------------------------------------------------
     def _propose_inputs(self, node: Node) -> dict[str, str]:
-        paper = self.settings.paper_mode
-        history = (node.trail if paper else node.versions)[-self.settings.history_window:]
+        policy = self.fidelity
+        history = policy.history(node.versions, node.trail)[-self.settings.history_window:]
         inputs = {"current_system_prompt": node.prompt, "query": node.query,
-                  "response": node.response or ("" if paper else "(empty answer)"),
-                  "evaluation": render_evaluation(node.judgment, paper),
-                  "prompt_history": render_history(history, paper)}
+                  "response": policy.shown_response(node.response),
+                  "evaluation": policy.render_evaluation(node.judgment),
+                  "prompt_history": policy.render_history(history)}
         if self.settings.guards.max_prompt_tokens:
             inputs["prompt_budget"] = f"{self.settings.guards.max_prompt_tokens} tokens"
         return {name: neutralize_field_markers(text) for name, text in inputs.items()}
 
     def _sampling(self, sample: int) -> dict[str, Any]:
-        config = sampling_config(self.optimizer_lm, temperature=self.settings.temperature, sample=sample,
-                                 seed=self.settings.seed)
-        if self.settings.paper_mode:
-            config["top_p"] = PAPER_TOP_P
-        return config
+        return self.fidelity.optimizer_sampling(sampling_config(
+            self.optimizer_lm, temperature=self.settings.temperature, sample=sample, seed=self.settings.seed))
 
     def _chars(self, node: Node) -> int:
         return len(node.prompt) * 6 + len(node.query) + len(node.response) + 2000
@@ -213,7 +190,7 @@ class BeamSearch:
         return proposals
 
     def _propose_one(self, node: Node, action: int) -> Proposal:
-        single = self.settings.paper_mode
+        single = self.fidelity.single_request
         try:
             with guarded(self.budget, self.optimizer_lm, self._chars(node),
                          requests=requests_per_call(self.optimizer_lm, single_request=single)), \
@@ -229,9 +206,7 @@ class BeamSearch:
 
     def _usable(self, text: str | None, query: str) -> Proposal:
         """The proposed prompt, or None with the reason (counted) when it cannot serve as a system prompt."""
-        if self.settings.paper_mode:
-            text = (text or "").replace("\\n", "\n")  # the original turns escaped newlines into real ones
-        text = clean_rewrite(text)
+        text = clean_rewrite(self.fidelity.clean_rewrite(text))
         guards = self.settings.guards
         if guards.merge_duplicate_bullets:
             text = merge_duplicate_bullets(text)
@@ -254,7 +229,7 @@ class BeamSearch:
         return [list(queries[i:i + m]) for i in range(0, len(queries) - m + 1, m)]
 
     def _rank(self, children: list[Node]) -> list[Node]:
-        if self.settings.paper_mode:  # the original: by path mean, ties in generation order
+        if self.fidelity.rank_in_generation_order:  # the original: by path mean, ties in generation order
             return sorted(children, key=rank_key, reverse=True)
         return rank_within_noise(children, lambda n: None if n.rejected else n.path_mean, lambda n: n.carried,
                                  lambda n: n.prompt, self.guards.tolerance(children))

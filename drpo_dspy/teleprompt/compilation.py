@@ -60,7 +60,7 @@ class Compilation:
         self.budget = Budget(self.meter, stop=self.stop, **drpo.budgets)
         self.rewarder = RewardJudge(metrics_lm=self.lms["metrics"], judge_lm=self.lms["judge"],
                                     catalogue=drpo.catalogue, meter=self.meter, budget=self.budget,
-                                    paper_mode=drpo.paper_mode)
+                                    fidelity=drpo.fidelity)
         self.started = time.monotonic()
         self.bus = EventBus(drpo.event_callbacks)
 
@@ -75,8 +75,9 @@ class Compilation:
     def finish(self, best_prompt: str | None, state: SearchState) -> Any:
         """The compiled program: a copy of the student with the best prompt, and its ``drpo_result``."""
         compiled = self.program.with_state(instructions=best_prompt) if best_prompt else self.program.deepcopy()
-        if self.drpo.paper_mode and getattr(compiled, "layout", None) is not None:
-            compiled.layout = "marked"  # the original's inference layout: the user turn ends at <START>
+        layout = self.drpo.fidelity.program_layout  # paper: the original's, the user turn ends at <START>
+        if layout and getattr(compiled, "layout", None) is not None:
+            compiled.layout = layout
         compiled.drpo_result = self.result(state)
         compiled.drpo_result.best_prompt = compiled.instructions
         return compiled
@@ -138,7 +139,7 @@ class Compilation:
         turns (``history``), in the DRPO layout."""
         history = query.history if isinstance(query, ConversationQuery) else None
         return self.program.respond_with(prompt, live_query(query), lm=self.lms["base"],
-                                         paper_layout=self.drpo.paper_mode, history=history)
+                                         fidelity=self.drpo.fidelity, history=history)
 
     def copied_example(self, query: Any, response: str) -> dict[str, Any] | None:
         """The shown example ``response`` copied a run of 40+ characters from, if any (retrieval is cached)."""
@@ -208,7 +209,7 @@ class Compilation:
     def config(self) -> dict[str, Any]:
         drpo = self.drpo
         return {
-            "format": "drpo-dspy/config", "version": 1, "paper_mode": drpo.paper_mode,
+            "format": "drpo-dspy/config", "version": 1, "paper_mode": drpo.fidelity.is_paper,
             "search": asdict(drpo.settings), "k": self.program.k, "optimize_icl": drpo.optimize_icl,
             "icl_rounds": drpo.icl_rounds, "initial_instructions": self.initial,
             "roles": {role: describe_lm(lm) for role, lm in self.lms.items()},

@@ -20,6 +20,7 @@ from drpo_dspy.clients.replica_pool import derived_num_threads
 from drpo_dspy.modules.aligned_responder import AlignedResponder, _check_decoding
 from drpo_dspy.primitives.conversation_query import ConversationQuery
 from drpo_dspy.primitives.events import EventBus
+from drpo_dspy.primitives.fidelity import fidelity
 from drpo_dspy.rewards.aspects import AspectCatalogue
 from drpo_dspy.runs.run_dir import RunDirectory
 from drpo_dspy.runs.secrets import Redactor
@@ -31,7 +32,6 @@ from drpo_dspy.teleprompt.search_state import SearchSettings
 
 logger = logging.getLogger(__name__)
 
-PAPER_ANSWER_MAX_TOKENS = 2048  # the original decodes the base model greedily with a 2048-token cap
 _UNSET: Any = object()
 
 __all__ = ["DRPO", "DRPOResult"]
@@ -184,8 +184,8 @@ class DRPO(Teleprompter):
                                merge_duplicate_bullets=bool(merge_duplicate_bullets), refusal_probes=refusal_probes,
                                probe_queries=list(probe_queries) if probe_queries is not None else None,
                                refusal_penalty=refusal_penalty, max_refusal_rate=max_refusal_rate)
-        self.paper_mode = bool(paper_mode)
-        if self.paper_mode:
+        self.fidelity = fidelity(bool(paper_mode))
+        if self.fidelity.is_paper:
             if length_control or judge_samples != 1 or tie_tolerance or holdout or guards.refusal_probes:
                 raise ValueError("paper_mode runs without the guards against judge gaming (length control, repeated "
                                  "judging, tie tolerance, held-out queries, refusal probes): drop them or the paper "
@@ -196,15 +196,17 @@ class DRPO(Teleprompter):
             if proposal_sampling != "batched":
                 raise ValueError("paper_mode asks for a node's rewrites in one request: proposal_sampling='batched'")
             answer_temperature = 0.0 if answer_temperature is None else answer_temperature
-            answer_max_tokens = PAPER_ANSWER_MAX_TOKENS if answer_max_tokens is None else answer_max_tokens
+            answer_max_tokens = self.fidelity.answer_max_tokens if answer_max_tokens is None else answer_max_tokens
         self.base_lm, self.metrics_lm, self.judge_lm, self.optimizer_lm = base_lm, metrics_lm, judge_lm, optimizer_lm
         self.settings = SearchSettings(beam_size=beam_size, n_actions=n_actions, depth=depth,
                                        max_depth_increase=max_depth_increase, skip_threshold=skip_threshold,
                                        temperature=temperature, num_threads=num_threads, seed=seed,
-                                       paper_faithful_failures=paper_faithful_failures or self.paper_mode,
+                                       paper_faithful_failures=paper_faithful_failures
+                                       or self.fidelity.failures_score_zero,
                                        proposal_sampling=proposal_sampling, minibatch_size=minibatch_size,
-                                       paper_mode=self.paper_mode,
-                                       rewrite_filter=bool(rewrite_filter) and not self.paper_mode, guards=guards)
+                                       paper_mode=self.fidelity.is_paper,
+                                       rewrite_filter=bool(rewrite_filter) and self.fidelity.rewrite_filter,
+                                       guards=guards)
         self.k = k
         self.answer_temperature, self.answer_max_tokens = answer_temperature, answer_max_tokens
         self.optimize_icl, self.icl_rounds = bool(optimize_icl), icl_rounds
@@ -221,6 +223,11 @@ class DRPO(Teleprompter):
         self.budgets = {"max_calls": max_calls, "max_total_tokens": max_total_tokens, "max_cost_usd": max_cost_usd}
         self.stop_file = Path(stop_file) if stop_file is not None else None
         Budget(Meter(), **self.budgets)  # validates the limits now, before any compile
+
+    @property
+    def paper_mode(self) -> bool:
+        """Whether the run behaves as the original code (its fidelity policy is ``PAPER``)."""
+        return self.fidelity.is_paper
 
     def _roles(self, need_key: bool = True) -> dict[str, Any]:
         return {role: resolve_lm(role, lm, need_key=need_key) for role, lm in (
@@ -314,9 +321,9 @@ class DRPO(Teleprompter):
                              "prompt")
         queries = coerce_queries(trainset)
         val_queries = coerce_queries(valset, "valset") if valset is not None else None
-        if val_queries is not None and self.paper_mode:
+        if val_queries is not None and not self.fidelity.valset_rescoring:
             raise ValueError("paper_mode has no valset re-scoring (the original returns the search's best prompt)")
-        if self.paper_mode and any(isinstance(q, ConversationQuery) for q in queries):
+        if not self.fidelity.conversations and any(isinstance(q, ConversationQuery) for q in queries):
             raise ValueError("paper_mode is single-turn, as the original: its trainset cannot hold conversations "
                              "(earlier turns); drop paper_mode or give only the last user turns")
         queries, held = self._split(queries, val_queries)

@@ -100,7 +100,7 @@ class ProgramCompilation(Compilation):
         drpo, view = self.drpo, self.view
         return {
             "format": "drpo-dspy/program-config", "version": 1, "program": type(view.program).__name__,
-            "predictors": view.names, "output_field": view.output_field, "paper_mode": drpo.paper_mode,
+            "predictors": view.names, "output_field": view.output_field, "paper_mode": drpo.fidelity.is_paper,
             "search": asdict(drpo.settings), "initial_instructions": self.initial,
             "roles": {role: describe_lm(lm) for role, lm in self.lms.items()}, "aspects": drpo.catalogue.names,
             "num_queries": len(self.queries), "queries": self.queries, "holdout_queries": self.valset or [],
@@ -154,7 +154,7 @@ def align_program(drpo: Any, program: dspy.Module, trainset: Any, *, valset: Any
     view = ProgramView(program, predictors, output_field, drpo.initial_instructions)
     queries = view.queries(trainset)
     held = view.queries(valset, "valset") if valset is not None else None
-    if held is not None and drpo.paper_mode:
+    if held is not None and not drpo.fidelity.valset_rescoring:
         raise ValueError("paper_mode has no valset re-scoring (the original returns the search's best prompt)")
     queries, held = drpo._split(queries, held)
     roles = drpo._roles()

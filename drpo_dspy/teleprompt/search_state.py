@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from drpo_dspy.primitives.fidelity import Fidelity, fidelity
 from drpo_dspy.rewards.reward_judge import Judgment
 from drpo_dspy.teleprompt.guards import GuardSettings
 
@@ -34,6 +35,11 @@ class SearchSettings:
             raise ValueError(f"minibatch_size must be an integer >= 1, got {self.minibatch_size!r}")
         if self.proposal_sampling not in ("batched", "independent"):
             raise ValueError(f"proposal_sampling must be 'batched' or 'independent', got {self.proposal_sampling!r}")
+
+    @property
+    def fidelity(self) -> Fidelity:
+        """The run's fidelity policy (``paper_mode`` is kept as the saved settings' field)."""
+        return fidelity(self.paper_mode)
 
     @property
     def batched(self) -> bool:

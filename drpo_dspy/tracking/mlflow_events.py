@@ -93,7 +93,7 @@ def drpo_params(drpo: Any, redactor: Redactor) -> dict[str, str]:
     settings = asdict(drpo.settings)
     settings["guards"] = drpo.settings.guards.describe()
     raw: dict[str, Any] = {}
-    _flat("drpo", {**settings, "k": drpo.k, "paper_mode": drpo.paper_mode, "optimize_icl": drpo.optimize_icl,
+    _flat("drpo", {**settings, "k": drpo.k, "paper_mode": drpo.fidelity.is_paper, "optimize_icl": drpo.optimize_icl,
                    "icl_rounds": drpo.icl_rounds, "answer_temperature": drpo.answer_temperature,
                    "answer_max_tokens": drpo.answer_max_tokens, "initial_instructions": drpo.initial_instructions,
                    "aspects": drpo.catalogue.names, "max_errors": drpo.max_errors, **drpo.budgets}, raw)
