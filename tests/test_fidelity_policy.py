@@ -69,3 +69,26 @@ def test_what_the_optimizer_reads_in_each_mode():
     assert PAPER.clean_rewrite("a\\nb") == "a\nb" and DEFAULT.clean_rewrite("a\\nb") == "a\\nb"
     assert PAPER.optimizer_sampling({"temperature": 0.2}) == {"temperature": 0.2, "top_p": 0.95}
     assert DEFAULT.optimizer_sampling({"temperature": 0.2}) == {"temperature": 0.2}
+
+
+def test_the_default_never_returns_a_prompt_no_reward_was_read_for(tmp_path):
+    """The last level's only rewrite gets an unreadable judgment: the default returns the judged seed (and says so in
+    the result and summary); paper mode returns the rewrite, as the original does."""
+    from world import World
+
+    from drpo_dspy import AlignedResponder
+
+    shape = {"beam_size": 1, "n_actions": 1, "depth": 2, "max_depth_increase": 0, "k": 0, "progress": False}
+    world = World(lambda p, q: [3, 4], judge_garbage=lambda p, q: "/" in p)
+    program = DRPO(**world.roles(), log_dir=tmp_path / "run", **shape).compile(
+        AlignedResponder("Seed.", examples=[], k=0), trainset=["q1", "q2"])
+    assert program.instructions == "Seed."
+    assert program.drpo_result.best_prompt == "Seed." and program.drpo_result.reward_per_level == [3.5]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["best_prompt"] == "Seed." and summary["reward_per_level"] == [3.5]
+    assert [c["prompt"] for c in program.drpo_result.levels[-1]["candidates"]] == ["Seed./0"]  # it was searched
+
+    world = World(lambda p, q: [3, 4], judge_garbage=lambda p, q: "/" in p)
+    paper = DRPO(**world.roles(), paper_mode=True, **shape).compile(
+        AlignedResponder("Seed.", examples=[], k=0), trainset=["q1", "q2"])
+    assert paper.instructions == "Seed./0" and paper.drpo_result.reward_per_level == [3.5, 0.0]

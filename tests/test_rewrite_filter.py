@@ -160,6 +160,13 @@ def test_every_shipped_training_query_copied_into_a_rewrite_is_dropped():
     ("You improve the system prompt that led to your edits.", "template_echo_prompt"),  # the optimizer's own role
     ("- You improve the instructions of the steps of a program.", "template_echo_prompt"),
     ("You improve essays: fix grammar, keep the author's voice.", None),
+    # code and bare titles (rewrites a 135M optimizer wrote in the notebooks)
+    (";\n}\n```python\ndef make_cup():\n    return", "code_prompt"),
+    ("```python\ndef answer():\n    pass\n```", "code_prompt"),
+    ("Answer with runnable code:\n```python\nprint('hi')\n```", None),
+    ("```\nYou are a careful assistant.\n```", None),  # only wrapped in a bare fence
+    ("### polish,", "heading_only_prompt"), ("# Rules\n## Tone", "heading_only_prompt"),
+    ("### polish\nKeep the author's voice.", None),
 ])
 def test_text_without_words_or_copying_the_request_is_dropped(text, problem):
     assert prompt_problem(text) == problem

@@ -32,6 +32,7 @@ class Fidelity:
     valset_rescoring: bool  # a held-out set may re-score the final beam
     conversations: bool  # training queries may hold earlier turns
     program_layout: str | None  # the compiled responder's inference layout (None: the student's own)
+    returns_unjudged: bool  # the search's best prompt is returned even when no reward was read for it
 
     @property
     def is_paper(self) -> bool:
@@ -75,13 +76,13 @@ PAPER = Fidelity(
     name="paper", original_layout=True, single_request=True, judge_wording="paper", optimizer_top_p=0.95,
     rank_in_generation_order=True, judge_empty_answers=True, unescape_rewrites=True, history_with_repeats=True,
     rewrite_filter=False, failures_score_zero=True, answer_max_tokens=2048, valset_rescoring=False,
-    conversations=False, program_layout="marked",
+    conversations=False, program_layout="marked", returns_unjudged=True,
 )
 DEFAULT = Fidelity(
     name="default", original_layout=False, single_request=False, judge_wording="default", optimizer_top_p=None,
     rank_in_generation_order=False, judge_empty_answers=False, unescape_rewrites=False, history_with_repeats=False,
     rewrite_filter=True, failures_score_zero=False, answer_max_tokens=None, valset_rescoring=True, conversations=True,
-    program_layout=None,
+    program_layout=None, returns_unjudged=False,
 )
 
 

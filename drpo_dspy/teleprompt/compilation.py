@@ -33,7 +33,7 @@ from drpo_dspy.teleprompt.checkpoints import Checkpointer, load_checkpoint
 from drpo_dspy.teleprompt.progress import ProgressReporter
 from drpo_dspy.teleprompt.result import DRPOResult
 from drpo_dspy.teleprompt.run_log import RunLogWriter
-from drpo_dspy.teleprompt.search_state import SearchState
+from drpo_dspy.teleprompt.search_state import Node, SearchState
 
 logger = logging.getLogger("drpo_dspy.teleprompt.drpo")
 
@@ -183,7 +183,12 @@ class Compilation:
             raise failure
         if state.stopped:
             logger.warning("DRPO stopped early: %s; returning the best prompt of level %d", state.stopped, state.level)
-        best_prompt = state.best.prompt if state.best else None
+        chosen = self.chosen(state)
+        if chosen is not state.best and state.best is not None and chosen is not None:
+            logger.warning("no reward was read for the search's best prompt (node %d: %s); returning node %d, the "
+                           "best prompt a reward was read for", state.best.id, state.best.judgment.failure or "no "
+                           "reward", chosen.id)
+        best_prompt = chosen.prompt if chosen else None
         if self.valset and state.beam and not state.stopped:
             from drpo_dspy.teleprompt.rescoring import rescore
 
@@ -221,12 +226,20 @@ class Compilation:
             "guards": drpo.settings.guards.describe(), "holdout_queries": [query_record(q) for q in self.valset or []],
         }
 
+    def chosen(self, state: SearchState) -> Node | None:
+        """The node whose prompt the compile returns: the search's best, or (unless the policy returns unjudged
+        prompts, as the original does) the best one a reward was read for."""
+        if self.drpo.fidelity.returns_unjudged:
+            return state.best
+        return state.best_judged() or state.best
+
     def summary(self, state: SearchState) -> dict[str, Any]:
-        best = state.best
+        best = self.chosen(state)
+        path = state.path_to(best) if best else []
         return {
             "levels": state.level, "max_depth": state.max_depth, "depth_increases": state.depth_increases,
             "best_prompt": best.prompt if best else None, "best_path_mean": best.path_mean if best else None,
-            "reward_per_level": [n.reward for n in state.best_path],
+            "reward_per_level": [n.reward for n in path],
             "usage": self.meter.summary(), "wall_time_s": round(time.monotonic() - self.started, 3),
             "stopped": state.stopped, "validation": self.validation,
             "guards": {**self.drpo.settings.guards.describe(), "held_out_queries": len(self.valset or [])},
@@ -237,12 +250,13 @@ class Compilation:
         }
 
     def result(self, state: SearchState) -> DRPOResult:
-        best = state.best
+        best = self.chosen(state)
+        path = state.path_to(best) if best else []
         return DRPOResult(
             best_prompt=best.prompt if best else self.initial,
             best_path_mean=best.path_mean if best else None, levels=state.levels,
-            best_path=[n.to_dict() for n in state.best_path], final_beam=[n.to_dict() for n in state.beam],
+            best_path=[n.to_dict() for n in path], final_beam=[n.to_dict() for n in state.beam],
             usage=self.meter.summary(), wall_time_s=round(time.monotonic() - self.started, 3),
             stopped=state.stopped, log_dir=str(self.run_dir.path) if self.run_dir else None,
-            reward_per_level=[n.reward for n in state.best_path], validation=self.validation,
+            reward_per_level=[n.reward for n in path], validation=self.validation,
         )

@@ -4,6 +4,10 @@ A rewrite is dropped, with its reason recorded in the trace, only when it cannot
 
 - ``empty_prompt`` / ``too_short_prompt``: nothing (or under 3 characters) is left after stripping quotes;
 - ``no_words_prompt``: not one letter in any script (``10.5, 2.0``): numbers and punctuation steer nothing;
+- ``code_prompt``: a fenced code block and, outside it, not one word (``;\n}\n```python\ndef f(): ...``): code is
+  not an instruction to the model (a prompt that shows code next to its instructions, or that is only wrapped in a
+  bare fence, is kept);
+- ``heading_only_prompt``: every line is a markdown heading (``### polish,``): a title with nothing under it;
 - ``template_echo_prompt``: the optimizer copied the request back: DSPy's field markers (``[[ ## name ## ]]``, also
   with single brackets), a placeholder naming one of the optimizer's own fields (``{new_system_prompt}``), a field
   description verbatim, or a sentence opening as the optimizer's own role does (``You improve the system prompt``);
@@ -43,6 +47,9 @@ LONG_COPY_WORDS = 10  # as does a run this long, whatever the query's length
 _FIELDS = [*ProposeInstructions.input_fields, *ProposeInstructions.output_fields]
 _TEMPLATE_ECHO = re.compile(r"\[{1,2} ?## ?[a-z_]+ ?## ?\]{1,2}|\{(?:" + "|".join(map(re.escape, _FIELDS)) + r")\}")
 _LETTER = re.compile(r"[^\W\d_]")
+_WORD = re.compile(r"[^\W\d_]{2,}")
+_CODE_FENCE = re.compile(r"(?:```|~~~)([\w+#.-]*).*?(?:```|~~~|\Z)", re.DOTALL)
+_HEADING_LINE = re.compile(r"^[ \t>]*#{1,6}(?:[ \t]|$)")
 
 
 def _squash(text: str) -> str:
@@ -165,6 +172,16 @@ def clean_rewrite(text: str | None) -> str:
     return (text or "").strip().strip('"').strip()
 
 
+def _is_code(text: str) -> bool:
+    """Code with no word outside its fences: a fence names a language, or code punctuation sits outside it (a prompt
+    merely wrapped in a bare fence is kept)."""
+    fences = list(_CODE_FENCE.finditer(text))
+    if not fences:
+        return False
+    outside = _CODE_FENCE.sub(" ", text)
+    return not _WORD.search(outside) and (any(f.group(1) for f in fences) or bool(outside.strip()))
+
+
 def prompt_problem(text: str, query: str = "") -> str | None:
     """Why a proposed system prompt cannot be one (see the module docstring), or None.
 
@@ -175,10 +192,15 @@ def prompt_problem(text: str, query: str = "") -> str | None:
         return "too_short_prompt"
     if not _LETTER.search(text):
         return "no_words_prompt"
+    if _is_code(text):
+        return "code_prompt"
     if _TEMPLATE_ECHO.search(text) or _squash(text) in _FIELD_DESCRIPTIONS or _restates_the_task(text):
         return "template_echo_prompt"
     if _HEADING.search(text):
         return "scaffolding_heading_prompt"
+    lines = [line for line in text.splitlines() if line.strip()]
+    if all(_HEADING_LINE.match(line) for line in lines):
+        return "heading_only_prompt"
     if _is_commentary(text):
         return "commentary_prompt"
     if query and copies_query(text, query):

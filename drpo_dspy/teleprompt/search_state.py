@@ -116,6 +116,14 @@ class SearchState:
     def best(self) -> Node | None:
         return self.beam[0] if self.beam else None
 
+    def best_judged(self) -> Node | None:
+        """The best beam node whose own reward was read; when none was, the newest node on the best path that was
+        (None when no reward was read on it at all)."""
+        for node in self.beam:
+            if node.reward is not None:
+                return node
+        return next((node for node in reversed(self.best_path) if node.reward is not None), None)
+
     def path_to(self, node: Node) -> list[Node]:
         """The nodes from the root to ``node`` (which must be in the beam's ancestry)."""
         by_id = {n.id: n for n in self.ancestry}
