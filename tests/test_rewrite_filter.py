@@ -273,3 +273,13 @@ def test_optimize_counts_the_dropped_rewrites_of_a_run_that_found_a_prompt(tmp_p
     assert f"Prompt after (mean reward along its path: 4.00, 3 levels):\n{REAL}\n" in out
     assert "Rewrites: 4 proposed, 2 judged, 2 dropped (commentary_prompt: 2)" in out
     assert "No rewrite survived" not in out
+
+
+def test_a_copy_of_another_text_the_optimizer_read_is_dropped():
+    """The quick run's optimizer once returned its prompt budget ("1024 tokens") as the new prompt."""
+    inputs = ["Boil water, then steep the leaves for two minutes.", "1024 tokens"]
+    assert prompt_problem("1024 tokens", "How do I brew tea?", inputs) == "input_echo_prompt"
+    assert prompt_problem("**1024 Tokens.**", "How do I brew tea?", inputs) == "input_echo_prompt"
+    assert prompt_problem("boil water then steep the leaves for two minutes", "q", inputs) == "input_echo_prompt"
+    assert prompt_problem(f"{GOOD}\nKeep answers under 1024 tokens.", "q", inputs) is None
+    assert prompt_problem("1024 tokens", "q") is None  # without the inputs it is an odd but possible prompt

@@ -152,7 +152,7 @@ class BeamSearch:
                   "evaluation": policy.render_evaluation(node.judgment),
                   "prompt_history": policy.render_history(history)}
         if self.settings.guards.max_prompt_tokens:
-            inputs["prompt_budget"] = f"{self.settings.guards.max_prompt_tokens} tokens"
+            inputs["prompt_budget"] = f"{self.settings.guards.max_prompt_tokens} tokens"  # as _usable compares
         return {name: neutralize_field_markers(text) for name, text in inputs.items()}
 
     def _sampling(self, sample: int) -> dict[str, Any]:
@@ -184,7 +184,7 @@ class BeamSearch:
                 self.meter.record_failure("optimizer", "parse_failure")
                 proposals.append((None, "parse_failure"))
             else:
-                proposals.append(self._usable(sample.new_system_prompt, node.query))
+                proposals.append(self._usable(sample.new_system_prompt, node))
         # A provider that ignores n returns fewer samples: top up with single requests.
         proposals.extend(self._propose_one(node, action) for action in range(len(proposals), n))
         return proposals
@@ -202,15 +202,18 @@ class BeamSearch:
         except Exception as exc:
             return None, self.meter.record_call_failure("optimizer", exc)
         self.meter.record_success("optimizer")
-        return self._usable(pred.new_system_prompt, node.query)
+        return self._usable(pred.new_system_prompt, node)
 
-    def _usable(self, text: str | None, query: str) -> Proposal:
+    def _usable(self, text: str | None, node: Node) -> Proposal:
         """The proposed prompt, or None with the reason (counted) when it cannot serve as a system prompt."""
         text = clean_rewrite(self.fidelity.clean_rewrite(text))
         guards = self.settings.guards
         if guards.merge_duplicate_bullets:
             text = merge_duplicate_bullets(text)
-        problem = prompt_problem(text, query) if self.settings.rewrite_filter else (None if text else "empty_prompt")
+        budget = f"{guards.max_prompt_tokens} tokens" if guards.max_prompt_tokens else ""
+        inputs = [node.response, budget]  # texts the optimizer read that are no prompt
+        problem = (prompt_problem(text, node.query, inputs) if self.settings.rewrite_filter
+                   else (None if text else "empty_prompt"))
         if problem is None and guards.max_prompt_tokens and answer_tokens(text) > guards.max_prompt_tokens:
             problem = "over_prompt_budget"
         if problem:

@@ -11,6 +11,8 @@ A rewrite is dropped, with its reason recorded in the trace, only when it cannot
 - ``template_echo_prompt``: the optimizer copied the request back: DSPy's field markers (``[[ ## name ## ]]``, also
   with single brackets), a placeholder naming one of the optimizer's own fields (``{new_system_prompt}``), a field
   description verbatim, or a sentence opening as the optimizer's own role does (``You improve the system prompt``);
+- ``input_echo_prompt``: the rewrite is, once case and punctuation are normalised, another text the optimizer
+  read: the answer it was shown, or the prompt budget (``1024 tokens``);
 - ``scaffolding_heading_prompt``: a line of the rewrite is a heading of the optimizer's own scaffolding: a version
   of the prompt history (``## Current Version``, ``Version 2``, ``---Version 1---``), a title naming a prompt
   version (``# Revised Prompt``, ``New system prompt:``, ``Prompt after:``), or a snake_case field name of the
@@ -32,6 +34,7 @@ the original code does.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from difflib import SequenceMatcher
 from functools import lru_cache
 
@@ -182,10 +185,11 @@ def _is_code(text: str) -> bool:
     return not _WORD.search(outside) and (any(f.group(1) for f in fences) or bool(outside.strip()))
 
 
-def prompt_problem(text: str, query: str = "") -> str | None:
+def prompt_problem(text: str, query: str = "", inputs: Sequence[str] = ()) -> str | None:
     """Why a proposed system prompt cannot be one (see the module docstring), or None.
 
-    ``query`` is the query the optimizer was shown when it wrote ``text``."""
+    ``query`` is the query the optimizer was shown when it wrote ``text``; ``inputs`` the other texts it read besides
+    the current prompt (the answer, the prompt budget)."""
     if not text:
         return "empty_prompt"
     if len(text) < MIN_PROMPT_CHARS:
@@ -196,6 +200,8 @@ def prompt_problem(text: str, query: str = "") -> str | None:
         return "code_prompt"
     if _TEMPLATE_ECHO.search(text) or _squash(text) in _FIELD_DESCRIPTIONS or _restates_the_task(text):
         return "template_echo_prompt"
+    if any(_squash(text) == _squash(value) for value in inputs if _squash(value)):
+        return "input_echo_prompt"
     if _HEADING.search(text):
         return "scaffolding_heading_prompt"
     lines = [line for line in text.splitlines() if line.strip()]
