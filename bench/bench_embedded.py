@@ -9,8 +9,8 @@ invocation. Modes:
 - ``off``: the runtime before the speed-ups: llama.cpp reuses only the previous prompt's prefix, the JSON-schema
   grammar filters the whole vocabulary at every step, requests run one at a time on all cores, and llama.cpp's
   threads wait passively (``OMP_WAIT_POLICY=PASSIVE``, no spinning);
-- ``on``: the defaults: prefix snapshots (``embedded_cache.py``), the grammar checked on the best token first
-  (``embedded_sampling.py``), concurrent requests on parallel single-core decoders (``embedded_workers.py``) and
+- ``on``: the defaults: prefix snapshots (``prefix_cache.py``), the grammar checked on the best token first
+  (``sampling.py``), concurrent requests on parallel single-core decoders (``workers.py``) and
   a short spin before a thread sleeps (``embedded.set_thread_wait_policy``);
 - ``serial``: ``on`` with one request at a time; ``passive``: ``on`` with no spinning (to attribute the gain).
 All decode greedily with the same chunked evaluation, so the runs must be identical; the JSON is rewritten after

@@ -21,7 +21,7 @@ What it found decided the runtime's design: batching is bit-identical only witho
 stream per sequence, and then, on SmolLM2-135M with short spins between llama.cpp's threads, a step of two
 sequences costs about twice a step of one (6 -> 12 ms at 75 cached tokens, 9 -> 18 ms at 1,137) while two
 single-threaded contexts decoding side by side cost 3.4-5 ms a token each. The embedded runtime therefore runs
-concurrent requests on parallel single-core decoders (``drpo_dspy/clients/embedded_workers.py``), not in batches.
+concurrent requests on parallel single-core decoders (``drpo_dspy/engine/workers.py``), not in batches.
 """
 
 from __future__ import annotations

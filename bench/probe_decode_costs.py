@@ -4,7 +4,7 @@ At about 75 and 1,100 cached tokens (flash attention off, as the runtime runs): 
 sequences batched in one context (one KV stream each) on all cores and on one; two single-threaded contexts decoding
 side by side (two Python threads; llama.cpp releases the GIL); and prompt evaluation in 64-token chunks on one
 thread, on all cores, and on two single-threaded contexts side by side. This is what chose parallel single-core
-decoders (``drpo_dspy/clients/embedded_workers.py``) over batched decoding.
+decoders (``drpo_dspy/engine/workers.py``) over batched decoding.
 
     nice python bench/probe_decode_costs.py [--out bench/results/decode_costs.json]
 """

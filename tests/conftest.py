@@ -27,12 +27,12 @@ def embedded_runtime():
     put back to their environment defaults afterwards, whatever the test set."""
     pytest.importorskip("llama_cpp")
     from drpo_dspy.clients import embedded
+    from drpo_dspy.engine.options import EngineOptions
 
     try:
         runtime = embedded.get_runtime()
     except ImportError as exc:
         pytest.skip(str(exc))
     yield runtime
-    runtime.configure(prefix_cache=embedded.prefix_cache_enabled_by_env(),
-                      fast_grammar=embedded.fast_grammar_enabled_by_env(),
-                      parallel=embedded.parallel_enabled_by_env())
+    options = EngineOptions.from_env()
+    runtime.configure(prefix_cache=options.prefix_cache, fast_grammar=options.fast_grammar, parallel=options.parallel)

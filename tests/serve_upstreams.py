@@ -179,7 +179,7 @@ class FakeOpenAI:
 
 def needs_llama_cpp() -> None:
     """Skip unless llama-cpp-python is installed, without importing it: llama.cpp must first load when the embedded
-    runtime loads it, after it has set how its threads wait (``clients/embedded_threads.py``); loaded earlier, its
+    runtime loads it, after it has set how its threads wait (``engine/threads.py``); loaded earlier, its
     threads spin and generation on a busy machine slows several-fold."""
     import importlib.util
 

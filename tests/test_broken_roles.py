@@ -98,7 +98,7 @@ def test_an_embedder_that_cannot_load_refuses_before_any_call(tmp_path):
 
 
 def test_a_missing_llama_cpp_refuses_before_any_call(monkeypatch):
-    from drpo_dspy.clients import embedded_models
+    from drpo_dspy.engine import models as embedded_models
 
     monkeypatch.setattr(embedded_models, "_find_spec", lambda name: None)
     world = FaultWorld(scores_by_depth)

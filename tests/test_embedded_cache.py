@@ -8,15 +8,13 @@ from typing import Any
 import pytest
 from judge_formats import JUDGE_FORMAT
 
-from drpo_dspy.clients import embedded_cache as cache_mod
-from drpo_dspy.clients import embedded_sampling as sampling_mod
-from drpo_dspy.clients.embedded_cache import (
+from drpo_dspy.engine import prefix_cache as cache_mod
+from drpo_dspy.engine import sampling as sampling_mod
+from drpo_dspy.engine.prefix_cache import (
     PrefixStateCache,
     TokenStats,
     align_down,
     common_prefix_length,
-    max_bytes_from_env,
-    prefix_cache_enabled_by_env,
     prepare_prefix,
     reusable_length,
 )
@@ -31,18 +29,6 @@ def test_prefix_arithmetic() -> None:
     assert reusable_length(200, 300, 64) == 192
     assert reusable_length(128, 128, 64) == 64  # the last token is always evaluated
     assert reusable_length(-3, 10, 4) == 0
-
-
-def test_env_switches(monkeypatch: pytest.MonkeyPatch) -> None:
-    for value, enabled in (("0", False), ("off", False), ("False", False), ("1", True), ("", True)):
-        monkeypatch.setenv(cache_mod.PREFIX_CACHE_ENV_VAR, value)
-        assert prefix_cache_enabled_by_env() is enabled, value
-    monkeypatch.delenv(cache_mod.PREFIX_CACHE_ENV_VAR)
-    assert prefix_cache_enabled_by_env()
-    monkeypatch.setenv(cache_mod.PREFIX_CACHE_MB_ENV_VAR, "2")
-    assert max_bytes_from_env() == 2 * 1024 * 1024
-    monkeypatch.setenv(cache_mod.PREFIX_CACHE_MB_ENV_VAR, "lots")
-    assert max_bytes_from_env() == cache_mod.DEFAULT_MAX_MB * 1024 * 1024
 
 
 def test_longest_shared_prefix_is_found_and_leaves_a_token() -> None:
@@ -200,13 +186,6 @@ def test_fast_grammar_is_used_only_for_plain_greedy_grammar_decoding(monkeypatch
         assert llm._init_sampler(**kwargs) == "chain", kwargs
     switch["on"] = False
     assert llm._init_sampler(temp=0.0, grammar="g") == "chain"
-
-
-def test_fast_grammar_env_switch(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(sampling_mod.FAST_GRAMMAR_ENV_VAR, "0")
-    assert not sampling_mod.fast_grammar_enabled_by_env()
-    monkeypatch.delenv(sampling_mod.FAST_GRAMMAR_ENV_VAR)
-    assert sampling_mod.fast_grammar_enabled_by_env()
 
 
 # ---------------------------------------------------------------- with the real embedded model

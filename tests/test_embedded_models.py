@@ -9,8 +9,8 @@ from pathlib import Path
 import dspy
 import pytest
 
-from drpo_dspy.clients import embedded_models
-from drpo_dspy.clients.embedded_models import (
+from drpo_dspy.engine import models as embedded_models
+from drpo_dspy.engine.models import (
     GEMMA3_270M,
     SMOLLM2,
     EmbeddedModel,

@@ -13,13 +13,12 @@ from typing import Any
 import pytest
 
 from drpo_dspy.clients import embedded as lm_mod
-from drpo_dspy.clients import embedded_stream as stream_mod
 from drpo_dspy.clients import raw_text as rt_mod
 from drpo_dspy.clients.embedded import EMBEDDED_MODEL, EmbeddedLLM, register_embedded_provider, stream_embedded
-from drpo_dspy.clients.embedded_stream import StreamCancelled, TextStream
-from drpo_dspy.clients.embedded_text import CompletionText
-from drpo_dspy.clients.providers import Sample
 from drpo_dspy.clients.raw_text import RAW_TEXT_PROVIDER, register_raw_text_provider
+from drpo_dspy.engine import stream as stream_mod
+from drpo_dspy.engine.completion_text import CompletionText, Sample
+from drpo_dspy.engine.stream import StreamCancelled, TextStream
 
 litellm = lm_mod.litellm
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from judge_formats import JUDGE_FORMAT
 
-from drpo_dspy.clients import embedded_workers as workers_mod
-from drpo_dspy.clients.embedded_text import CompletionText
+from drpo_dspy.engine import workers as workers_mod
+from drpo_dspy.engine.completion_text import CompletionText
 
 # ---------------------------------------------------------------- text assembly (no model)
 
@@ -79,16 +79,6 @@ def test_stopping_criteria_see_the_evaluated_tokens() -> None:
     assert _feed(text, [1, 2, 3]) == 2  # asked before taking 3: the last evaluated token is 2
     assert seen[:3] == [[7, 7], [7, 7, 1], [7, 7, 1, 2]]
     assert text.sample() == workers_mod.Sample("Hello world", "stop", 2)
-
-
-def test_env_switches(monkeypatch: pytest.MonkeyPatch) -> None:
-    for value, enabled in (("0", False), ("no", False), ("1", True), ("", True)):
-        monkeypatch.setenv(workers_mod.PARALLEL_ENV_VAR, value)
-        assert workers_mod.parallel_enabled_by_env() is enabled, value
-    default = max(1, min(workers_mod.usable_cores(), workers_mod.MAX_DEFAULT_WORKERS))
-    for value, workers in (("8", 8), ("0", 1), ("many", default), ("", default)):
-        monkeypatch.setenv(workers_mod.WORKERS_ENV_VAR, value)
-        assert workers_mod.workers_from_env() == workers, value
 
 
 # ---------------------------------------------------------------- with the real embedded model

@@ -102,7 +102,7 @@ def test_param_mapping_usage_and_n_with_fake_runtime(monkeypatch: pytest.MonkeyP
 
 def test_missing_runtime_raises_import_error_with_pip_hint(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(lm_mod.GGUF_ENV_VAR, raising=False)
-    from drpo_dspy.clients import embedded_models
+    from drpo_dspy.engine import models as embedded_models
 
     real = embedded_models.importlib.util.find_spec
     monkeypatch.setattr(embedded_models.importlib.util, "find_spec",

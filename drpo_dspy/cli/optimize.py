@@ -180,7 +180,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
 def quick_base_model() -> str:
     """The model ``--quick`` aligns: Gemma-3-270M base when its package is installed, else the embedded SmolLM2."""
-    from drpo_dspy.clients.embedded_models import GEMMA3_270M, check_installed
+    from drpo_dspy.engine.models import GEMMA3_270M, check_installed
 
     try:
         check_installed(GEMMA3_270M)

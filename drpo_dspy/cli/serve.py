@@ -17,7 +17,7 @@ from drpo_dspy.cli.common import (
     positive_int,
     run_reporting_errors,
 )
-from drpo_dspy.clients.embedded_models import default_model_type
+from drpo_dspy.engine.models import default_model_type
 from drpo_dspy.serve.settings import API_KEYS_ENV, EMBEDDED_BASE, ProgramSpec, ServeSettings, api_keys_from_env
 
 DEFAULT_MODEL_NAME = "drpo-aligned"

@@ -4,7 +4,7 @@
 ``dspy.LM("embedded/smollm2-135m")`` goes through DSPy's ordinary litellm path (cache, history, callbacks,
 adapters). DSPy's ``engine="auto"`` does not know the ``embedded`` provider and falls back to litellm; the model
 is registered with litellm as supporting response schemas, so ``dspy.JSONAdapter`` sends a JSON schema that
-llama.cpp enforces with a grammar. ``stream=True`` streams the text token by token (``embedded_stream.py``).
+llama.cpp enforces with a grammar. ``stream=True`` streams the text token by token (``drpo_dspy/engine/stream.py``).
 """
 
 from __future__ import annotations
@@ -25,14 +25,8 @@ import litellm
 from litellm import CustomLLM, ModelResponse
 from litellm.types.utils import GenericStreamingChunk
 
-from drpo_dspy.clients.embedded_cache import (
-    PrefixStateCache,
-    TokenStats,
-    max_bytes_from_env,
-    prefix_cache_enabled_by_env,
-    prepare_prefix,
-)
-from drpo_dspy.clients.embedded_models import (
+from drpo_dspy.clients.providers import Sample, message_text, model_response, register_custom_provider
+from drpo_dspy.engine.models import (
     DEFAULT_MODEL,
     EMBEDDED_PROVIDER,
     GGUF_ENV_VAR,  # noqa: F401  (re-exported: the default model's file override)
@@ -44,22 +38,12 @@ from drpo_dspy.clients.embedded_models import (
     model_file,
     resolve_embedded,
 )
-from drpo_dspy.clients.embedded_sampling import (
-    fast_grammar_enabled_by_env,
-    grammar_for,
-    install_fast_grammar,
-    sampling_options,
-)
-from drpo_dspy.clients.embedded_stream import TextStream, achunks, chunks, decode_alone
-from drpo_dspy.clients.embedded_threads import set_thread_wait_policy
-from drpo_dspy.clients.embedded_workers import (
-    Job,
-    ParallelDecoder,
-    parallel_enabled_by_env,
-    sampler_options,
-    workers_from_env,
-)
-from drpo_dspy.clients.providers import Sample, message_text, model_response, register_custom_provider
+from drpo_dspy.engine.options import EngineOptions
+from drpo_dspy.engine.prefix_cache import PrefixStateCache, TokenStats, prepare_prefix
+from drpo_dspy.engine.sampling import grammar_for, install_fast_grammar, sampling_options
+from drpo_dspy.engine.stream import TextStream, achunks, chunks, decode_alone
+from drpo_dspy.engine.threads import set_thread_wait_policy
+from drpo_dspy.engine.workers import Job, ParallelDecoder, sampler_options
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +52,7 @@ EMBEDDED_MODEL = DEFAULT_MODEL.model
 GGUF_FILENAME = DEFAULT_MODEL.filename
 N_CTX = 8192
 # Prompts are evaluated in chunks of N_BATCH tokens from position 0, and a cached prefix (the last prompt, or a
-# snapshot of a stable prefix: see embedded_cache.py) is reused only in whole chunks, so every token is computed
+# snapshot of a stable prefix: see prefix_cache.py) is reused only in whole chunks, so every token is computed
 # exactly as in a fresh evaluation: outputs do not depend on call history nor on the prefix cache.
 N_BATCH = 64
 INSTALL_HINT = LOCAL_HINT
@@ -95,8 +79,10 @@ def gguf_path(model: str = EMBEDDED_MODEL) -> Path:
 
 def ensure_embedded_runtime(model: str = EMBEDDED_MODEL) -> EmbeddedModel:
     """The embedded model ``model`` names; ``UnknownEmbeddedModel`` (a ValueError) for an unknown name, ImportError
-    (with the pip command) unless llama.cpp and the model's file are installed. Loads nothing."""
+    (with the pip command) unless llama.cpp and the model's file are installed; ValueError for an engine switch
+    (``DRPO_EMBEDDED_*``) set to a value that is not one. Loads nothing."""
     spec = resolve_embedded(model)
+    EngineOptions.from_env()
     check_installed(spec)
     return spec
 
@@ -105,7 +91,8 @@ class EmbeddedRuntime:
     """The shared ``llama_cpp.Llama`` (tokenizer, sampler settings, the one-at-a-time path) behind one lock
     (llama.cpp is not thread-safe), and the parallel decoders, each owning its own context."""
 
-    def __init__(self, path: Path, model: str = EMBEDDED_MODEL) -> None:
+    def __init__(self, path: Path, model: str = EMBEDDED_MODEL, options: EngineOptions | None = None) -> None:
+        options = options or EngineOptions.from_env()  # the engine's switches, read once
         set_thread_wait_policy()
         self.model = model
         import llama_cpp
@@ -146,12 +133,12 @@ class EmbeddedRuntime:
         )
         self.lock = threading.Lock()
         self._prompt: list[int] = []  # tokens of the last prompt, all evaluated in aligned chunks
-        self.prefix_cache = PrefixStateCache(N_BATCH, max_bytes_from_env(), enabled=prefix_cache_enabled_by_env())
+        self.prefix_cache = PrefixStateCache(N_BATCH, options.prefix_cache_bytes, enabled=options.prefix_cache)
         self.stats = TokenStats()
-        self.fast_grammar = fast_grammar_enabled_by_env()
+        self.fast_grammar = options.fast_grammar
         install_fast_grammar(self.llm, lambda: self.fast_grammar)
-        self.parallel = parallel_enabled_by_env()
-        self.decoder = ParallelDecoder(self.llm, workers=workers_from_env(), n_ctx=self.n_ctx, chunk=N_BATCH,
+        self.parallel = options.parallel
+        self.decoder = ParallelDecoder(self.llm, workers=options.workers, n_ctx=self.n_ctx, chunk=N_BATCH,
                                        lock=self.lock, prefix_cache=self.prefix_cache, stats=lambda: self.stats)
 
     def close(self) -> None:
@@ -209,7 +196,7 @@ class EmbeddedRuntime:
                grammar: Any = None, max_tokens: int | None = None, **sampling: Any) -> TextStream:
         """Start one completion (``generate``'s first sample, token for token) whose text arrives as it is made:
         on a parallel decoder when they are on, else on a thread of its own that holds the lock while it decodes
-        (``embedded_stream.py``). Closing the returned stream's iterator stops the decoding at the next token."""
+        (``stream.py``). Closing the returned stream's iterator stops the decoding at the next token."""
         max_tokens, base = self._limits(tokens, max_tokens, seed)
         job = Job(list(tokens), sampler_options(grammar, sampling), base % 2**32, stop, stopping, max_tokens,
                   stream=TextStream())

@@ -7,23 +7,15 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import litellm
 from litellm import CustomLLM, ModelResponse
 from litellm.types.utils import Choices, Message, Usage
 
+from drpo_dspy.engine.completion_text import Sample
+
 _register_lock = threading.Lock()
-
-
-@dataclass
-class Sample:
-    """One generated completion."""
-
-    text: str
-    finish_reason: str
-    completion_tokens: int
 
 
 def message_text(message: dict[str, Any]) -> str:

@@ -21,8 +21,8 @@ from litellm import CustomLLM, ModelResponse
 from litellm.types.utils import GenericStreamingChunk
 
 from drpo_dspy.clients.embedded import EMBEDDED_PROVIDER, complete_embedded, register_embedded_provider, stream_embedded
-from drpo_dspy.clients.embedded_stream import achunks, chunks, text_chunk
 from drpo_dspy.clients.providers import Sample, message_text, model_response, register_custom_provider
+from drpo_dspy.engine.stream import achunks, chunks, text_chunk
 
 RAW_TEXT_PROVIDER = "drpo_text"
 # OpenAI text-completion parameters forwarded to litellm.text_completion.

@@ -124,7 +124,7 @@ def check_model_string(role: str, lm: dspy.LM, *, need_key: bool = True) -> None
         return
     if model.startswith(("embedded/", "drpo_text/")):
         from drpo_dspy.clients.embedded import register_embedded_provider
-        from drpo_dspy.clients.embedded_models import is_embedded
+        from drpo_dspy.engine.models import is_embedded
 
         try:
             register_embedded_provider(*([model] if is_embedded(model) else []))

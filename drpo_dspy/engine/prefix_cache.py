@@ -13,31 +13,11 @@ This module holds the bookkeeping and the snapshot functions (llama.cpp is impor
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
-
-PREFIX_CACHE_ENV_VAR = "DRPO_EMBEDDED_PREFIX_CACHE"
-PREFIX_CACHE_MB_ENV_VAR = "DRPO_EMBEDDED_PREFIX_CACHE_MB"
-DEFAULT_MAX_MB = 512
-
-
-def prefix_cache_enabled_by_env() -> bool:
-    """``$DRPO_EMBEDDED_PREFIX_CACHE`` unset or anything but 0/false/off/no: the prefix cache is on."""
-    return os.environ.get(PREFIX_CACHE_ENV_VAR, "1").strip().lower() not in {"0", "false", "off", "no"}
-
-
-def max_bytes_from_env() -> int:
-    """The cache's memory budget: ``$DRPO_EMBEDDED_PREFIX_CACHE_MB`` (default 512) megabytes."""
-    raw = os.environ.get(PREFIX_CACHE_MB_ENV_VAR)
-    try:
-        megabytes = float(raw) if raw else DEFAULT_MAX_MB
-    except ValueError:
-        megabytes = DEFAULT_MAX_MB
-    return max(0, int(megabytes * 1024 * 1024))
 
 
 def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:

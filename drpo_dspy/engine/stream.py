@@ -24,8 +24,7 @@ from typing import Any, Protocol
 
 from litellm.types.utils import GenericStreamingChunk
 
-from drpo_dspy.clients.embedded_text import CompletionText
-from drpo_dspy.clients.providers import Sample
+from drpo_dspy.engine.completion_text import CompletionText, Sample
 
 logger = logging.getLogger(__name__)
 

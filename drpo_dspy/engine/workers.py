@@ -11,22 +11,21 @@ Bit-identical outputs, whichever worker runs a request and whatever runs beside 
 - llama.cpp computes each output of an operation on one thread, so the thread count does not change a result;
 - attention without flash attention (llama-cpp-python's default) and one sequence per context;
 - a prompt is evaluated in chunks of ``chunk`` tokens from position 0, and a worker's previous prompt or a prefix
-  snapshot (``embedded_cache.py``, per sequence, usable by any worker) is reused only in whole chunks;
+  snapshot (``prefix_cache.py``, per sequence, usable by any worker) is reused only in whole chunks;
 - each request gets the sampler chain llama-cpp-python builds (penalties, grammar, seed), and its text is
-  assembled as ``create_completion`` assembles it (``embedded_text.py``).
+  assembled as ``create_completion`` assembles it (``completion_text.py``).
 
-A streamed request (``Job.stream``, see ``embedded_stream.py``) is decoded the same way; its worker hands the text
+A streamed request (``Job.stream``, see ``stream.py``) is decoded the same way; its worker hands the text
 over after each token and stops at the next token once the reader has gone.
 
-Switches: ``$DRPO_EMBEDDED_PARALLEL=0`` keeps one request at a time through llama-cpp-python; ``$DRPO_EMBEDDED_WORKERS``
-(default: the usable cores, at most 4). Each worker holds a full context's KV cache (about 23 KB per token on
-SmolLM2-135M, 190 MB at 8192 tokens), allocated when it first runs.
+Switches (``options.py``): ``$DRPO_EMBEDDED_PARALLEL=0`` keeps one request at a time through llama-cpp-python;
+``$DRPO_EMBEDDED_WORKERS`` (default: the usable cores, at most 4). Each worker holds a full context's KV cache (about
+23 KB per token on SmolLM2-135M, 190 MB at 8192 tokens), allocated when it first runs.
 """
 
 from __future__ import annotations
 
 import ctypes
-import os
 import threading
 import time
 from collections import deque
@@ -34,34 +33,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from drpo_dspy.clients.embedded_cache import PrefixStateCache, TokenStats, common_prefix_length, reusable_length
-from drpo_dspy.clients.embedded_stream import StreamCancelled, TextStream
-from drpo_dspy.clients.embedded_text import CompletionText
-from drpo_dspy.clients.providers import Sample
-
-PARALLEL_ENV_VAR = "DRPO_EMBEDDED_PARALLEL"
-WORKERS_ENV_VAR = "DRPO_EMBEDDED_WORKERS"
-MAX_DEFAULT_WORKERS = 4
-
-
-def usable_cores() -> int:
-    """Cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def parallel_enabled_by_env() -> bool:
-    """``$DRPO_EMBEDDED_PARALLEL`` unset or anything but 0/false/off/no: concurrent requests run in parallel."""
-    return os.environ.get(PARALLEL_ENV_VAR, "1").strip().lower() not in {"0", "false", "off", "no"}
-
-
-def workers_from_env() -> int:
-    """``$DRPO_EMBEDDED_WORKERS``, or the usable cores (at most 4); at least 1."""
-    default = max(1, min(usable_cores(), MAX_DEFAULT_WORKERS))
-    raw = os.environ.get(WORKERS_ENV_VAR, "").strip()
-    try:
-        return max(1, int(raw)) if raw else default
-    except ValueError:
-        return default
+from drpo_dspy.engine.completion_text import CompletionText, Sample
+from drpo_dspy.engine.options import usable_cores
+from drpo_dspy.engine.prefix_cache import PrefixStateCache, TokenStats, common_prefix_length, reusable_length
+from drpo_dspy.engine.stream import StreamCancelled, TextStream
 
 
 def sampler_options(grammar: Any, sampling: dict[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ asks the grammar about that one token; only when the grammar rejects it are all 
 own ``common_sampler`` does the same). The grammar treats each candidate independently and greedy takes the first
 best one, so the token is exactly the chain's: outputs are bit-identical.
 
-Switch: ``$DRPO_EMBEDDED_FAST_GRAMMAR=0`` keeps llama-cpp-python's chain.
+Switch: ``$DRPO_EMBEDDED_FAST_GRAMMAR=0`` keeps llama-cpp-python's chain (``options.py``).
 """
 
 from __future__ import annotations
@@ -16,17 +16,15 @@ import ctypes
 import functools
 import json
 import logging
-import os
 from typing import Any
 
 import litellm
 import numpy as np
 
-from drpo_dspy.clients.embedded_models import DEFAULT_MODEL, EMBEDDED_PROVIDER
+from drpo_dspy.engine.models import DEFAULT_MODEL, EMBEDDED_PROVIDER
 
 logger = logging.getLogger(__name__)
 
-FAST_GRAMMAR_ENV_VAR = "DRPO_EMBEDDED_FAST_GRAMMAR"
 # Mode -> llama.cpp's own defaults for what the caller leaves out (create_chat_completion / create_completion).
 _DEFAULTS = {
     "chat": {"temperature": 0.2, "top_p": 0.95, "repeat_penalty": 1.1},
@@ -34,11 +32,6 @@ _DEFAULTS = {
 }
 _EXTRA_SAMPLING = ("top_k", "min_p", "repeat_penalty", "frequency_penalty", "presence_penalty")
 _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])  # llama_token_data
-
-
-def fast_grammar_enabled_by_env() -> bool:
-    """``$DRPO_EMBEDDED_FAST_GRAMMAR`` unset or anything but 0/false/off/no: the fast grammar check is on."""
-    return os.environ.get(FAST_GRAMMAR_ENV_VAR, "1").strip().lower() not in {"0", "false", "off", "no"}
 
 
 class GreedyGrammarSampler:

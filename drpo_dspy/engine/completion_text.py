@@ -1,6 +1,6 @@
 """The text of an embedded-model completion, assembled token by token as ``llama_cpp.Llama.create_completion`` does.
 
-The parallel decoders (``embedded_workers.py``) sample tokens itself, so they must turn them into the same text and
+The parallel decoders (``workers.py``) sample tokens itself, so they must turn them into the same text and
 finish reason as llama-cpp-python's non-streaming completion: an end-of-generation token stops without being
 counted; a token that ends inside a multi-byte UTF-8 character defers the stop-string and length checks; the first
 stop string found cuts the text; ``max_tokens`` ends it with ``"length"``; a stopping criterion (the chat template's
@@ -13,11 +13,20 @@ less a tail that could still begin a stop string (the stop would cut there), as 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from drpo_dspy.clients.providers import Sample
+
+@dataclass
+class Sample:
+    """One generated completion."""
+
+    text: str
+    finish_reason: str
+    completion_tokens: int
+
 
 _NO_LOGITS = np.zeros(0, dtype=np.float32)
 
