@@ -3,16 +3,18 @@
 ruff's F811 misses a function redefined after a use of its first definition: the second silently wins, and a test
 defined twice never runs. This walks the package, its tests and benchmarks, and fails on any function or class
 defined twice in one module or class body, except the pairs Python means to repeat (``@x.setter``, ``@overload``,
-``@register``).
+``@register``). And the package says once that a bool is no number (``primitives/checks.py``).
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("drpo_dspy", "tests", "bench", "notebooks")
+PACKAGE = ROOT / "drpo_dspy"
 _REPEATABLE = ("setter", "deleter", "getter", "overload", "register")
 
 
@@ -53,3 +55,15 @@ def test_no_function_or_class_is_defined_twice_in_one_namespace():
         tree = ast.parse(path.read_text(encoding="utf-8"))
         problems += [f"{path.relative_to(ROOT)}:{line}: {name} defined again" for name, line in defined_twice(tree)]
     assert not problems, "\n".join(problems)
+
+
+_BOOL_INT_CHECK = re.compile(r"isinstance\([^)]*, bool\)\s*(?:or|and)\s*not\s+isinstance|not\s+isinstance\([^)]*\)\s*"
+                             r"(?:or|and)\s*(?:not\s+)?isinstance\([^)]*, bool\)")
+
+
+def test_bool_is_excluded_from_numbers_in_one_place():
+    """`primitives/checks.py` (`is_whole`, `is_real`) says once that a bool is no number; nobody writes it again."""
+    found = [f"{path.relative_to(PACKAGE)}:{source[:m.start()].count(chr(10)) + 1}"
+             for path in PACKAGE.rglob("*.py") if path.name != "checks.py"
+             for source in [path.read_text(encoding="utf-8")] for m in _BOOL_INT_CHECK.finditer(source)]
+    assert found == []

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from drpo_dspy.clients.metering import Meter, price_per_token
+from drpo_dspy.primitives.checks import is_real
 
 
 class BudgetExhausted(RuntimeError):
@@ -40,7 +41,7 @@ class Budget:
                  max_cost_usd: float | None = None, stop: StopSignal | None = None):
         for name, value in (("max_calls", max_calls), ("max_total_tokens", max_total_tokens),
                             ("max_cost_usd", max_cost_usd)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+            if value is not None and (not is_real(value)
                                       or not math.isfinite(value) or value <= 0):
                 raise ValueError(f"{name} must be a positive number or None, got {value!r}")
         self.meter = meter

@@ -22,6 +22,8 @@ import threading
 from collections import Counter
 from typing import Any
 
+from drpo_dspy.primitives.checks import is_whole
+
 DEFAULT_MAX_ERRORS = 10
 
 _SYSTEMIC_STATUS = {400: "bad request", 401: "authentication failed", 402: "billing or quota exhausted",
@@ -113,7 +115,7 @@ class FailurePolicy:
     """Per-role error counts for one run; trips on the first systemic error or past ``max_errors``."""
 
     def __init__(self, max_errors: int | None = DEFAULT_MAX_ERRORS, redact: Any = None):
-        if max_errors is not None and (isinstance(max_errors, bool) or not isinstance(max_errors, int)
+        if max_errors is not None and (not is_whole(max_errors)
                                        or max_errors < 0):
             raise ValueError(f"max_errors must be a non-negative integer or None, got {max_errors!r}")
         self.max_errors = max_errors

@@ -22,6 +22,7 @@ import litellm
 import numpy as np
 
 from drpo_dspy.engine.models import DEFAULT_MODEL, EMBEDDED_PROVIDER
+from drpo_dspy.primitives.checks import is_whole
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ def sampling_options(params: dict[str, Any], mode: str, model: str = DEFAULT_MOD
     """Map OpenAI-style optional params to ``EmbeddedRuntime.generate`` keyword arguments (all but the grammar:
     ``grammar_for(params["response_format"])``)."""
     n = params.get("n") or 1
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+    if not is_whole(n) or n < 1:
         raise litellm.BadRequestError(
             f"n must be a positive integer, got {n!r}", model=model, llm_provider=EMBEDDED_PROVIDER
         )

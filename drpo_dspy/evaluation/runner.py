@@ -55,6 +55,7 @@ from drpo_dspy.evaluation.records import (
 from drpo_dspy.evaluation.result import EvaluationResult
 from drpo_dspy.evaluation.stats import count_tokens, summarize
 from drpo_dspy.evaluation.systems import System, as_systems
+from drpo_dspy.primitives.checks import is_whole
 from drpo_dspy.runs.secrets import Redactor, describe_lm
 
 logger = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ def prepare_eval_set(records: Any, *, limit: int | None = None, source: str = "e
     Exact duplicates (same instruction in the same set) are dropped. Items keep ``set`` and ``category``;
     prompts without a ``set`` are labelled ``custom``.
     """
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+    if limit is not None and (not is_whole(limit) or limit < 1):
         raise EvaluationInputError(f"limit must be a positive integer, got {limit!r}")
     if not isinstance(records, list | tuple) or not records:
         raise EvaluationInputError(f"the {source} is empty: nothing to evaluate")
@@ -110,7 +111,7 @@ def resolve_eval_set(spec: str | os.PathLike[str], *, limit: int | None = None, 
     from drpo_dspy.evaluation.benchmarks.loaders import BenchmarkFormatError
 
     for name, value in (("limit", limit), ("sample", sample)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        if value is not None and (not is_whole(value) or value < 1):
             raise EvaluationInputError(f"{name} must be a positive integer, got {value!r}")
     text = os.fspath(spec)
     try:
@@ -219,7 +220,7 @@ def evaluate(
     if judge_lm is None and sets_needing_judge(items):
         raise EvaluationInputError(f"judge_lm is required for {', '.join(sets_needing_judge(items))}: only IFEval, "
                                    "XSTest and HarmBench can be scored without a judge")
-    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+    if not is_whole(num_threads) or num_threads < 1:
         raise EvaluationInputError(f"num_threads must be a positive integer, got {num_threads!r}")
     check_scorers(items)
     out = ensure_writable_dir(out_dir) if out_dir is not None else None

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from drpo_dspy.modules.aligned_responder import DEFAULT_INSTRUCTIONS, DEFAULT_MAX_TOKENS, AlignedResponder
+from drpo_dspy.primitives.checks import is_whole
 
 logger = logging.getLogger(__name__)
 
@@ -326,7 +327,7 @@ def generate(user_query: str, user_specified_system_prompt: str | None = None, o
         raise ValueError("user_query must be a non-empty string")
     check_number("temperature", temperature, 0.0, 2.0)
     check_number("top_p", top_p, 0.0, 1.0)
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+    if not is_whole(max_new_tokens) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     responder = _resolve_program(program)
     if user_specified_system_prompt is not None:
@@ -336,7 +337,7 @@ def generate(user_query: str, user_specified_system_prompt: str | None = None, o
     else:
         instructions = responder.instructions if optimized_prompt else DEFAULT_INSTRUCTIONS
     if optimized_icl:
-        if isinstance(num_optimized_icl, bool) or not isinstance(num_optimized_icl, int) or num_optimized_icl < 1:
+        if not is_whole(num_optimized_icl) or num_optimized_icl < 1:
             raise ValueError(f"num_optimized_icl must be a positive integer, got {num_optimized_icl!r}")
         if num_optimized_icl > len(responder.bank):
             raise ValueError(f"num_optimized_icl={num_optimized_icl} but the program has only "

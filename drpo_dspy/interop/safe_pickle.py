@@ -31,6 +31,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from drpo_dspy.primitives.checks import is_whole
+
 MAX_PICKLE_BYTES = 256 * 1024 * 1024
 
 
@@ -44,8 +46,7 @@ def _materialized(build: Any) -> Any:
 
     def guarded(*args: Any, **kwargs: Any) -> Any:
         first = args[0] if args else None
-        if isinstance(first, range) or (isinstance(first, int) and not isinstance(first, bool)
-                                        and build in (bytes, bytearray)):
+        if isinstance(first, range) or (is_whole(first) and build in (bytes, bytearray)):
             raise UnsafePickleError(f"refusing {build.__name__}({type(first).__name__}): a pickle that expands "
                                     "a small file into unbounded memory")
         return build(*args, **kwargs)

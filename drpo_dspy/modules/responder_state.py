@@ -8,6 +8,7 @@ from typing import Any
 from dspy.predict.parameter import Parameter
 
 from drpo_dspy.adapters.drpo_layout import DEFAULT_LAYOUT, check_layout
+from drpo_dspy.primitives.checks import is_real, is_whole
 
 logger = logging.getLogger(__name__)
 
@@ -96,15 +97,15 @@ class Decoding(Parameter):
 
 
 def check_decoding(temperature: Any, max_tokens: Any) -> None:
-    if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, int | float)
+    if temperature is not None and (not is_real(temperature)
                                     or not 0 <= temperature <= 2):
         raise ValueError(f"temperature must be a number from 0 to 2 or None, got {temperature!r}")
-    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
+    if max_tokens is not None and (not is_whole(max_tokens) or max_tokens < 1):
         raise ValueError(f"max_tokens must be a positive integer or None, got {max_tokens!r}")
 
 
 def check_k(k: Any, bank_size: int) -> None:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+    if not is_whole(k) or k < 0:
         raise ValueError(f"k must be a non-negative integer, got {k!r}")
     if k > bank_size:
         raise ValueError(
@@ -113,7 +114,7 @@ def check_k(k: Any, bank_size: int) -> None:
 
 
 def check_min_similarity(value: Any) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or not -1 <= value <= 1):
+    if value is not None and (not is_real(value) or not -1 <= value <= 1):
         raise ValueError(f"min_similarity must be a cosine from -1 to 1 or None, got {value!r}")
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from drpo_dspy.primitives.checks import is_whole
 from drpo_dspy.retrievers.examples import ICLExample
 
 __all__ = ["ON_DUPLICATE", "admit", "check_policy", "check_search_args", "dedupe_drops", "progress_bar"]
@@ -72,7 +73,7 @@ def check_search_args(queries: Any, k: Any, mmr_lambda: Any) -> list[str]:
             raise TypeError(f"query must be a str, got {type(query).__name__}")
         if not query.strip():
             raise ValueError("query must not be empty")
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+    if not (is_whole(k) or isinstance(k, np.integer)):
         raise TypeError(f"k must be an int, got {type(k).__name__}")
     if k < 0:
         raise ValueError(f"k must be >= 0, got {k}")

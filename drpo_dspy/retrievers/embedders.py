@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from drpo_dspy.primitives.checks import is_whole
+
 __all__ = [
     "DEFAULT_EMBEDDER",
     "Embedder",
@@ -92,7 +94,7 @@ class HashingEmbedder(Embedder):
     """
 
     def __init__(self, dim: int = 256) -> None:
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 8:
+        if not is_whole(dim) or dim < 8:
             raise ValueError(f"HashingEmbedder dim must be an int >= 8, got {dim!r}")
         self.dim = dim
         self.name = f"hashing-{dim}"

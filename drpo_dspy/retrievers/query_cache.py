@@ -13,6 +13,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from drpo_dspy.primitives.checks import is_whole
+
 __all__ = ["DEFAULT_QUERY_CACHE_SIZE", "QueryVectorCache"]
 
 DEFAULT_QUERY_CACHE_SIZE = 4096  # 384-d float32 vectors: about 6 MB when full
@@ -22,7 +24,7 @@ class QueryVectorCache:
     """Least-recently-used map of query text to its embedding, holding at most ``maxsize`` vectors (0: off)."""
 
     def __init__(self, maxsize: int = DEFAULT_QUERY_CACHE_SIZE) -> None:
-        if isinstance(maxsize, bool) or not isinstance(maxsize, int) or maxsize < 0:
+        if not is_whole(maxsize) or maxsize < 0:
             raise ValueError(f"query cache size must be an int >= 0, got {maxsize!r}")
         self.maxsize = maxsize
         self.hits = 0

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from drpo_dspy.primitives.checks import is_whole
 from drpo_dspy.retrievers.exact_search import exact_topk, mmr_select
 from drpo_dspy.retrievers.index_builders import build_hnsw, build_ivf, build_pq, faiss_module, new_hnsw
 
@@ -62,7 +63,7 @@ def _check_vectors(vectors: Any, dim: int | None) -> np.ndarray:
 
 
 def _check_k(k: int, n: int) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+    if not (is_whole(k) or isinstance(k, np.integer)):
         raise TypeError(f"k must be an int, got {type(k).__name__}")
     if k < 0:
         raise ValueError(f"k must be >= 0, got {k}")

@@ -24,6 +24,7 @@ import dspy
 from drpo_dspy.clients.budget import Budget, StopSignal
 from drpo_dspy.clients.failures import DEFAULT_MAX_ERRORS, FailurePolicy
 from drpo_dspy.clients.metering import Meter
+from drpo_dspy.primitives.checks import is_real
 from drpo_dspy.primitives.conversation_query import parse_conversation
 from drpo_dspy.rewards.aspects import AspectCatalogue
 from drpo_dspy.rewards.reward_judge import AspectSelection, Judgment, RewardJudge
@@ -107,7 +108,7 @@ class DynamicReward:
             raise ValueError(f"on_failure must be one of {ON_FAILURE}, got {on_failure!r}")
         if catalogue is not None and not isinstance(catalogue, AspectCatalogue):
             raise ValueError("catalogue must be an AspectCatalogue")
-        if isinstance(failure_score, bool) or not isinstance(failure_score, int | float):
+        if not is_real(failure_score):
             raise ValueError(f"failure_score must be a number, got {failure_score!r}")
         if not 1 <= min_aspects <= max_aspects:
             raise ValueError(f"need 1 <= min_aspects <= max_aspects, got {min_aspects}, {max_aspects}")

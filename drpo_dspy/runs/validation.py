@@ -10,6 +10,7 @@ from typing import Any
 
 import dspy
 
+from drpo_dspy.primitives.checks import is_real, is_whole
 from drpo_dspy.primitives.conversation_query import parse_conversation
 
 _KEYS_NOT_NEEDED: contextvars.ContextVar[bool] = contextvars.ContextVar("drpo_keys_not_needed", default=False)
@@ -71,12 +72,12 @@ def query_text(item: Any, where: str, max_query_chars: int | None = None) -> str
 
 
 def check_positive_int(name: str, value: Any, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if not is_whole(value) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def check_number(name: str, value: Any, low: float, high: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+    if not is_real(value) or not low <= value <= high:
         raise ValueError(f"{name} must be a number in [{low}, {high}], got {value!r}")
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from drpo_dspy.adapters.drpo_layout import STOP_SEQUENCES
+from drpo_dspy.primitives.checks import is_real, is_whole
 from drpo_dspy.serve.errors import bad_request
 from drpo_dspy.serve.settings import ServeSettings
 
@@ -48,7 +49,7 @@ def _number(body: dict[str, Any], name: str, low: float, high: float, *, low_ope
     value = body.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if not is_real(value):
         raise bad_request(f"'{name}' must be a number, got {type(value).__name__}", param=name, code="invalid_type")
     if value < low or value > high or (low_open and value == low):
         bound = f"({low}, {high}]" if low_open else f"[{low}, {high}]"
@@ -60,7 +61,7 @@ def _integer(body: dict[str, Any], name: str) -> int | None:
     value = body.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int):
+    if not is_whole(value):
         raise bad_request(f"'{name}' must be an integer, got {value!r}", param=name, code="invalid_type")
     return value
 

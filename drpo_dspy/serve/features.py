@@ -25,6 +25,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any
 
+from drpo_dspy.primitives.checks import is_whole
 from drpo_dspy.serve.errors import bad_request
 from drpo_dspy.serve.settings import ServeSettings
 from drpo_dspy.serve.structured import parse_response_format
@@ -109,13 +110,13 @@ def _logprobs(body: dict[str, Any], kind: str) -> tuple[bool, int]:
     if kind == "text":
         if value is None:
             return False, 0
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit:
+        if not is_whole(value) or not 0 <= value <= limit:
             raise bad_request(f"'logprobs' must be an integer from 0 to {limit}, got {value!r}", param="logprobs")
         return True, value
     if value is not None and not isinstance(value, bool):
         raise bad_request(f"'logprobs' must be true or false, got {value!r}", param="logprobs", code="invalid_type")
     if top is not None:
-        if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= limit:
+        if not is_whole(top) or not 0 <= top <= limit:
             raise bad_request(f"'top_logprobs' must be an integer from 0 to {limit}, got {top!r}",
                               param="top_logprobs")
         if not value:

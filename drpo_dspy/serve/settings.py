@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from drpo_dspy.primitives.checks import is_whole
 from drpo_dspy.runs.secrets import Redactor
 
 EMBEDDED_BASE = "embedded/smollm2-135m"
@@ -49,7 +50,7 @@ class ServeSettings:
         for name in ("max_request_bytes", "max_tokens_limit", "default_max_tokens", "max_n", "max_messages",
                      "max_concurrent"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_whole(value) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.default_max_tokens > self.max_tokens_limit:
             raise ValueError(f"default_max_tokens ({self.default_max_tokens}) exceeds max_tokens_limit "

@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from drpo_dspy.primitives.checks import is_real, is_whole
+
 
 @dataclass
 class GuardSettings:
@@ -41,16 +43,16 @@ class GuardSettings:
     max_refusal_rate: float | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.judge_samples, bool) or not isinstance(self.judge_samples, int) or self.judge_samples < 1:
+        if not is_whole(self.judge_samples) or self.judge_samples < 1:
             raise ValueError(f"judge_samples must be an integer >= 1, got {self.judge_samples!r}")
-        if not isinstance(self.tie_tolerance, int | float) or isinstance(self.tie_tolerance, bool) \
+        if not is_real(self.tie_tolerance) \
                 or not 0 <= self.tie_tolerance <= 4 or math.isnan(self.tie_tolerance):
             raise ValueError(f"tie_tolerance must be a number from 0 to 4, got {self.tie_tolerance!r}")
         for name in ("holdout", "max_prompt_tokens"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            if value is not None and (not is_whole(value) or value < 0):
                 raise ValueError(f"{name} must be a non-negative integer or None, got {value!r}")
-        if isinstance(self.refusal_probes, bool) or not isinstance(self.refusal_probes, int) \
+        if not is_whole(self.refusal_probes) \
                 or self.refusal_probes < 0:
             raise ValueError(f"refusal_probes must be a non-negative integer, got {self.refusal_probes!r}")
         if self.probe_queries is not None:

@@ -26,6 +26,7 @@ import dspy
 from drpo_dspy.adapters.typed_calls import call_typed
 from drpo_dspy.clients.budget import Budget, BudgetExhausted, guarded
 from drpo_dspy.clients.metering import Meter
+from drpo_dspy.primitives.checks import is_whole
 from drpo_dspy.retrievers.bank import AlignmentBank, ICLExample
 from drpo_dspy.retrievers.bank_loading import bank_like
 from drpo_dspy.retrievers.examples import coerce_example
@@ -209,9 +210,9 @@ def optimize_examples(
         (round 0 is the seed): ``stage, round, aspects, answer, scores, rationales, total, max_total, kept,
         failure``.
     """
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
+    if not is_whole(rounds) or rounds < 0:
         raise ValueError(f"rounds must be a non-negative integer, got {rounds!r}")
-    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+    if not is_whole(num_threads) or num_threads < 1:
         raise ValueError(f"num_threads must be a positive integer, got {num_threads!r}")
     items = [coerce_example(item, i) for i, item in enumerate(examples)]
     if not items:

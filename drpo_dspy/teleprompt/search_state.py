@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from drpo_dspy.primitives.checks import is_real, is_whole
 from drpo_dspy.primitives.fidelity import Fidelity, fidelity
 from drpo_dspy.rewards.reward_judge import Judgment
 from drpo_dspy.teleprompt.guards import GuardSettings
@@ -31,7 +32,7 @@ class SearchSettings:
     guards: GuardSettings = field(default_factory=GuardSettings)  # against judge gaming; all off in paper mode
 
     def __post_init__(self) -> None:
-        if isinstance(self.minibatch_size, bool) or not isinstance(self.minibatch_size, int) or self.minibatch_size < 1:
+        if not is_whole(self.minibatch_size) or self.minibatch_size < 1:
             raise ValueError(f"minibatch_size must be an integer >= 1, got {self.minibatch_size!r}")
         if self.proposal_sampling not in ("batched", "independent"):
             raise ValueError(f"proposal_sampling must be 'batched' or 'independent', got {self.proposal_sampling!r}")
@@ -85,7 +86,7 @@ class Node:
         missing = [k for k in ("id", "level", "prompt", "query", "response", "judgment", "rewards") if k not in d]
         if missing:
             raise ValueError(f"a saved node ({d.get('id', '?')!r:.20}) lacks the field(s) {', '.join(missing)}")
-        if not all(r is None or (isinstance(r, int | float) and not isinstance(r, bool)) for r in d["rewards"]):
+        if not all(r is None or is_real(r) for r in d["rewards"]):
             raise ValueError(f"node {d.get('id')!r}: rewards must be numbers or null")
         return cls(d["id"], d["level"], d["prompt"], d["query"], d["response"], Judgment.from_dict(d["judgment"]),
                    list(d["rewards"]), d.get("parent_id"), bool(d.get("carried")), list(d.get("versions", [])),
@@ -147,7 +148,7 @@ class SearchState:
         if missing:
             raise ValueError(f"the saved search state lacks the field(s) {', '.join(missing)}")
         for name in ("level", "max_depth", "depth_increases", "next_id"):
-            if isinstance(d[name], bool) or not isinstance(d[name], int) or d[name] < 0:
+            if not is_whole(d[name]) or d[name] < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {d[name]!r:.40}")
         state = cls(d["level"], d["max_depth"], d["depth_increases"], d["next_id"],
                     [Node.from_dict(n) for n in d["beam"]], [Node.from_dict(n) for n in d["ancestry"]],
