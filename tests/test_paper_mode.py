@@ -149,3 +149,29 @@ def test_paper_mode_keeps_rewrites_the_default_filter_drops():
     default = DRPO(**default_roles, **shape).compile(AlignedResponder(examples=[], k=0), trainset=QUERIES)
     assert default.drpo_result.levels[1]["dropped"] == [{"parent_id": 0, "reason": "template_echo_prompt"}]
     assert default.instructions == "You are a helpful assistant."
+
+
+class CapWorld(World):
+    """Records the base model's decoding, whatever the layout (the demo answers use the inference layout)."""
+
+    def _base(self, messages, params):
+        self._record("base_params", params=dict(params))
+        return super()._base(messages, params)
+
+
+def test_the_command_lines_answer_cap_holds_in_paper_mode(tmp_path):
+    """`drpo optimize --paper-mode --max-tokens 64` caps answers at 64 (without the flag: 2048, as the original)."""
+    from drpo_dspy.cli.main import main
+
+    queries = tmp_path / "queries.txt"
+    queries.write_text("\n".join(QUERIES[:2]) + "\n")
+    for extra, cap in ((["--max-tokens", "64"], 64), ([], 2048)):
+        world = CapWorld(scores_of, aspects=ASPECTS)
+        flags = [arg for role, lm in (("base", world.base_lm), ("metrics", world.metrics_lm),
+                                      ("judge", world.judge_lm), ("optimizer", world.optimizer_lm))
+                 for arg in (f"--{role}-model", lm.model)]
+        assert main(["optimize", *flags, "--trainset", str(queries), "--paper-mode", "--depth", "2", "--k", "0",
+                     "--beam-size", "1", "--n-actions", "1", "--max-depth-increase", "0", "--no-progress",
+                     "--log-dir", str(tmp_path / f"run{cap}"), "--demo-query", "demo q", *extra]) == 0
+        caps = {c["params"].get("max_tokens") for c in world.calls["base_params"]}
+        assert caps == {cap}, extra

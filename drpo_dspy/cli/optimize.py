@@ -111,6 +111,10 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     else:
         examples = None
     k = o.get("k", 2)
+    if o.get("paper_mode") and "max_tokens" not in o:  # before and after answers alike: the original's cap
+        from drpo_dspy.primitives.fidelity import PAPER
+
+        o["max_tokens"] = PAPER.answer_max_tokens
     decoding = {key: o[key] for key in ("max_tokens",) if key in o}
     if "answer_temperature" in o:
         decoding["temperature"] = o["answer_temperature"]
@@ -121,6 +125,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
                                       "paper_faithful_failures", "proposal_sampling", "max_calls",
                                       "max_total_tokens", "max_cost_usd", "stop_file", "paper_mode", "rewrite_filter",
                                       "max_errors", *GUARD_OPTIONS) if key in o}
+    if "max_tokens" in o:  # the cap asked for, also in paper mode (whose default is 2048)
+        search["answer_max_tokens"] = o["max_tokens"]
     if search.get("max_prompt_tokens") == 0:
         search["max_prompt_tokens"] = None
     if o.get("probe_queries"):
