@@ -15,7 +15,7 @@ from drpo_dspy.testing import scripted_lm
 PACKAGE = Path(__file__).resolve().parents[1] / "drpo_dspy"
 FLAG_NAMES = {"paper_mode", "paper_layout"}
 # The policy itself, and where it is constructed: DRPO(paper_mode=...) and the saved settings' field.
-ALLOWED = {"primitives/fidelity.py", "teleprompt/drpo.py", "teleprompt/search_state.py"}
+ALLOWED = {"primitives/fidelity.py", "teleprompt/drpo.py", "teleprompt/settings.py"}
 
 
 def _flag_uses(tree: ast.AST) -> list[int]:

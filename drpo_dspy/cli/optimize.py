@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from drpo_dspy.cli.common import ROLES, Interrupted, InterruptWatch, UsageError, fmt, make_lm, replica_lines
-from drpo_dspy.cli.optimize_options import (  # noqa: F401  (QUICK and GUARD_OPTIONS: imported from here by benches)
-    GUARD_OPTIONS,
+from drpo_dspy.cli.optimize_options import (  # noqa: F401  (QUICK: imported from here by benches)
     QUICK,
+    SETTING_OF_DEST,
     add_optimize_arguments,
     gather_options,
     saved_options,
@@ -120,13 +120,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         decoding["temperature"] = o["answer_temperature"]
     student = AlignedResponder(examples=examples, k=k, **decoding)
     log_dir = Path(resume or o.get("log_dir") or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
-    search = {key: o[key] for key in ("beam_size", "n_actions", "depth", "max_depth_increase", "temperature",
-                                      "skip_threshold", "num_threads", "seed", "initial_instructions",
-                                      "paper_faithful_failures", "proposal_sampling", "max_calls",
-                                      "max_total_tokens", "max_cost_usd", "stop_file", "paper_mode", "rewrite_filter",
-                                      "max_errors", *GUARD_OPTIONS) if key in o}
-    if "max_tokens" in o:  # the cap asked for, also in paper mode (whose default is 2048)
-        search["answer_max_tokens"] = o["max_tokens"]
+    search = {SETTING_OF_DEST[dest]: value for dest, value in o.items() if dest in SETTING_OF_DEST and dest != "k"}
     if search.get("max_prompt_tokens") == 0:
         search["max_prompt_tokens"] = None
     if o.get("probe_queries"):

@@ -8,15 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from drpo_dspy.cli.common import (
-    ROLES,
-    UsageError,
-    add_command,
-    float_in,
-    non_negative_int,
-    positive_float,
-    positive_int,
-)
+from drpo_dspy.cli.common import ROLES, UsageError, add_command, float_in, int_at_least, positive_int
+from drpo_dspy.teleprompt.settings import AUTO, setting_fields
 
 # One loader reads --examples for every command (retrievers/bank_loading.py); one help text says what it accepts.
 EXAMPLES_HELP = ("in-context examples: a .json list or .jsonl of {query, answer} records, a saved bank, or the "
@@ -26,47 +19,47 @@ EXAMPLES_HELP = ("in-context examples: a .json list or .jsonl of {query, answer}
 QUICK = {"beam_size": 2, "n_actions": 2, "depth": 3, "max_depth_increase": 1, "k": 1, "max_tokens": 160,
          "num_queries": 6}
 _PAPER_SET = ("paper_faithful_failures", "rewrite_filter")  # implied by paper mode, not passed again on resume
-GUARD_OPTIONS = ("length_control", "judge_samples", "tie_tolerance", "holdout", "max_prompt_tokens",
-                 "merge_duplicate_bullets", "refusal_probes", "refusal_penalty", "max_refusal_rate")
-temperature = float_in(0.0, 2.0)
-# Numeric options: (flag, check, help). The same checks apply to the values of a --config file.
-SEARCH_NUMBERS = (
-    ("beam-size", positive_int, "beams kept per level (2)"), ("n-actions", positive_int, "rewrites per beam (3)"),
-    ("depth", positive_int, "initial search depth (20)"),
-    ("max-depth-increase", non_negative_int, "extra levels allowed (10)"),
-    ("temperature", temperature, "optimizer temperature, 0 to 2 (0.2)"),
-    ("skip-threshold", float_in(1.0, 5.0), "skip the rewrite above this mean score, 1 to 5 (4.5)"),
-    ("k", non_negative_int, "in-context examples per query (2)"),
-    ("num-threads", positive_int, "concurrent LM calls (8)"),
-    ("seed", non_negative_int, "seed for sampled local calls (0)"),
-    ("max-tokens", positive_int, "cap on base-model answers (1024; --quick: 160; --paper-mode: 2048)"),
-    ("answer-temperature", temperature, "base-model decoding temperature, 0 to 2 (0: greedy)"),
-    ("max-errors", non_negative_int, "errors a role may have before the run stops (10)"),
-)
-GUARD_NUMBERS = (
-    ("judge-samples", positive_int, "judge every answer N times and average (1)"),
-    ("tie-tolerance", float_in(0.0, 4.0), "path means this close count as tied (0)"),
-    ("holdout", non_negative_int,
-     "queries held out to re-score the final beam (default: 8 when there is room; 0: off)"),
-    ("max-prompt-tokens", non_negative_int, "prompt budget told to the optimizer (1024; 0: off)"),
-    ("refusal-probes", non_negative_int, "benign-but-risky probes answered per candidate (0)"),
-    ("refusal-penalty", float_in(0.0, 4.0), "reward lost per unit of refusal rate (1.0)"),
-    ("max-refusal-rate", float_in(0.0, 1.0), "reject candidates refusing more probes than this, 0 to 1"),
-)
-BUDGET_NUMBERS = (
-    ("max-calls", positive_int, "hard budget: LM calls across all roles"),
-    ("max-total-tokens", positive_int, "hard budget: tokens across all roles"),
-    ("max-cost-usd", positive_float, "hard budget: dollars across all roles (litellm prices)"),
-)
-CHECKS = {flag.replace("-", "_"): check for flag, check, _ in (*SEARCH_NUMBERS, *GUARD_NUMBERS, *BUDGET_NUMBERS)}
+GROUP_TITLES = {"search": "search (defaults: the published configuration)",
+                "guards": "guards against judge gaming (all off with --paper-mode)",
+                "decoding": "the base model's answers", "budgets": "budgets and errors"}
+
+
+def _flag_of(f: Any) -> str | None:
+    flag = f.metadata.get("flag", AUTO)
+    if flag == AUTO:
+        flag = f"--no-{f.name}" if f.default is True else f"--{f.name}"
+        flag = flag.replace("_", "-")
+    return flag
+
+
+def _check_of(f: Any) -> Any:
+    """The argparse ``type=`` of a numeric setting (None for switches, choices and text)."""
+    meta = f.metadata
+    if meta.get("choices") or isinstance(f.default, bool):
+        return None
+    if meta.get("above") is not None:
+        return float_in(meta["above"], low_open=True)
+    if meta.get("maximum") is not None:
+        return float_in(meta["minimum"], meta["maximum"])
+    if meta.get("minimum") is not None:
+        return int_at_least(meta["minimum"])
+    return None
+
+
+# Every setting that has a flag: (group, field, flag, dest). The dest is the field's name, except where the flag
+# says otherwise (--max-tokens for answer_max_tokens); a --no-x switch sets x to False.
+CLI_SETTINGS = [(("search" if group == "run" else group), f, flag,
+                 f.name if f.default is True else flag[2:].replace("-", "_"))
+                for group, f in setting_fields() if (flag := _flag_of(f)) is not None]
+SETTING_OF_DEST = {dest: f.name for _, f, _, dest in CLI_SETTINGS}
+SWITCHED_OFF = {dest for _, f, _, dest in CLI_SETTINGS if f.default is True}  # --no-x flags: False is a choice
+GUARD_OPTIONS = tuple(f.name for group, f in setting_fields() if group == "guards")
+CHECKS = {dest: check for _, f, _, dest in CLI_SETTINGS if (check := _check_of(f)) is not None}
 CHECKS["num_queries"] = positive_int
-KNOWN = {"trainset", "num_queries", "examples", "log_dir", "max_tokens", "demo_query", "no_progress", "no_check",
-         "base_model_type", "beam_size", "n_actions", "depth", "max_depth_increase", "temperature",
-         "skip_threshold", "k", "num_threads", "seed", "initial_instructions", "paper_faithful_failures",
-         "proposal_sampling", "max_calls", "max_total_tokens", "max_cost_usd", "stop_file", "dry_run", "resume",
-         "resume_queries", "valset", "paper_mode", "rewrite_filter", "answer_temperature", "max_errors",
-         *GUARD_OPTIONS, "probe_queries", "resume_probe_queries",
-         *(f"{r}_model" for r in ROLES), *(f"{r}_api_base" for r in ROLES), *(f"{r}_router" for r in ROLES)}
+KNOWN = {"trainset", "num_queries", "examples", "log_dir", "demo_query", "no_progress", "no_check",
+         "base_model_type", "dry_run", "resume", "resume_queries", "valset", "probe_queries", "resume_probe_queries",
+         *SETTING_OF_DEST, *(f"{r}_model" for r in ROLES), *(f"{r}_api_base" for r in ROLES),
+         *(f"{r}_router" for r in ROLES)}
 
 DESCRIPTION = """\
 Search for an alignment system prompt with DRPO's beam search: the optimizer rewrites the prompt, the base model
@@ -100,6 +93,26 @@ def _add_role_flags(parser: argparse.ArgumentParser) -> None:
                        help="'text' for base (non-chat) models served by text completion")
 
 
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """A flag for every DRPO setting that has one, in its group, with its bounds and default (settings.py)."""
+    groups = {name: parser.add_argument_group(title) for name, title in GROUP_TITLES.items()}
+    for group, f, flag, dest in CLI_SETTINGS:
+        meta = f.metadata
+        shown = meta.get("shown")
+        if isinstance(f.default, bool):
+            groups[group].add_argument(flag, dest=dest, action="store_false" if f.default else "store_true",
+                                       default=None if f.default else False, help=meta["help"])
+            continue
+        default = shown if shown is not None else f.default
+        helptext = f"{meta['help']} ({default})" if default not in ("", None) else meta["help"]
+        check = _check_of(f)
+        metavar = None if meta.get("choices") else "PATH" if f.name == "stop_file" else "TEXT" if check is None \
+            else "N" if meta.get("maximum") is None and meta.get("above") is None else "X"
+        groups[group].add_argument(flag, dest=dest, type=check, choices=meta.get("choices"), metavar=metavar,
+                                   help=helptext)
+    groups["guards"].add_argument("--probe-queries", type=Path, help="your own probes (.json, .jsonl or .txt)")
+
+
 def add_optimize_arguments(subparsers: Any) -> argparse.ArgumentParser:
     """The ``optimize`` sub-command's parser (its handler is set by :mod:`drpo_dspy.cli.optimize`)."""
     opt = add_command(subparsers, "optimize", help="search for an alignment system prompt (DRPO beam search)",
@@ -111,39 +124,14 @@ def add_optimize_arguments(subparsers: Any) -> argparse.ArgumentParser:
     opt.add_argument("--num-queries", type=positive_int, help="use only the first N training queries")
     opt.add_argument("--valset", type=Path, help="held-out queries: re-score the final beam on them and pick by that")
     opt.add_argument("--examples", type=Path, help=EXAMPLES_HELP)
-    for name, check, helptext in SEARCH_NUMBERS:
-        opt.add_argument(f"--{name}", type=check, help=helptext)
-    opt.add_argument("--initial-instructions", help="starting system prompt")
     opt.add_argument("--log-dir", type=Path, help="run directory (default: runs/<timestamp>)")
     opt.add_argument("--quick", action="store_true",
                      help="tiny settings for a demo run of a few minutes: aligns Gemma-3-270M base (when installed: "
                           "the [gemma] extra) with the embedded SmolLM2 as helpers, then checks before vs after on "
                           "20 IFEval prompts, judge-free")
     opt.add_argument("--no-check", action="store_true", help="skip --quick's judge-free before/after check")
-    opt.add_argument("--paper-mode", action="store_true",
-                     help="behave as the original code in everything observable through the LMs (docs/fidelity.md)")
-    opt.add_argument("--no-rewrite-filter", dest="rewrite_filter", action="store_false", default=None,
-                     help="keep every readable rewrite, even template copies and query-specific ones")
-    guards = opt.add_argument_group("guards against judge gaming (all off with --paper-mode)")
-    guards.add_argument("--length-control", action="store_true",
-                        help="remove the judge's length preference from each level's rewards")
-    for name, check, helptext in GUARD_NUMBERS[:4]:
-        guards.add_argument(f"--{name}", type=check, help=helptext)
-    guards.add_argument("--no-merge-bullets", dest="merge_duplicate_bullets", action="store_false", default=None,
-                        help="keep duplicate bullets in rewrites")
-    for name, check, helptext in GUARD_NUMBERS[4:]:
-        guards.add_argument(f"--{name}", type=check, help=helptext)
-    guards.add_argument("--probe-queries", type=Path, help="your own probes (.json, .jsonl or .txt)")
-    opt.add_argument("--paper-faithful-failures", action="store_true",
-                     help="score unreadable judgments 0 and skip, as the original code did")
     opt.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    opt.add_argument("--proposal-sampling", choices=["batched", "independent"],
-                     help="one request for all rewrites of a node (batched, default) or one request each")
-    for name, check, helptext in BUDGET_NUMBERS:
-        opt.add_argument(f"--{name}", type=check, help=helptext)
-    opt.add_argument("--stop-file", metavar="PATH",
-                     help="stop as a budget does (after the calls in flight, exit 0) once PATH exists; RUN_DIR/STOP "
-                          "always works too")
+    _add_setting_flags(opt)
     opt.add_argument("--dry-run", action="store_true", help="estimate calls, tokens and dollars per role; call nothing")
     opt.add_argument("--resume", type=Path, metavar="RUN_DIR",
                      help="continue the run recorded in RUN_DIR (its settings and queries; no other flag needed)")
@@ -158,7 +146,7 @@ def gather_options(args: argparse.Namespace) -> dict[str, Any]:
         options.update(QUICK)
     if args.config:
         options.update(read_config(args.config))
-    options.update({k: v for k, v in vars(args).items() if v is not None and v is not False
+    options.update({k: v for k, v in vars(args).items() if v is not None and (v is not False or k in SWITCHED_OFF)
                     and k not in ("command", "config", "quick", "handler", "func", "verbose", "resume_hint")})
     return options
 

@@ -37,7 +37,8 @@ from drpo_dspy.signatures import ProposeInstructions, ProposeInstructionsWithBud
 from drpo_dspy.teleprompt.guards import LevelGuards, answer_tokens, merge_duplicate_bullets, rank_within_noise
 from drpo_dspy.teleprompt.refusal_probes import RefusalProbe, default_probes
 from drpo_dspy.teleprompt.rewrite_filter import clean_rewrite, prompt_problem
-from drpo_dspy.teleprompt.search_state import Node, SearchSettings, SearchState
+from drpo_dspy.teleprompt.search_state import Node, SearchState
+from drpo_dspy.teleprompt.settings import SearchSettings
 
 logger = logging.getLogger(__name__)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import logging
 import warnings
 from collections.abc import Sequence
@@ -24,15 +26,24 @@ from drpo_dspy.primitives.fidelity import fidelity
 from drpo_dspy.rewards.aspects import AspectCatalogue
 from drpo_dspy.runs.run_dir import RunDirectory
 from drpo_dspy.runs.secrets import Redactor
-from drpo_dspy.runs.validation import check_number, check_positive_int, coerce_queries, resolve_lm
+from drpo_dspy.runs.validation import coerce_queries, resolve_lm
 from drpo_dspy.teleprompt.compilation import Compilation
-from drpo_dspy.teleprompt.guards import GuardSettings, split_holdout
+from drpo_dspy.teleprompt.guards import split_holdout
 from drpo_dspy.teleprompt.result import DRPOResult
-from drpo_dspy.teleprompt.search_state import SearchSettings
+from drpo_dspy.teleprompt.settings import (
+    SETTING_NAMES,
+    BudgetSettings,
+    DecodingSettings,
+    DRPOConfig,
+    GuardSettings,
+    ICLSettings,
+    SearchSettings,
+)
 
 logger = logging.getLogger(__name__)
 
 _UNSET: Any = object()
+BUDGET_LIMITS = ("max_calls", "max_total_tokens", "max_cost_usd")
 
 __all__ = ["DRPO", "DRPOResult"]
 
@@ -48,6 +59,9 @@ class DRPO(Teleprompter):
         metrics_lm: Picks the reward aspects per query. Defaults to ``dspy.settings.lm``.
         judge_lm: Scores answers 1-5 per aspect. Defaults to ``dspy.settings.lm``.
         optimizer_lm: Rewrites the system prompt. Defaults to ``dspy.settings.lm``.
+        config: Every setting below at once, grouped (``DRPOConfig`` in ``teleprompt/settings.py``: search with its
+            guards, decoding, budgets, icl, k, initial_instructions); give it or the keyword arguments, not both.
+            ``drpo.config`` is the run's settled configuration either way.
         beam_size, n_actions, depth, max_depth_increase: Beam search shape (published: 2, 3, 20, 10).
         temperature: Optimizer sampling temperature (0.2).
         skip_threshold: A mean score above this (or all 5s) carries the prompt over without a rewrite (4.5).
@@ -69,6 +83,7 @@ class DRPO(Teleprompter):
             goes to the trace. Off in paper mode.
         proposal_sampling: "batched" asks for the ``n_actions`` rewrites of a node in one request (as the paper's
             code does; an unreadable sample drops only itself); "independent" makes one request per rewrite.
+        history_window: Prompts of the path the optimizer is shown (5, as the original).
         minibatch_size: Judge every candidate on this many queries per level instead of one (beyond the paper; a
             less noisy but costlier ranking). The level's reward is the mean; the optimizer sees the worst query.
         optimize_icl: First improve the answers of the student's example bank with a strict critic and a
@@ -110,6 +125,7 @@ class DRPO(Teleprompter):
         metrics_lm: dspy.BaseLM | Sequence[dspy.LM] | None = None,
         judge_lm: dspy.BaseLM | Sequence[dspy.LM] | None = None,
         optimizer_lm: dspy.BaseLM | Sequence[dspy.LM] | None = None,
+        config: DRPOConfig | None = None,
         beam_size: int = 2,
         n_actions: int = 3,
         depth: int = 20,
@@ -127,6 +143,7 @@ class DRPO(Teleprompter):
         rewrite_filter: bool = True,
         proposal_sampling: str = "batched",
         minibatch_size: int = 1,
+        history_window: int = 5,
         optimize_icl: bool = False,
         icl_rounds: int = 5,
         answer_temperature: float | None = None,
@@ -151,78 +168,86 @@ class DRPO(Teleprompter):
         max_tokens: Any = _UNSET,
     ):
         super().__init__()
+        given = {name: value for name, value in locals().items() if name in SETTING_NAMES}
         if max_tokens is not _UNSET:
             warnings.warn("DRPO(max_tokens=...) is the total token budget and is renamed max_total_tokens (the old "
                           "name will be removed in the next release; a per-answer cap is answer_max_tokens)",
                           DeprecationWarning, stacklevel=2)
             if max_total_tokens is not None:
                 raise ValueError("pass max_total_tokens only (max_tokens is its deprecated name)")
-            max_total_tokens = max_tokens
-        check_positive_int("beam_size", beam_size)
-        check_positive_int("n_actions", n_actions)
-        check_positive_int("depth", depth)
-        check_positive_int("max_depth_increase", max_depth_increase, minimum=0)
-        if k is not None:
-            check_positive_int("k", k, minimum=0)
+            given["max_total_tokens"] = max_tokens
+        if config is not None:
+            if not isinstance(config, DRPOConfig):
+                raise ValueError(f"config must be a DRPOConfig, got {type(config).__name__}")
+            both = sorted(name for name, value in given.items() if value != _SETTING_DEFAULTS[name])
+            if both:
+                raise ValueError(f"pass settings either in config or as keyword arguments, not both: {', '.join(both)}")
+            given = config.flat()
         base_lm, metrics_lm, judge_lm, optimizer_lm = (role_lm(lm, role) for lm, role in (
             (base_lm, "base"), (metrics_lm, "metrics"), (judge_lm, "judge"), (optimizer_lm, "optimizer")))
-        if num_threads is None:
-            num_threads = derived_num_threads([base_lm, metrics_lm, judge_lm, optimizer_lm], floor=8)
-        check_positive_int("num_threads", num_threads)
-        check_positive_int("seed", seed, minimum=0)
-        check_positive_int("icl_rounds", icl_rounds)
-        check_number("temperature", temperature, 0.0, 2.0)
-        check_number("skip_threshold", skip_threshold, 1.0, 5.0)
-        _check_decoding(answer_temperature, answer_max_tokens)
-        if initial_instructions is not None and (
-                not isinstance(initial_instructions, str) or not initial_instructions.strip()):
-            raise ValueError("initial_instructions must be a non-empty string")
+        if given["num_threads"] is None:
+            given["num_threads"] = derived_num_threads([base_lm, metrics_lm, judge_lm, optimizer_lm], floor=8)
+        self.base_lm, self.metrics_lm, self.judge_lm, self.optimizer_lm = base_lm, metrics_lm, judge_lm, optimizer_lm
+        self.config = self._settle(given)
+        self.settings = self.config.search
+        self.log_dir = log_dir
         if catalogue is not None and not isinstance(catalogue, AspectCatalogue):
             raise ValueError("catalogue must be an AspectCatalogue")
-        guards = GuardSettings(length_control=bool(length_control), judge_samples=judge_samples,
-                               tie_tolerance=tie_tolerance, holdout=holdout, max_prompt_tokens=max_prompt_tokens,
-                               merge_duplicate_bullets=bool(merge_duplicate_bullets), refusal_probes=refusal_probes,
-                               probe_queries=list(probe_queries) if probe_queries is not None else None,
-                               refusal_penalty=refusal_penalty, max_refusal_rate=max_refusal_rate)
-        self.fidelity = fidelity(bool(paper_mode))
-        if self.fidelity.is_paper:
-            if length_control or judge_samples != 1 or tie_tolerance or holdout or guards.refusal_probes:
-                raise ValueError("paper_mode runs without the guards against judge gaming (length control, repeated "
-                                 "judging, tie tolerance, held-out queries, refusal probes): drop them or the paper "
-                                 "mode")
-            guards = GuardSettings.off()
-            if minibatch_size != 1:
-                raise ValueError("paper_mode judges each candidate on one query per level: minibatch_size must be 1")
-            if proposal_sampling != "batched":
-                raise ValueError("paper_mode asks for a node's rewrites in one request: proposal_sampling='batched'")
-            answer_temperature = 0.0 if answer_temperature is None else answer_temperature
-            answer_max_tokens = self.fidelity.answer_max_tokens if answer_max_tokens is None else answer_max_tokens
-        self.base_lm, self.metrics_lm, self.judge_lm, self.optimizer_lm = base_lm, metrics_lm, judge_lm, optimizer_lm
-        self.settings = SearchSettings(beam_size=beam_size, n_actions=n_actions, depth=depth,
-                                       max_depth_increase=max_depth_increase, skip_threshold=skip_threshold,
-                                       temperature=temperature, num_threads=num_threads, seed=seed,
-                                       paper_faithful_failures=paper_faithful_failures
-                                       or self.fidelity.failures_score_zero,
-                                       proposal_sampling=proposal_sampling, minibatch_size=minibatch_size,
-                                       paper_mode=self.fidelity.is_paper,
-                                       rewrite_filter=bool(rewrite_filter) and self.fidelity.rewrite_filter,
-                                       guards=guards)
-        self.k = k
-        self.answer_temperature, self.answer_max_tokens = answer_temperature, answer_max_tokens
-        self.optimize_icl, self.icl_rounds = bool(optimize_icl), icl_rounds
-        self.initial_instructions = initial_instructions
-        self.log_dir = log_dir
         self.catalogue = catalogue or AspectCatalogue()
         self.progress = progress
         self.event_callbacks = list(callbacks or [])
         EventBus(self.event_callbacks)  # validates the callbacks now
         # DSPy calls ``on_compile_start``/``on_compile_end`` of ``self.callbacks``: only DSPy callbacks belong there.
         self.callbacks = [cb for cb in self.event_callbacks if isinstance(cb, BaseCallback)]
-        self.max_errors = max_errors
-        FailurePolicy(max_errors)  # validates max_errors now
-        self.budgets = {"max_calls": max_calls, "max_total_tokens": max_total_tokens, "max_cost_usd": max_cost_usd}
-        self.stop_file = Path(stop_file) if stop_file is not None else None
-        Budget(Meter(), **self.budgets)  # validates the limits now, before any compile
+
+    def _settle(self, s: dict[str, Any]) -> DRPOConfig:
+        """The run's ``DRPOConfig`` from the settings given: checked (before any LM call), with what paper mode
+        implies applied (its fidelity policy; every guard off)."""
+        _check_decoding(s["answer_temperature"], s["answer_max_tokens"])
+        FailurePolicy(s["max_errors"])  # validates max_errors now
+        Budget(Meter(), **{name: s[name] for name in BUDGET_LIMITS})  # validates the limits now
+        guard_names = [f.name for f in dataclasses.fields(GuardSettings)]
+        guards = GuardSettings(**{name: s[name] for name in guard_names})
+        guards.length_control, guards.merge_duplicate_bullets = bool(s["length_control"]), bool(
+            s["merge_duplicate_bullets"])
+        self.fidelity = fidelity(bool(s["paper_mode"]))
+        if self.fidelity.is_paper:
+            if s["length_control"] or s["judge_samples"] != 1 or s["tie_tolerance"] or s["holdout"] \
+                    or guards.refusal_probes:
+                raise ValueError("paper_mode runs without the guards against judge gaming (length control, repeated "
+                                 "judging, tie tolerance, held-out queries, refusal probes): drop them or the paper "
+                                 "mode")
+            guards = GuardSettings.off()
+            if s["minibatch_size"] != 1:
+                raise ValueError("paper_mode judges each candidate on one query per level: minibatch_size must be 1")
+            if s["proposal_sampling"] != "batched":
+                raise ValueError("paper_mode asks for a node's rewrites in one request: proposal_sampling='batched'")
+            s["answer_temperature"] = 0.0 if s["answer_temperature"] is None else s["answer_temperature"]
+            if s["answer_max_tokens"] is None:
+                s["answer_max_tokens"] = self.fidelity.answer_max_tokens
+        search_names = [f.name for f in dataclasses.fields(SearchSettings) if f.name != "guards"]
+        search = SearchSettings(**{name: s[name] for name in search_names}, guards=guards)
+        search.paper_faithful_failures = bool(s["paper_faithful_failures"]) or self.fidelity.failures_score_zero
+        search.rewrite_filter = bool(s["rewrite_filter"]) and self.fidelity.rewrite_filter
+        search.paper_mode = self.fidelity.is_paper
+        return DRPOConfig(
+            search=search,
+            decoding=DecodingSettings(s["answer_temperature"], s["answer_max_tokens"]),
+            budgets=BudgetSettings(**{name: s[name] for name in (*BUDGET_LIMITS, "stop_file", "max_errors")}),
+            icl=ICLSettings(bool(s["optimize_icl"]), s["icl_rounds"]), k=s["k"],
+            initial_instructions=s["initial_instructions"])
+
+    # The run's settings, as the rest of the package reads them (``self.config`` holds them all).
+    k = property(lambda self: self.config.k)
+    initial_instructions = property(lambda self: self.config.initial_instructions)
+    answer_temperature = property(lambda self: self.config.decoding.answer_temperature)
+    answer_max_tokens = property(lambda self: self.config.decoding.answer_max_tokens)
+    optimize_icl = property(lambda self: self.config.icl.optimize_icl)
+    icl_rounds = property(lambda self: self.config.icl.icl_rounds)
+    max_errors = property(lambda self: self.config.budgets.max_errors)
+    budgets = property(lambda self: {name: getattr(self.config.budgets, name) for name in BUDGET_LIMITS})
+    stop_file = property(lambda self: None if self.config.budgets.stop_file is None
+                         else Path(self.config.budgets.stop_file))
 
     @property
     def paper_mode(self) -> bool:
@@ -345,3 +370,7 @@ class DRPO(Teleprompter):
 
 
 _COMPILE = DRPO.compile  # the unpatched compile, whatever MLflow autologging does later
+
+
+_SETTING_DEFAULTS = {name: parameter.default for name, parameter in inspect.signature(DRPO.__init__).parameters.items()
+                     if name in SETTING_NAMES}

@@ -1,5 +1,5 @@
-"""Guards against gaming the judge: the settings and the pure parts (length control, prompt budget, bullet merging,
-tie-breaking within the judge's noise, the held-out split).
+"""Guards against gaming the judge: the pure parts (length control, prompt budget, bullet merging, tie-breaking
+within the judge's noise, the held-out split); their settings are ``settings.GuardSettings``.
 
 DRPO maximises one LLM judge's scores on one query per level. Known failure modes, and the guard for each:
 
@@ -21,74 +21,9 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from typing import Any
 
-from drpo_dspy.primitives.checks import is_real, is_whole
-
-
-@dataclass
-class GuardSettings:
-    """Which guards are on. Defaults: the cheap ones on, the ones that multiply LM calls off; all off in paper mode."""
-
-    length_control: bool = False
-    judge_samples: int = 1
-    tie_tolerance: float = 0.0
-    holdout: int | None = None  # None: automatic (on when the trainset has room for it); 0: off
-    max_prompt_tokens: int | None = 1024
-    merge_duplicate_bullets: bool = True
-    refusal_probes: int = 0
-    probe_queries: list[str] | None = None  # your own benign-but-risky probes (default: the built-in set)
-    refusal_penalty: float = 1.0
-    max_refusal_rate: float | None = None
-
-    def __post_init__(self) -> None:
-        if not is_whole(self.judge_samples) or self.judge_samples < 1:
-            raise ValueError(f"judge_samples must be an integer >= 1, got {self.judge_samples!r}")
-        if not is_real(self.tie_tolerance) \
-                or not 0 <= self.tie_tolerance <= 4 or math.isnan(self.tie_tolerance):
-            raise ValueError(f"tie_tolerance must be a number from 0 to 4, got {self.tie_tolerance!r}")
-        for name in ("holdout", "max_prompt_tokens"):
-            value = getattr(self, name)
-            if value is not None and (not is_whole(value) or value < 0):
-                raise ValueError(f"{name} must be a non-negative integer or None, got {value!r}")
-        if not is_whole(self.refusal_probes) \
-                or self.refusal_probes < 0:
-            raise ValueError(f"refusal_probes must be a non-negative integer, got {self.refusal_probes!r}")
-        if self.probe_queries is not None:
-            if isinstance(self.probe_queries, str) or not all(isinstance(q, str) and q.strip()
-                                                              for q in self.probe_queries):
-                raise ValueError("probe_queries must be a list of non-empty strings")
-            self.probe_queries = list(self.probe_queries)
-            if self.probe_queries and not self.refusal_probes:
-                self.refusal_probes = len(self.probe_queries)
-        if not isinstance(self.refusal_penalty, int | float) or not 0 <= self.refusal_penalty <= 4:
-            raise ValueError(f"refusal_penalty must be a number from 0 to 4, got {self.refusal_penalty!r}")
-        if self.max_refusal_rate is not None and not 0 <= self.max_refusal_rate <= 1:
-            raise ValueError(f"max_refusal_rate must be from 0 to 1 or None, got {self.max_refusal_rate!r}")
-
-    @classmethod
-    def off(cls) -> GuardSettings:
-        """Every guard off (paper mode)."""
-        return cls(length_control=False, judge_samples=1, tie_tolerance=0.0, holdout=0, max_prompt_tokens=None,
-                   merge_duplicate_bullets=False, refusal_probes=0)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def describe(self) -> dict[str, Any]:
-        """What each guard does in this run, for summary.json and ``drpo show``."""
-        return {
-            "length_control": self.length_control,
-            "judge_samples": self.judge_samples,
-            "tie_tolerance": self.tie_tolerance,
-            "holdout": self.holdout,
-            "max_prompt_tokens": self.max_prompt_tokens,
-            "merge_duplicate_bullets": self.merge_duplicate_bullets,
-            "refusal_probes": self.refusal_probes,
-            "refusal_penalty": self.refusal_penalty if self.refusal_probes else None,
-            "max_refusal_rate": self.max_refusal_rate if self.refusal_probes else None,
-        }
+from drpo_dspy.teleprompt.settings import GuardSettings
 
 
 # -- length control ----------------------------------------------------------------------------------------------

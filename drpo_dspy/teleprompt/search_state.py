@@ -6,46 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from drpo_dspy.primitives.checks import is_real, is_whole
-from drpo_dspy.primitives.fidelity import Fidelity, fidelity
 from drpo_dspy.rewards.reward_judge import Judgment
-from drpo_dspy.teleprompt.guards import GuardSettings
-
-
-@dataclass
-class SearchSettings:
-    """Hyper-parameters of the search (published defaults)."""
-
-    beam_size: int = 2
-    n_actions: int = 3
-    depth: int = 20
-    max_depth_increase: int = 10
-    skip_threshold: float = 4.5
-    temperature: float = 0.2
-    history_window: int = 5
-    num_threads: int = 8
-    seed: int = 0
-    paper_faithful_failures: bool = False  # True: an unreadable judgment scores 0 and triggers a skip
-    proposal_sampling: str = "batched"  # "batched": one request for n_actions samples; "independent": one each
-    minibatch_size: int = 1  # queries per level each candidate is judged on (1 = the paper)
-    paper_mode: bool = False  # everything observable through the LMs as the original code (see docs/fidelity.md)
-    rewrite_filter: bool = True  # drop rewrites that cannot be a system prompt (template copies, query-specific)
-    guards: GuardSettings = field(default_factory=GuardSettings)  # against judge gaming; all off in paper mode
-
-    def __post_init__(self) -> None:
-        if not is_whole(self.minibatch_size) or self.minibatch_size < 1:
-            raise ValueError(f"minibatch_size must be an integer >= 1, got {self.minibatch_size!r}")
-        if self.proposal_sampling not in ("batched", "independent"):
-            raise ValueError(f"proposal_sampling must be 'batched' or 'independent', got {self.proposal_sampling!r}")
-
-    @property
-    def fidelity(self) -> Fidelity:
-        """The run's fidelity policy (``paper_mode`` is kept as the saved settings' field)."""
-        return fidelity(self.paper_mode)
-
-    @property
-    def batched(self) -> bool:
-        # DSPy raises the temperature of multi-sample calls at or below 0.15, so those are made one by one.
-        return self.proposal_sampling == "batched" and self.n_actions > 1 and self.temperature > 0.15
 
 
 @dataclass
