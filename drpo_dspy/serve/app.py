@@ -27,7 +27,7 @@ from drpo_dspy.serve.access_log import AccessLogMiddleware, log_exchange
 from drpo_dspy.serve.admission import Admission
 from drpo_dspy.serve.answers import answer_of
 from drpo_dspy.serve.conversation import Conversation, conversation_messages, parse_messages, parse_prompt
-from drpo_dspy.serve.decoding import CHAT_FIELDS, COMPLETION_FIELDS, Decoding, check_fields, parse_decoding
+from drpo_dspy.serve.decoding import CHAT_FIELDS, COMPLETION_FIELDS, RequestDecoding, check_fields, parse_decoding
 from drpo_dspy.serve.errors import APIError, bad_request, missing_key, too_large, unknown_model, upstream_error
 from drpo_dspy.serve.features import Features, Route, parse_features
 from drpo_dspy.serve.payloads import ChunkWriter, completion_body, model_card, program_headers
@@ -128,7 +128,7 @@ def create_app(settings: ServeSettings, registry: ProgramRegistry, upstream: Ups
             logger.warning("base model call failed: %s -> %d", type(exc).__name__, error.status)
             raise error from None
 
-    async def answer(kind: str, conversation: AnyConversation, decoding: Decoding, features: Features,
+    async def answer(kind: str, conversation: AnyConversation, decoding: RequestDecoding, features: Features,
                      program: LoadedProgram) -> Any:
         release, streaming = admission.enter(), False
         params = {**decoding.params, **features.params}
@@ -154,7 +154,7 @@ def create_app(settings: ServeSettings, registry: ProgramRegistry, upstream: Ups
         tokens = (completion.prompt_tokens, completion.completion_tokens)
         return JSONResponse(completion_body(kind, program, answers, tokens), headers=headers)
 
-    async def _events(kind: str, program: LoadedProgram, deltas: AsyncIterator[Delta], decoding: Decoding,
+    async def _events(kind: str, program: LoadedProgram, deltas: AsyncIterator[Delta], decoding: RequestDecoding,
                       features: Features, messages: list[dict[str, Any]], release: Callable[[], None]
                       ) -> AsyncIterator[str]:
         writer, result = ChunkWriter(kind, program), StreamResult()

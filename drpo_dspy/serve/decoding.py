@@ -33,7 +33,7 @@ MAX_CLIENT_STOPS = 4
 
 
 @dataclass(frozen=True)
-class Decoding:
+class RequestDecoding:
     """What the base model is called with, plus the streaming choice."""
 
     params: dict[str, Any] = field(default_factory=dict)
@@ -103,7 +103,7 @@ def program_defaults(responder: Any) -> dict[str, Any]:
 
 
 def parse_decoding(body: dict[str, Any], settings: ServeSettings, *, allowed: set[str],
-                   defaults: dict[str, Any] | None = None, drpo_stops: bool = True) -> Decoding:
+                   defaults: dict[str, Any] | None = None, drpo_stops: bool = True) -> RequestDecoding:
     """Validate the request's decoding parameters; the DRPO end markers follow the client's stops (``drpo_stops``
     False: the client's alone -- the plain layout and structured output have no markers to stop at).
 
@@ -148,4 +148,4 @@ def parse_decoding(body: dict[str, Any], settings: ServeSettings, *, allowed: se
     stops = list(dict.fromkeys([*_stops(body.get("stop")), *(STOP_SEQUENCES if drpo_stops else ())]))[:MAX_STOPS]
     if stops:
         params["stop"] = stops
-    return Decoding(params, stream, bool((options or {}).get("include_usage")))
+    return RequestDecoding(params, stream, bool((options or {}).get("include_usage")))
