@@ -160,6 +160,11 @@ def test_every_shipped_training_query_copied_into_a_rewrite_is_dropped():
     ("You improve the system prompt that led to your edits.", "template_echo_prompt"),  # the optimizer's own role
     ("- You improve the instructions of the steps of a program.", "template_echo_prompt"),
     ("You improve essays: fix grammar, keep the author's voice.", None),
+    # DSPy's request wording copied back (drpo optimize --quick's "prompt after" once opened with it)
+    ("Your output fields are: `analysis`, then `thought` and `new_system_prompt`. The user's query was a good one.",
+     "template_echo_prompt"),
+    (f"{GOOD}\nWrite the `new_system_prompt` in English.", "template_echo_prompt"),
+    (f"{GOOD}\nList the output fields of a form when asked; name the input fields you need.", None),
     # code and bare titles (rewrites a 135M optimizer wrote in the notebooks)
     (";\n}\n```python\ndef make_cup():\n    return", "code_prompt"),
     ("```python\ndef answer():\n    pass\n```", "code_prompt"),

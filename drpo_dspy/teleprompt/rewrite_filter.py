@@ -10,7 +10,9 @@ A rewrite is dropped, with its reason recorded in the trace, only when it cannot
 - ``heading_only_prompt``: every line is a markdown heading (``### polish,``): a title with nothing under it;
 - ``template_echo_prompt``: the optimizer copied the request back: DSPy's field markers (``[[ ## name ## ]]``, also
   with single brackets), a placeholder naming one of the optimizer's own fields (``{new_system_prompt}``), a field
-  description verbatim, or a sentence opening as the optimizer's own role does (``You improve the system prompt``);
+  description verbatim, DSPy's own request wording (``Your output fields are: ...``) or a field name of the
+  optimizer's quoted as code (```new_system_prompt```), or a sentence opening as the optimizer's own role does
+  (``You improve the system prompt``);
 - ``input_echo_prompt``: the rewrite is, once case and punctuation are normalised, another text the optimizer
   read: the answer it was shown, or the prompt budget (``1024 tokens``);
 - ``scaffolding_heading_prompt``: a line of the rewrite is a heading of the optimizer's own scaffolding: a version
@@ -75,6 +77,8 @@ _PROMPT_TITLE = (rf"(?:{_CHANGED}[ \t]+(?:system[ \t]+)?prompt|(?:system[ \t]+)?
                  r"v?\d+|version(?:[ \t]*\d+)?))")
 _SNAKE_FIELDS = "|".join(re.escape(name) for name in [*ProposeInstructionsWithBudget.input_fields,
                                                       *ProposeInstructionsWithBudget.output_fields] if "_" in name)
+# DSPy's own request wording ("Your output fields are: ..."), or one of the optimizer's field names quoted as code.
+_ADAPTER_ECHO = re.compile(rf"\byour\s+(?:input|output)\s+fields\s+are\b|`(?:{_SNAKE_FIELDS})`", re.IGNORECASE)
 _HEADING = re.compile(
     "|".join([
         rf"^[ \t>]*#{{1,6}}[ \t]*(?:\*\*|__)?[ \t]*(?:{_VERSION_TITLE}|{_PROMPT_TITLE})\b",  # markdown heading
@@ -198,7 +202,8 @@ def prompt_problem(text: str, query: str = "", inputs: Sequence[str] = ()) -> st
         return "no_words_prompt"
     if _is_code(text):
         return "code_prompt"
-    if _TEMPLATE_ECHO.search(text) or _squash(text) in _FIELD_DESCRIPTIONS or _restates_the_task(text):
+    if _TEMPLATE_ECHO.search(text) or _ADAPTER_ECHO.search(text) or _squash(text) in _FIELD_DESCRIPTIONS \
+            or _restates_the_task(text):
         return "template_echo_prompt"
     if any(_squash(text) == _squash(value) for value in inputs if _squash(value)):
         return "input_echo_prompt"
