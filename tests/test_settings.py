@@ -110,6 +110,7 @@ def test_switching_a_default_off_on_the_command_line_reaches_drpo(tmp_path, monk
 
     monkeypatch.setattr(drpo_dspy.DRPO, "__init__", spy)
     assert main(["optimize", "--dry-run", "--no-rewrite-filter", "--no-merge-bullets", "--max-tokens", "64",
-                 "--log-dir", str(tmp_path / "run")]) == 0
+                 "--max-prompt-tokens", "0", "--log-dir", str(tmp_path / "run")]) == 0
     assert seen["rewrite_filter"] is False and seen["merge_duplicate_bullets"] is False
     assert seen["answer_max_tokens"] == 64
+    assert "max_prompt_tokens" in seen and seen["max_prompt_tokens"] is None  # 0 on the command line: off

@@ -20,6 +20,7 @@ from drpo_dspy.cli.common import ROLES, Interrupted, InterruptWatch, UsageError,
 from drpo_dspy.cli.optimize_options import (  # noqa: F401  (QUICK: imported from here by benches)
     QUICK,
     SETTING_OF_DEST,
+    ZERO_MEANS_NONE,
     add_optimize_arguments,
     gather_options,
     saved_options,
@@ -121,8 +122,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     student = AlignedResponder(examples=examples, k=k, **decoding)
     log_dir = Path(resume or o.get("log_dir") or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
     search = {SETTING_OF_DEST[dest]: value for dest, value in o.items() if dest in SETTING_OF_DEST and dest != "k"}
-    if search.get("max_prompt_tokens") == 0:
-        search["max_prompt_tokens"] = None
+    search.update({name: None for name in ZERO_MEANS_NONE if search.get(name) == 0})  # --max-prompt-tokens 0: off
     if o.get("probe_queries"):
         search["probe_queries"] = _load_queries(Path(o["probe_queries"]), None)
     elif o.get("resume_probe_queries"):

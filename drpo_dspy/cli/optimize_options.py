@@ -52,6 +52,7 @@ CLI_SETTINGS = [(("search" if group == "run" else group), f, flag,
                  f.name if f.default is True else flag[2:].replace("-", "_"))
                 for group, f in setting_fields() if (flag := _flag_of(f)) is not None]
 SETTING_OF_DEST = {dest: f.name for _, f, _, dest in CLI_SETTINGS}
+ZERO_MEANS_NONE = {f.name for _, f, _, _ in CLI_SETTINGS if f.metadata.get("zero_means_none")}
 SWITCHED_OFF = {dest for _, f, _, dest in CLI_SETTINGS if f.default is True}  # --no-x flags: False is a choice
 GUARD_OPTIONS = tuple(f.name for group, f in setting_fields() if group == "guards")
 CHECKS = {dest: check for _, f, _, dest in CLI_SETTINGS if (check := _check_of(f)) is not None}

@@ -26,7 +26,7 @@ class Fidelity:
     judge_empty_answers: bool  # an empty answer is judged like any other (default: no answer, no reward)
     unescape_rewrites: bool  # a rewrite's "\\n" written as two characters becomes a newline
     history_with_repeats: bool  # the optimizer sees the path's last prompts, repeats included
-    rewrite_filter: bool  # drop rewrites that cannot be a system prompt (None here: the caller's choice)
+    rewrite_filter: bool  # drop rewrites that cannot be a system prompt (when the caller asks for it)
     failures_score_zero: bool  # an unreadable judgment scores 0 and triggers a skip
     answer_max_tokens: int | None  # the base model's cap when none is given (None: the caller's default)
     valset_rescoring: bool  # a held-out set may re-score the final beam

@@ -3,7 +3,7 @@
 ``DRPOConfig`` groups them (``search`` with its ``guards`` and the fidelity switch, ``decoding``, ``budgets``,
 ``icl``, and the run's ``k`` and ``initial_instructions``). From these dataclasses come ``DRPO(...)``'s validation
 (``DRPO(config=...)`` or the same names as keyword arguments), ``drpo optimize``'s flags and their help, the names a
-``--config`` file may use, and the ``settings`` block of a run's ``config.json``. Adding a setting is adding a field
+``--config`` file may use, and the ``search`` block of a run's ``config.json``. Adding a setting is adding a field
 here (and the keyword argument of ``DRPO``, which ``tests/test_settings.py`` checks against these fields).
 
 This module imports nothing heavy: the command line reads it before DSPy is loaded.
@@ -55,12 +55,11 @@ def check_setting(name: str, value: Any, meta: Mapping[str, Any], *, optional: b
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
-def _check_fields(obj: Any, names: tuple[str, ...] | None = None) -> None:
-    """Check ``names`` (default: every field with bounds or choices) against their settings."""
+def _check_fields(obj: Any) -> None:
+    """Check every field with bounds or choices against its setting."""
     for f in dataclasses.fields(obj):
         meta = f.metadata
-        bounded = meta and any(meta.get(key) is not None for key in ("minimum", "maximum", "above", "choices"))
-        if (f.name in names) if names is not None else bounded:
+        if meta and any(meta.get(key) is not None for key in ("minimum", "maximum", "above", "choices")):
             check_setting(f.name, getattr(obj, f.name), meta, optional=f.default is None)
 
 
@@ -177,7 +176,7 @@ class DecodingSettings:
                                             shown="1024; --quick: 160; --paper-mode: 2048")
 
     def __post_init__(self) -> None:
-        _check_fields(self, ("answer_temperature", "answer_max_tokens"))
+        _check_fields(self)
 
 
 @dataclass
@@ -205,7 +204,7 @@ class ICLSettings:
     icl_rounds: int = setting(5, "critic and rewriter rounds per example", minimum=1, flag=None)
 
     def __post_init__(self) -> None:
-        _check_fields(self, ("icl_rounds",))
+        _check_fields(self)
 
 
 @dataclass
@@ -220,7 +219,7 @@ class DRPOConfig:
     initial_instructions: str | None = setting(None, "starting system prompt", shown="")
 
     def __post_init__(self) -> None:
-        _check_fields(self, ("k",))
+        _check_fields(self)
         if self.initial_instructions is not None and (
                 not isinstance(self.initial_instructions, str) or not self.initial_instructions.strip()):
             raise ValueError("initial_instructions must be a non-empty string")
@@ -235,17 +234,14 @@ class DRPOConfig:
         unknown = sorted(set(values) - set(SETTING_NAMES))
         if unknown:
             raise ValueError(f"unknown DRPO setting(s): {', '.join(unknown)} (known: {', '.join(SETTING_NAMES)})")
-        pick = {group: {f.name: values[f.name] for f in dataclasses.fields(kind) if f.name in values}
-                for group, kind in _GROUPS.items()}
-        guards = GuardSettings(**{f.name: values[f.name] for f in dataclasses.fields(GuardSettings)
-                                  if f.name in values})
-        return cls(search=SearchSettings(**pick["search"], guards=guards),
-                   decoding=DecodingSettings(**pick["decoding"]), budgets=BudgetSettings(**pick["budgets"]),
-                   icl=ICLSettings(**pick["icl"]),
-                   **{name: values[name] for name in ("k", "initial_instructions") if name in values})
-
-
-_GROUPS = {"search": SearchSettings, "decoding": DecodingSettings, "budgets": BudgetSettings, "icl": ICLSettings}
+        given: dict[str, dict[str, Any]] = {}
+        for group, f in setting_fields():
+            if f.name in values:
+                given.setdefault(group, {})[f.name] = values[f.name]
+        return cls(search=SearchSettings(**given.get("search", {}), guards=GuardSettings(**given.get("guards", {}))),
+                   decoding=DecodingSettings(**given.get("decoding", {})),
+                   budgets=BudgetSettings(**given.get("budgets", {})), icl=ICLSettings(**given.get("icl", {})),
+                   **given.get("run", {}))
 
 
 def _leaves(obj: Any) -> Iterator[tuple[Any, dataclasses.Field]]:
@@ -258,14 +254,13 @@ def _leaves(obj: Any) -> Iterator[tuple[Any, dataclasses.Field]]:
 
 
 def setting_fields() -> list[tuple[str, dataclasses.Field]]:
-    """(group, field) of every setting, in the order the groups and fields are defined."""
+    """(group, field) of every setting, in the order the groups and fields are defined (``run``: DRPOConfig's own)."""
     found: list[tuple[str, dataclasses.Field]] = []
 
     def walk(kind: Any, group: str) -> None:
         for f in dataclasses.fields(kind):
-            if f.name in ("search", "decoding", "budgets", "icl", "guards"):
-                walk({"search": SearchSettings, "decoding": DecodingSettings, "budgets": BudgetSettings,
-                      "icl": ICLSettings, "guards": GuardSettings}[f.name], f.name)
+            if dataclasses.is_dataclass(f.default_factory):  # a group: search, guards, decoding, budgets, icl
+                walk(f.default_factory, f.name)
             else:
                 found.append((group, f))
 
