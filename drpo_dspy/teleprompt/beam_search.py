@@ -153,8 +153,13 @@ class BeamSearch:
                   "evaluation": policy.render_evaluation(node.judgment),
                   "prompt_history": policy.render_history(history)}
         if self.settings.guards.max_prompt_tokens:
-            inputs["prompt_budget"] = f"{self.settings.guards.max_prompt_tokens} tokens"  # as _usable compares
+            inputs["prompt_budget"] = self._budget_text()
         return {name: neutralize_field_markers(text) for name, text in inputs.items()}
+
+    def _budget_text(self) -> str:
+        """The prompt budget as the optimizer reads it ("" when there is none)."""
+        budget = self.settings.guards.max_prompt_tokens
+        return f"{budget} tokens" if budget else ""
 
     def _sampling(self, sample: int) -> dict[str, Any]:
         return self.fidelity.optimizer_sampling(sampling_config(
@@ -211,8 +216,7 @@ class BeamSearch:
         guards = self.settings.guards
         if guards.merge_duplicate_bullets:
             text = merge_duplicate_bullets(text)
-        budget = f"{guards.max_prompt_tokens} tokens" if guards.max_prompt_tokens else ""
-        inputs = [node.response, budget]  # texts the optimizer read that are no prompt
+        inputs = [node.response, self._budget_text()]  # texts the optimizer read that are no prompt
         problem = (prompt_problem(text, node.query, inputs) if self.settings.rewrite_filter
                    else (None if text else "empty_prompt"))
         if problem is None and guards.max_prompt_tokens and answer_tokens(text) > guards.max_prompt_tokens:
